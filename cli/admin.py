@@ -1,0 +1,3 @@
+"""Maintenance commands: `verify` and `runs`."""
+
+COMMANDS = []

@@ -1,0 +1,48 @@
+"""Printing: aligned tables for people, --json for programs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import click
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
+def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
+    """Print `data` as JSON or with `render`."""
+    if as_json:
+        click.echo(json.dumps(data, indent=2, default=str))
+    else:
+        render(data)
+
+
+def fmt(value: Any) -> str:
+    """A cell: floats to 4 places, None blank."""
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}"
+    return str(value)
+
+
+def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "(none)") -> None:
+    """Print `rows` as an aligned table of `columns`."""
+    if not rows:
+        click.echo(empty)
+        return
+    cells = [[fmt(row.get(column)) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    click.echo("  ".join(column.ljust(width) for column, width in zip(columns, widths)).rstrip())
+    for line in cells:
+        click.echo("  ".join(cell.ljust(width) for cell, width in zip(line, widths)).rstrip())
+
+
+def fields(row: dict[str, Any]) -> None:
+    """Print one record as `key: value` lines."""
+    width = max(len(key) for key in row)
+    for key, value in row.items():
+        if not isinstance(value, (list, dict)) or key in ("text_columns", "labels"):
+            click.echo(f"{key.ljust(width)}  {fmt(value)}")

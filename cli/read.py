@@ -1,0 +1,61 @@
+"""Read commands: `list`, `show`, `history`. They import neither torch nor transformers."""
+
+from __future__ import annotations
+
+import click
+
+from cli.output import emit, fields, json_option, table
+from registry import catalog
+from registry.config import Settings
+from registry.core import open_registry
+
+LIST_COLUMNS = ("position", "name", "task_type", "metric", "score", "trainable_params", "status", "created_at")
+HISTORY_COLUMNS = ("task", "run", "evaluation", "tasks_present", "split", "epoch", "metric", "value", "recorded_at")
+
+
+@click.command(name="list")
+@json_option
+@click.pass_obj
+def list_(settings: Settings, as_json: bool) -> None:
+    """List tasks in order with their metric, best score and trainable parameters.
+
+    Example: registry list --json
+    """
+    registry = open_registry(settings)
+    emit(catalog.list_tasks(registry), as_json, lambda rows: table(rows, LIST_COLUMNS, empty="(no tasks yet: registry add-task NAME --data PATH)"))
+
+
+@click.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def show(settings: Settings, name: str, as_json: bool) -> None:
+    """Show one task: columns, label map, artifacts and runs.
+
+    Example: registry show cola
+    """
+    registry = open_registry(settings)
+    emit(catalog.show_task(registry, name), as_json, print_task)
+
+
+def print_task(row: dict) -> None:
+    """A task's fields, then its runs as a table."""
+    fields(row)
+    click.echo("")
+    table(row["runs"], ("run", "status", "score", "best_epoch", "device", "started_at", "finished_at", "error"))
+
+
+@click.command()
+@click.argument("name", required=False)
+@json_option
+@click.pass_obj
+def history(settings: Settings, name: str | None, as_json: bool) -> None:
+    """Every score ever recorded, oldest first: per-epoch training metrics and later re-evaluations.
+
+    Example: registry history cola
+    """
+    registry = open_registry(settings)
+    emit(catalog.history(registry, name), as_json, lambda rows: table(rows, HISTORY_COLUMNS))
+
+
+COMMANDS = [list_, show, history]

@@ -1,0 +1,57 @@
+"""`registry init` and `registry db …`."""
+
+from __future__ import annotations
+
+import click
+
+from cli.output import emit, fields, json_option
+from registry import db as registry_db
+from registry.config import Settings
+
+
+@click.command()
+@click.option("--base", "source", required=True, help="A checkpoint directory or hub id (BERT, RoBERTa, DistilBERT …).")
+@click.option("--name", help="A name for the base (default: last part of --base).")
+@json_option
+@click.pass_obj
+def init(settings: Settings, source: str, name: str | None, as_json: bool) -> None:
+    """Create a registry and register its frozen base checkpoint.
+
+    Example: registry init --base sentence-transformers/all-MiniLM-L6-v2
+    """
+    from registry import catalog, checkpoint
+
+    base = checkpoint.init(settings, source, name)
+    emit(catalog.base_row(base), as_json, fields)
+
+
+@click.group()
+def db() -> None:
+    """Inspect or migrate the registry database schema.
+
+    Example: registry db upgrade
+    """
+
+
+@db.command()
+@click.pass_obj
+def current(settings: Settings) -> None:
+    """Print the schema revision of the database and the one this code expects.
+
+    Example: registry db current
+    """
+    revision = registry_db.revision_at(settings.db_url)
+    click.echo(f"database: {revision or '(empty)'}\ncode:     {registry_db.head_revision()}")
+
+
+@db.command()
+@click.pass_obj
+def upgrade(settings: Settings) -> None:
+    """Migrate the registry database to the schema this code expects.
+
+    Example: registry db upgrade
+    """
+    click.echo(f"database at {registry_db.upgrade_registry(settings.db_url)}")
+
+
+COMMANDS = [init, db]

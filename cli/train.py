@@ -1,0 +1,77 @@
+"""Commands that need torch: `add-task` and `eval`. The library is imported only when they run."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli.output import emit, fields, json_option
+from registry.config import Settings
+from registry.core import open_registry
+
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or inferred-settings lines.")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                             help="Where to train: CUDA when present with auto.")
+
+
+@click.command(name="add-task")
+@click.argument("name")
+@click.option("--data", "source", required=True, help="A directory (train + dev/validation files), one file, or a hub id like glue/cola.")
+@click.option("--text-column", "text_columns", multiple=True, help="Text column (repeat for a pair). Default: inferred.")
+@click.option("--label-column", help="Label column. Default: inferred.")
+@click.option("--task-type", type=click.Choice(["classification", "regression"]), help="Default: inferred from the labels.")
+@click.option("--metric", type=click.Choice(["accuracy", "f1", "mcc", "spearman", "pearson"]), help="Default: inferred (GLUE's).")
+@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (Adam).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--adapter-size", type=click.IntRange(min=1), default=64, show_default=True, help="Bottleneck size m.")
+@click.option("--max-length", type=click.IntRange(min=8), default=128, show_default=True, help="Tokens per example (truncated).")
+@click.option("--max-train-samples", type=click.IntRange(min=1), help="Train on a seeded random subset.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published.")
+@device_option
+@quiet_option
+@json_option
+@click.pass_obj
+def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str, ...], label_column: str | None,
+             task_type: str | None, metric: str | None, epochs: int, lr: float, batch_size: int, adapter_size: int,
+             max_length: int, max_train_samples: int | None, seed: int, sweep: bool, device: str, quiet: bool,
+             as_json: bool) -> None:
+    """Train an adapter for a new task on the frozen base and add it as the next task.
+
+    Example: registry add-task cola --data ../shared/data/glue/CoLA --epochs 3
+    """
+    from registry.tasks import DataOptions, add_task as add
+    from registry.train import TrainConfig
+
+    registry = open_registry(settings)
+    config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, adapter_size=adapter_size,
+                         max_length=max_length, seed=seed)
+    options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
+                          metric=metric, max_train_samples=max_train_samples)
+    row = add(registry, name, source, config, options, sweep=sweep, device=device,
+              progress=not quiet and sys.stderr.isatty(), echo=lambda line: quiet or click.echo(line, err=True))
+    emit(row, as_json, fields)
+
+
+@click.command(name="eval")
+@click.argument("name")
+@click.option("--data", "source", help="Validation data (default: the data the task was trained on).")
+@device_option
+@quiet_option
+@json_option
+@click.pass_obj
+def eval_(settings: Settings, name: str, source: str | None, device: str, quiet: bool, as_json: bool) -> None:
+    """Re-evaluate a stored task and record the score, with how many tasks the registry holds now.
+
+    Example: registry eval cola
+    """
+    from registry.tasks import evaluate_task
+
+    registry = open_registry(settings)
+    result = evaluate_task(registry, name, source, device=device, progress=not quiet and sys.stderr.isatty())
+    emit(result, as_json, lambda r: click.echo(f"{r['task']}: {r['metric']} = {r['score']:.4f} ({r['tasks_present']} tasks in the registry)"))
+
+
+COMMANDS = [add_task, eval_]

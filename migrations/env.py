@@ -1,0 +1,37 @@
+"""Alembic environment. Works from the CLI (which sets sqlalchemy.url) and as plain `alembic -c alembic.ini`."""
+
+from logging.config import fileConfig
+
+from alembic import context
+
+from registry import config as registry_config
+from registry.db import make_engine
+from registry.models import Base
+
+alembic_config = context.config
+if alembic_config.config_file_name is not None:
+    fileConfig(alembic_config.config_file_name, disable_existing_loggers=False)
+
+url = alembic_config.get_main_option("sqlalchemy.url") or registry_config.resolve().db_url
+target_metadata = Base.metadata
+
+
+def run_migrations_offline() -> None:
+    context.configure(url=url, target_metadata=target_metadata, literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_migrations_online() -> None:
+    engine = make_engine(url)
+    with engine.connect() as connection:
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_migrations_offline()
+else:
+    run_migrations_online()

