@@ -89,6 +89,7 @@ def add_task(
 ) -> dict:
     """Train an adapter for a new task on the frozen base and publish it as the next task."""
     validate_name(name)
+    target = pick_device(device)
     sweep_stale_runs(registry)
     with registry.read() as session:
         base = registry.base(session)
@@ -109,7 +110,6 @@ def add_task(
         tokenizer = load_tokenizer(base_dir)
         train_set, validation_set = (encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
                                      for split in ("train", "validation"))
-        target = pick_device(device)
         best = None
         for run_config in grid:
             run_id = open_run(registry, task_id, run_config, loaded, target)

@@ -1,0 +1,178 @@
+"""add-task and eval end to end: real training on the tiny BERT (both dialects) and on MiniLM + GLUE."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from tests.conftest import GLUE_DIR
+from tests.helpers import one_line_error, snapshot
+
+POSITIVE = "good great love very good film".split()
+NEGATIVE = "bad awful hate not good movie".split()
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    """Sentences whose label follows the words in them, so even the tiny model learns something."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = rng.choices(POSITIVE if label else NEGATIVE, k=5) + rng.choices(["the", "a", "this", "it"], k=2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_tsv(path, header, rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join("\t".join(map(str, r)) for r in [header, *rows]) + "\n")
+
+
+@pytest.fixture
+def datasets_dir(tmp_path):
+    """Three small task directories: single-sentence classification, pair classification, regression."""
+    root = tmp_path / "data"
+    for split, n, seed in (("train", 96, 0), ("dev", 32, 1)):
+        write_tsv(root / "sentiment" / f"{split}.tsv", ["sentence", "label"], sentiment_rows(n, seed))
+        pairs = [(a, b, int(la == lb)) for (a, la), (b, lb) in zip(sentiment_rows(n, seed + 10), sentiment_rows(n, seed + 20))]
+        write_tsv(root / "pairs" / f"{split}.tsv", ["sentence1", "sentence2", "label"], pairs)
+        scores = [(a, b, round(random.Random(i).uniform(0, 5) if la != lb else 4.0 + la, 2))
+                  for i, ((a, la), (b, lb)) in enumerate(zip(sentiment_rows(n, seed + 30), sentiment_rows(n, seed + 40)))]
+        write_tsv(root / "similarity" / f"{split}.tsv", ["sentence1", "sentence2", "score"], scores)
+    return root
+
+
+def artifact_bytes(settings) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in (settings.home / "artifacts").rglob("*") if p.is_file()}
+
+
+def test_three_tasks_in_sequence_leave_earlier_ones_untouched(run_cli, tiny_base, datasets_dir, settings):
+    assert run_cli("init", "--base", str(tiny_base)).exit_code == 0
+    added = {}
+    expected = {"sentiment": ("classification", "accuracy", "ready"), "pairs": ("classification", "accuracy", "ready"),
+                "similarity": ("regression", "spearman", "ready")}
+    for name in ("sentiment", "pairs", "similarity"):
+        before = artifact_bytes(settings)
+        result = run_cli("add-task", name, "--data", str(datasets_dir / name), "--epochs", "2", "--json")
+        assert result.exit_code == 0, result.output
+        row = json.loads(result.stdout)
+        added[name] = row
+        assert (row["task_type"], row["metric"], row["status"]) == expected[name]
+        after = artifact_bytes(settings)
+        assert {k: after[k] for k in before} == before  # nothing stored earlier changed
+        assert len(after) == len(before) + 2  # the new adapter and its config
+    listed = json.loads(run_cli("list", "--json").stdout)
+    assert [(t["position"], t["name"]) for t in listed] == [(1, "sentiment"), (2, "pairs"), (3, "similarity")]
+
+    evaluated = json.loads(run_cli("eval", "sentiment", "--json").stdout)
+    assert evaluated["score"] == added["sentiment"]["score"]  # exactly: same weights, same data
+    assert evaluated["tasks_present"] == 3
+
+    history = json.loads(run_cli("history", "sentiment", "--json").stdout)
+    per_epoch = [(h["epoch"], h["split"], h["metric"]) for h in history if h["run"] is not None]
+    assert per_epoch == [(1, "train", "loss"), (1, "validation", "accuracy"), (2, "train", "loss"), (2, "validation", "accuracy")]
+    assert history[-1]["evaluation"] is not None and history[-1]["tasks_present"] == 3
+    assert history[-1]["value"] == added["sentiment"]["score"]
+    assert max(h["value"] for h in history if h["metric"] == "accuracy" and h["run"]) == added["sentiment"]["score"]
+
+
+def test_trainable_parameters_are_adapters_layernorms_and_head(run_cli, tiny_base, datasets_dir):
+    run_cli("init", "--base", str(tiny_base))
+    row = json.loads(run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "1",
+                             "--adapter-size", "8", "--json").stdout)
+    hidden, layers, m = 32, 2, 8
+    expected = layers * (2 * (2 * hidden * m + m + hidden) + 2 * 2 * hidden) + hidden * 2 + 2
+    assert row["trainable_params"] == expected
+    shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
+    assert shown["text_columns"] == ["sentence"] and shown["labels"] == ["0", "1"]
+    assert shown["runs"][0]["hyperparams"]["adapter_size"] == 8
+    assert shown["runs"][0]["status"] == "succeeded" and shown["runs"][0]["versions"]["torch"].startswith("2.13")
+
+
+def test_same_seed_same_adapter_bytes(tmp_path, tiny_base, datasets_dir):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    shas = []
+    for attempt in range(2):
+        home = str(tmp_path / f"home{attempt}")
+        CliRunner().invoke(cli, ["--home", home, "init", "--base", str(tiny_base)], catch_exceptions=False)
+        result = CliRunner().invoke(cli, ["--home", home, "add-task", "s", "--data", str(datasets_dir / "sentiment"),
+                                          "--epochs", "1", "--seed", "7"], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        shown = CliRunner().invoke(cli, ["--home", home, "show", "s", "--json"], catch_exceptions=False)
+        shas.append(json.loads(shown.stdout)["adapter_sha256"])
+    assert shas[0] == shas[1]
+
+
+def test_sweep_records_every_run_and_publishes_the_best(run_cli, tiny_base, datasets_dir):
+    run_cli("init", "--base", str(tiny_base))
+    result = run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "1", "--sweep", "--json")
+    assert result.exit_code == 0, result.output
+    shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
+    runs = shown["runs"]
+    grid = {(r["hyperparams"]["lr"], r["hyperparams"]["adapter_size"]) for r in runs}
+    assert len(runs) == len(grid) == 6 and all(r["status"] == "succeeded" for r in runs)
+    assert shown["score"] == max(r["score"] for r in runs)
+    best = next(r for r in runs if r["score"] == shown["score"])
+    assert shown["adapter_size"] == best["hyperparams"]["adapter_size"]
+
+
+def test_existing_and_invalid_names_change_nothing(run_cli, tiny_base, datasets_dir, settings):
+    run_cli("init", "--base", str(tiny_base))
+    run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "1")
+    before = snapshot(settings)
+    line = one_line_error(run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment")))
+    assert line == "Error: task 'sentiment' already exists (ready): pick another name"
+    for bad in ("Sentiment", "a/b", "..", "a..b", "has space", "_under", ""):
+        line = one_line_error(run_cli("add-task", bad, "--data", str(datasets_dir / "sentiment")))
+        assert line == (f"Error: invalid task name {bad!r}: use lowercase letters, digits, '_', '.', '-' "
+                        "(starting with a letter or digit)")
+    assert snapshot(settings) == before
+
+
+def test_unavailable_device_is_refused_before_anything_changes(run_cli, tiny_base, datasets_dir, settings):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present: --device cuda is valid here")
+    run_cli("init", "--base", str(tiny_base))
+    before = snapshot(settings)
+    result = run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--device", "cuda")
+    assert one_line_error(result) == "Error: --device cuda: no CUDA device is available here; use --device auto or cpu"
+    assert snapshot(settings) == before
+
+
+# task, directory, inferred text columns, metric, and a floor that 400 rows × 1 epoch clears by a margin
+# (the full-data scores are in docs/benchmarks.md)
+GLUE_TASKS = [
+    ("cola", "CoLA", ["3"], "mcc", -1.0),
+    ("sst2", "SST-2", ["sentence"], "accuracy", 0.5),
+    ("mrpc", "MRPC", ["#1 String", "#2 String"], "f1", 0.5),
+    ("stsb", "STS-B", ["sentence1", "sentence2"], "spearman", 0.05),
+    ("rte", "RTE", ["sentence1", "sentence2"], "accuracy", 0.4),
+]
+
+
+@pytest.mark.real
+@pytest.mark.parametrize("name, directory, columns, metric, floor", GLUE_TASKS)
+def test_real_glue_task_on_minilm(tmp_path, minilm_path, glue_dir, name, directory, columns, metric, floor):
+    from click.testing import CliRunner
+
+    from cli.main import cli
+
+    home = str(tmp_path / "home")
+    runner = CliRunner()
+    assert runner.invoke(cli, ["--home", home, "init", "--base", str(minilm_path)]).exit_code == 0
+    result = runner.invoke(cli, ["--home", home, "add-task", name, "--data", str(glue_dir / directory),
+                                 "--max-train-samples", "400", "--epochs", "1", "--json"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.stdout)
+    assert row["metric"] == metric and row["score"] >= floor
+    shown = json.loads(runner.invoke(cli, ["--home", home, "show", name, "--json"]).stdout)
+    assert shown["text_columns"] == columns
+    assert 0.02 < row["trainable_share"] < 0.04
