@@ -1,3 +1,66 @@
-"""Maintenance commands: `verify` and `runs`."""
+"""Maintenance commands: `verify` and `runs`. They import neither torch nor transformers."""
 
-COMMANDS = []
+from __future__ import annotations
+
+import sys
+
+import click
+
+from cli.output import emit, json_option, table
+from registry.config import Settings
+from registry.core import open_registry
+
+RUN_COLUMNS = ("run", "task", "status", "score", "device", "started_at", "finished_at", "error")
+
+
+@click.command()
+@click.option("--prune", is_flag=True, help="Remove store files no artifact row names (after sweeping dead runs).")
+@json_option
+@click.pass_obj
+def verify(settings: Settings, prune: bool, as_json: bool) -> None:
+    """Check every artifact's sha256, every ready task's artifacts and positions, and the store for stray files.
+
+    Prints one line per problem and exits 1 if there is any; exits 0 when the registry is consistent.
+
+    Example: registry verify --prune
+    """
+    from registry.verify import verify as check
+
+    report = check(open_registry(settings), prune=prune)
+    emit(report.as_dict(), as_json, print_report)
+    if not report.ok:
+        sys.exit(1)
+
+
+def print_report(report: dict) -> None:
+    """Removed files, then problems, one per line; or a one-line summary when all is well."""
+    for path in report["pruned"]:
+        click.echo(f"removed unreferenced file {path}")
+    for problem in report["problems"]:
+        click.echo(problem["message"])
+    if report["ok"]:
+        checked = report["checked"]
+        click.echo(f"ok: {checked['artifacts']} artifacts and {checked['tasks']} ready tasks verified, "
+                   f"no unreferenced files in the store")
+
+
+@click.command()
+@click.argument("name", required=False)
+@click.option("--sweep", is_flag=True, help="First mark runs whose process died (or went silent) as interrupted.")
+@json_option
+@click.pass_obj
+def runs(settings: Settings, name: str | None, sweep: bool, as_json: bool) -> None:
+    """List training runs (of one task, or all): status, score, device, times and errors.
+
+    Example: registry runs cola --sweep
+    """
+    from registry.runs import list_runs, sweep_stale_runs
+
+    registry = open_registry(settings)
+    if sweep:
+        swept = sweep_stale_runs(registry)
+        click.echo(f"marked {swept} run{'' if swept == 1 else 's'} interrupted", err=True)
+    emit(list_runs(registry, name), as_json, lambda rows: table(rows, RUN_COLUMNS, empty="(no runs)"))
+
+
+COMMANDS = [verify, runs]

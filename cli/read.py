@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.output import emit, fields, json_option, table
+from cli.output import emit, fields, fmt, json_option, table
 from registry import catalog
 from registry.config import Settings
 from registry.core import open_registry
@@ -47,15 +47,35 @@ def print_task(row: dict) -> None:
 
 @click.command()
 @click.argument("name", required=False)
+@click.option("--matrix", is_flag=True, help="Show R[i][j], task j's score after adding task i, with ACC and BWT (GEM).")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), help="Also draw the history to this PNG file.")
 @json_option
 @click.pass_obj
-def history(settings: Settings, name: str | None, as_json: bool) -> None:
+def history(settings: Settings, name: str | None, matrix: bool, plot: str | None, as_json: bool) -> None:
     """Every score ever recorded, oldest first: per-epoch training metrics and later re-evaluations.
 
     Example: registry history cola
     """
     registry = open_registry(settings)
-    emit(catalog.history(registry, name), as_json, lambda rows: table(rows, HISTORY_COLUMNS))
+    if matrix:
+        emit(catalog.score_matrix(registry), as_json, print_matrix)
+        return
+    rows = catalog.history(registry, name)
+    if plot:
+        from registry.report import plot_history
+
+        metrics = {task["name"]: task["metric"] for task in catalog.list_tasks(registry)}
+        plot_history(rows, metrics, plot)
+        click.echo(f"wrote {plot}", err=True)
+    emit(rows, as_json, lambda r: table(r, HISTORY_COLUMNS))
+
+
+def print_matrix(result: dict) -> None:
+    """R as a lower-triangular table, then ACC and BWT."""
+    rows = [{"after adding": name, **{task: score for task, score in zip(result["tasks"], scores)}}
+            for name, scores in zip(result["tasks"], result["matrix"])]
+    table(rows, ["after adding", *result["tasks"]])
+    click.echo(f"ACC {fmt(result['acc'])}   BWT {fmt(result['bwt'])}")
 
 
 COMMANDS = [list_, show, history]

@@ -139,3 +139,27 @@ def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]
             }
             for metric, task_name, tasks_present in session.execute(query)
         ]
+
+
+def score_matrix(registry: Registry) -> dict[str, Any]:
+    """The continual-learning matrix R[i][j]: task j's score once the registry held i+1 tasks (GEM's ACC and BWT).
+
+    R[i][j] is the latest evaluation of task j recorded with i+1 tasks present; the diagonal falls back
+    to the validation score the task was published with.
+    """
+    with registry.read() as session:
+        tasks = session.scalars(select(Task).where(Task.status == "ready").order_by(Task.position)).all()
+        evaluations = session.execute(select(Evaluation.task_id, Evaluation.tasks_present, Evaluation.score)
+                                      .order_by(Evaluation.id)).all()
+    latest = {(task_id, present): score for task_id, present, score in evaluations}
+    size = len(tasks)
+    matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
+    for i in range(size):
+        for j, task in enumerate(tasks[: i + 1]):
+            matrix[i][j] = latest.get((task.id, i + 1), task.score if i == j else None)
+    final = matrix[-1] if size else []
+    acc = sum(final) / size if size and None not in final else None
+    backward = [final[j] - matrix[j][j] for j in range(size - 1)] if size > 1 else []
+    bwt = sum(backward) / len(backward) if backward and None not in final else None
+    return {"tasks": [task.name for task in tasks], "metrics": [task.metric for task in tasks],
+            "matrix": matrix, "acc": acc, "bwt": bwt}

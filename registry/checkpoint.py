@@ -84,7 +84,11 @@ def init(settings: Settings, source: str, name: str | None = None) -> BaseCheckp
                     raise AlreadyInitialised(f"the registry at {settings.home} already has a base: use another --home to start a new one")
             registry.close()
     checkpoint = load_checkpoint(source)  # every check that can fail runs before anything is written
+    return create(settings, source, name or default_name(source), checkpoint)
 
+
+def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
+    """Create the registry's database (schema at head) and record an already loaded checkpoint as its base."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = db.make_engine(settings.db_url)
     try:
@@ -93,7 +97,7 @@ def init(settings: Settings, source: str, name: str | None = None) -> BaseCheckp
             db.enable_wal(engine)
         db.check_schema(engine)
         registry = Registry(settings=settings, engine=engine, store=Store(settings.store_url))
-        return register(registry, source, name or default_name(source), checkpoint)
+        return register(registry, source, name, checkpoint)
     finally:
         engine.dispose()
 

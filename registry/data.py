@@ -690,6 +690,12 @@ def _check_labels_present(table: _Table, label: str) -> None:
             f"label column {label} of {table.name} is empty in {len(bad)} of {table.n} rows "
             f"(first: {table.where(bad[0])}); fill in or drop those rows"
         )
+    nan = [i for i, v in enumerate(table.columns[label]) if isinstance(v, str) and v.strip().lower() == "nan"]
+    if nan:  # a missing value as pandas writes it, not a class called "nan"
+        raise DataError(
+            f"label column {label} of {table.name} is NaN in {len(nan)} of {table.n} rows "
+            f"(first: {table.where(nan[0])}); fill in or drop those rows"
+        )
 
 
 def _regression_targets(table: _Table, label: str, hint: str) -> np.ndarray:

@@ -12,11 +12,9 @@ import json
 import os
 import platform
 import re
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import timedelta
 
 import safetensors.torch
 import torch
@@ -29,10 +27,9 @@ from registry.catalog import find_task, task_row
 from registry.core import Registry
 from registry.errors import InvalidName, RegistryError, TaskExists
 from registry.models import Artifact, Evaluation, Metric, Run, Task, utcnow
+from registry.runs import Heartbeat, sweep_stale_runs, this_host
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-HEARTBEAT_SECONDS = 15
-STALE_AFTER = timedelta(minutes=2)
 # The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256 → we keep 16/64.
 SWEEP_LRS = (3e-4, 1e-3, 3e-3)
 SWEEP_SIZES = (16, 64)
@@ -60,19 +57,6 @@ def software_versions() -> dict[str, str]:
     import transformers
 
     return {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__}
-
-
-def sweep_stale_runs(registry: Registry) -> int:
-    """Mark runs whose heartbeat stopped as interrupted and release their tasks' names; returns how many."""
-    cutoff = utcnow() - STALE_AFTER
-    with registry.write() as session:
-        stale = session.scalars(select(Run).where(Run.status == "running", Run.heartbeat_at < cutoff)).all()
-        for run in stale:
-            run.status, run.finished_at = "interrupted", utcnow()
-            run.error = run.error or "no heartbeat: the process was killed or lost"
-            if run.task.status == "training":
-                run.task.status = "failed"
-    return len(stale)
 
 
 def add_task(
@@ -103,25 +87,26 @@ def add_task(
         echo(line)
     grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, SWEEP_SIZES)] if sweep else [config]
 
-    task_id = reserve(registry, name, base.id, source, loaded)
-    run_id = None
+    # From here on the task always has a run recording this process, so a kill is visible to the next command.
+    task_id, run_id = reserve(registry, name, base.id, source, loaded, grid[0], target)
     try:
-        base_dir = checkpoint.unpack(registry, base)
-        tokenizer = load_tokenizer(base_dir)
-        train_set, validation_set = (encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
-                                     for split in ("train", "validation"))
-        best = None
-        for run_config in grid:
-            run_id = open_run(registry, task_id, run_config, loaded, target)
-            result, n_trainable = train_one(registry, run_id, task_id, base_dir, run_config, loaded,
-                                            train_set, validation_set, tokenizer.pad_token_id, target, progress)
-            finish_run(registry, run_id, result, n_trainable)
-            echo(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
-                 f"best {loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
-            if best is None or result.best_score > best[1].best_score:
-                best = (run_id, result, run_config, n_trainable)
-            run_id = None
-        publish(registry, task_id, base, loaded, *best)
+        with Heartbeat(registry, task_id):
+            base_dir = checkpoint.unpack(registry, base)
+            tokenizer = load_tokenizer(base_dir)
+            train_set, validation_set = (encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
+                                         for split in ("train", "validation"))
+            best = None
+            for run_config in grid:
+                run_id = run_id or open_run(registry, task_id, run_config, loaded, target)
+                result, n_trainable = train_one(registry, run_id, task_id, base_dir, run_config, loaded,
+                                                train_set, validation_set, tokenizer.pad_token_id, target, progress)
+                finish_run(registry, run_id, result, n_trainable)
+                echo(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
+                     f"best {loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
+                if best is None or result.best_score > best[1].best_score:
+                    best = (run_id, result, run_config, n_trainable)
+                run_id = None
+            publish(registry, task_id, base, loaded, *best)
     except BaseException as exc:
         abandon(registry, task_id, run_id, exc)
         raise
@@ -136,8 +121,12 @@ def pick_device(requested: str) -> torch.device:
     return train.pick_device(requested)
 
 
-def reserve(registry: Registry, name: str, base_id: int, source: str, loaded: data.TaskData) -> int:
-    """Insert the task row in state `training` (or revive a failed one); a concurrent add of the name fails here."""
+def reserve(registry: Registry, name: str, base_id: int, source: str, loaded: data.TaskData, config: train.TrainConfig,
+            device: torch.device) -> tuple[int, int]:
+    """One transaction: the task row in state `training` (or a failed one revived) and its first run, `running`.
+
+    A concurrent add of the same name fails here. Returns the task's and the run's ids.
+    """
     fields = dict(status="training", base_id=base_id, data_source=source, task_type=loaded.task_type,
                   metric=loaded.metric, text_columns=list(loaded.text_columns), label_column=loaded.label_column,
                   labels=list(loaded.labels) if loaded.labels is not None else None)
@@ -147,11 +136,16 @@ def reserve(registry: Registry, name: str, base_id: int, source: str, loaded: da
                 update(Task).where(Task.name == name, Task.status == "failed").values(**fields, created_at=utcnow())
             ).rowcount
             if revived:
-                return session.scalars(select(Task.id).where(Task.name == name)).one()
-            task = Task(name=name, **fields)
-            session.add(task)
+                task_id = session.scalars(select(Task.id).where(Task.name == name)).one()
+            else:
+                task = Task(name=name, **fields)
+                session.add(task)
+                session.flush()
+                task_id = task.id
+            run = new_run(task_id, config, loaded, device)
+            session.add(run)
             session.flush()
-            return task.id
+            return task_id, run.id
     except IntegrityError:
         raise TaskExists(f"task {name!r} already exists (another process is adding it): pick another name") from None
 
@@ -189,25 +183,22 @@ def head_size(loaded_or_task) -> int:
 def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> int:
     """Record a run in state `running`."""
     with registry.write() as session:
-        run = Run(task_id=task_id, status="running", hyperparams=config.as_dict(), seed=config.seed,
-                  versions=software_versions(), device=str(device), host=socket.gethostname(), pid=os.getpid(),
-                  data_fingerprint=loaded.fingerprint, validation_from=loaded.validation_from)
+        run = new_run(task_id, config, loaded, device)
         session.add(run)
         session.flush()
         return run.id
 
 
-def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress):
-    """One run: build, fit, and commit every epoch's metrics as they come, with a heartbeat in between."""
-    model = build_model(base_dir, config.adapter_size, head_size(loaded), config.seed)
-    last_beat = time.monotonic()
+def new_run(task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> Run:
+    """A `running` run of this process (host and pid let the next command tell whether it died)."""
+    return Run(task_id=task_id, status="running", hyperparams=config.as_dict(), seed=config.seed,
+               versions=software_versions(), device=str(device), host=this_host(), pid=os.getpid(),
+               data_fingerprint=loaded.fingerprint, validation_from=loaded.validation_from)
 
-    def heartbeat() -> None:
-        nonlocal last_beat
-        if time.monotonic() - last_beat > HEARTBEAT_SECONDS:
-            with registry.write() as session:
-                session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
-            last_beat = time.monotonic()
+
+def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress):
+    """One run: build, fit, and commit every epoch's metrics as they come (add_task's Heartbeat keeps the run alive)."""
+    model = build_model(base_dir, config.adapter_size, head_size(loaded), config.seed)
 
     def record(epoch: train.EpochResult) -> None:
         with registry.write() as session:
@@ -217,7 +208,7 @@ def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, va
             session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
 
     result = train.fit(model, train_set, validation_set, config, task_type=loaded.task_type, metric=loaded.metric,
-                       pad_id=pad_id, device=device, on_epoch=record, on_step=heartbeat, progress=progress)
+                       pad_id=pad_id, device=device, on_epoch=record, progress=progress)
     return result, trainable_parameters(model)
 
 
@@ -261,10 +252,13 @@ def publish(registry: Registry, task_id: int, base, loaded: data.TaskData, run_i
                     if session.get(Artifact, sha) is None:
                         session.add(Artifact(sha256=sha, kind=kind, size=size))
                 position = (session.scalar(select(func.max(Task.position))) or 0) + 1
-                session.execute(update(Task).where(Task.id == task_id).values(
+                published = session.execute(update(Task).where(Task.id == task_id, Task.status == "training").values(
                     status="ready", position=position, adapter_sha256=adapter_sha, config_sha256=config_sha,
                     adapter_size=config.adapter_size, score=result.best_score, trainable_params=n_trainable,
-                    ready_at=utcnow()))
+                    ready_at=utcnow())).rowcount
+                if not published:  # swept as interrupted meanwhile (silent for over STALE_AFTER): not ours any more
+                    raise RegistryError(f"task {session.get(Task, task_id).name!r} was marked interrupted while it trained "
+                                        "(no heartbeat reached the database): run add-task again")
                 session.execute(update(Run).where(Run.id == run_id).values(adapter_sha256=adapter_sha))
             return
         except IntegrityError:

