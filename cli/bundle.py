@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import click
 
-from cli.output import emit, fields, json_option, table
+from cli.output import device_option, emit, fields, json_option, table
 from cli.read import LIST_COLUMNS
 from registry.config import Settings
 from registry.core import open_registry
-
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                             help="Where to run the model: CUDA when present with auto.")
-
 
 @click.command()
 @click.option("--tasks", "task_names", default="all", show_default=True, help="Which ready tasks: all, or NAME,NAME…")

@@ -1,4 +1,4 @@
-"""Printing: aligned tables for people, --json for programs."""
+"""Options shared by many commands, and printing: aligned tables for people, --json for programs."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import click
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
+                             help="Where to run the model: CUDA when present with auto.")
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:

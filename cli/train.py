@@ -6,13 +6,11 @@ import sys
 
 import click
 
-from cli.output import emit, fields, json_option
+from cli.output import device_option, emit, fields, json_option
 from registry.config import Settings
 from registry.core import open_registry
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or inferred-settings lines.")
-device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
-                             help="Where to train: CUDA when present with auto.")
 
 
 @click.command(name="add-task")

@@ -39,7 +39,7 @@ from registry.adapters import AdapterModel
 from registry.catalog import find_task, task_row
 from registry.config import Settings
 from registry.core import Registry, open_registry
-from registry.data import Encoded, batches
+from registry.encoding import Encoded, batches
 from registry.errors import BundleError, DataError, NotInitialised, TaskExists, UnknownTask
 from registry.models import Artifact, Task, utcnow
 from registry.store import sha256_of, write_atomic
@@ -190,7 +190,7 @@ class Predictor:
         return self._index[task]
 
     def _tokenise(self, items: Sequence[tuple[str, Text]], task_of: np.ndarray) -> Encoded:
-        """Token ids per item, each task's items as its training data was tokenised (data.encode)."""
+        """Token ids per item, each task's items as its training data was tokenised (encoding.encode)."""
         n = len(items)
         ids: list[np.ndarray] = [None] * n
         types: list[np.ndarray] = [None] * n

@@ -21,7 +21,7 @@ import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from registry import checkpoint, data, train
+from registry import checkpoint, data, encoding, train
 from registry.adapters import AdapterModel, trainable_parameters
 from registry.catalog import find_task, task_row
 from registry.core import Registry
@@ -151,11 +151,11 @@ def reserve(registry: Registry, name: str, base_id: int, source: str, loaded: da
 
 
 def encode_split(registry: Registry, base, tokenizer, loaded: data.TaskData, split: str, max_length: int,
-                 progress: bool) -> data.Encoded:
+                 progress: bool) -> encoding.Encoded:
     """One split tokenised with the base's tokenizer, cached by data, tokenizer and length."""
-    return data.encode(getattr(loaded, split), loaded.text_columns, tokenizer, max_length=max_length,
-                       cache_dir=registry.settings.cache_dir / "tokens",
-                       cache_key=f"{loaded.fingerprint}-{base.tokenizer_sha256}-{max_length}-{split}", progress=progress)
+    return encoding.encode(getattr(loaded, split), loaded.text_columns, tokenizer, max_length=max_length,
+                           cache_dir=registry.settings.cache_dir / "tokens",
+                           cache_key=f"{loaded.fingerprint}-{base.tokenizer_sha256}-{max_length}-{split}", progress=progress)
 
 
 def load_tokenizer(base_dir):

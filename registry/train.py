@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from registry import metrics
-from registry.data import Encoded, batches
+from registry.encoding import Encoded, batches
 
 
 @dataclass(frozen=True)

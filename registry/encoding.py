@@ -1,0 +1,248 @@
+"""Tokenise a loaded split once (cached as safetensors) and cut it into padded batches."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import uuid
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # imported lazily at run time: `datasets` and `torch` are slow to import
+    import datasets
+    import torch
+
+__all__ = [
+    "Encoded",
+    "encode",
+    "batches",
+]
+
+
+@dataclass(frozen=True, eq=False)
+class Encoded:
+    """Token ids per example (no padding) and the labels, in the split's row order.
+
+    ``token_type_ids`` is set only for sentence pairs when the tokenizer's model takes segment ids
+    (BERT does; RoBERTa and DistilBERT do not); it is None otherwise.
+    """
+
+    input_ids: list[np.ndarray]
+    labels: np.ndarray
+    token_type_ids: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+# --------------------------------------------------------------------------------------------
+# tokenising and its cache
+
+_CACHE_FORMAT = "adapter-registry-encoded/1"
+_ENCODE_CHUNK = 2048
+
+
+def _column_list(split: datasets.Dataset, column: str) -> list:
+    return split.with_format("arrow")[column].to_pylist()
+
+
+def _label_array(split: datasets.Dataset, column: str) -> np.ndarray:
+    arr = split.with_format("arrow")[column].to_numpy()
+    return arr.astype(np.float32) if arr.dtype.kind == "f" else arr.astype(np.int64)
+
+
+def _content_digest(texts: Sequence[list], labels: np.ndarray) -> str:
+    h = hashlib.sha256()
+    for col in texts:
+        h.update(np.fromiter(map(len, col), dtype=np.int64, count=len(col)).tobytes())
+        h.update("\x00".join(col).encode("utf-8", "surrogatepass"))
+    h.update(str(labels.dtype).encode())
+    h.update(np.ascontiguousarray(labels).tobytes())
+    return h.hexdigest()
+
+
+def _split_flat(flat: np.ndarray, offsets: np.ndarray) -> list[np.ndarray]:
+    return np.split(flat, offsets[1:-1]) if offsets.size > 1 else []
+
+
+def _from_flat(ids: np.ndarray, offsets: np.ndarray, labels: np.ndarray, types: np.ndarray | None) -> Encoded:
+    return Encoded(
+        input_ids=_split_flat(ids, offsets),
+        labels=labels,
+        token_type_ids=None if types is None else _split_flat(types.astype(np.int64), offsets),
+    )
+
+
+def _read_cache(path: Path, n: int) -> Encoded | None:
+    from safetensors.numpy import load_file
+
+    try:
+        t = load_file(str(path))
+        ids, offsets, labels = t["input_ids"], t["offsets"], t["labels"]
+    except Exception:  # damaged or foreign file: tokenise again and replace it
+        return None
+    if offsets.shape != (n + 1,) or labels.shape != (n,) or int(offsets[-1]) != ids.size or ids.dtype != np.int32:
+        return None
+    types = t.get("token_type_ids")
+    if types is not None and types.shape != ids.shape:
+        return None
+    return _from_flat(ids, offsets, labels, types)
+
+
+def _write_cache(path: Path, tensors: dict[str, np.ndarray], cache_key: str) -> None:
+    from safetensors.numpy import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata={"format": _CACHE_FORMAT, "cache_key": cache_key})
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def encode(
+    split: datasets.Dataset,
+    text_columns: Sequence[str],
+    tokenizer: Any,
+    *,
+    max_length: int,
+    cache_dir: Path | None,
+    cache_key: str,
+    progress: bool = False,
+) -> Encoded:
+    """Tokenise a split (pairs as pairs, truncated to ``max_length``), caching the result.
+
+    ``split`` holds ``text_columns`` and one label column (as :func:`registry.data.load` returns it).
+    With a ``cache_dir`` the result is one safetensors file (flat int32 ids, int64 offsets, labels),
+    named by sha256 of ``cache_key`` plus a digest of the split's texts and labels, written to a
+    temporary name and renamed into place. A cache hit never touches ``tokenizer`` (it may be None).
+    """
+    text_columns = tuple(text_columns)
+    if not 1 <= len(text_columns) <= 2:
+        raise ValueError(f"encode takes one or two text columns, got {len(text_columns)}")
+    if int(max_length) < 1:
+        raise ValueError(f"max_length must be positive, got {max_length}")
+    others = [c for c in split.column_names if c not in text_columns]
+    if len(others) != 1:
+        raise ValueError(f"the split must hold the text columns and one label column; it has {split.column_names}")
+    texts = [_column_list(split, c) for c in text_columns]
+    labels = _label_array(split, others[0])
+    n = len(labels)
+
+    path = None
+    if cache_dir is not None:
+        digest = hashlib.sha256(f"{cache_key}\n{_content_digest(texts, labels)}".encode()).hexdigest()
+        path = Path(cache_dir) / f"encoded-{digest}.safetensors"
+        if path.is_file():
+            hit = _read_cache(path, n)
+            if hit is not None:
+                return hit
+    if tokenizer is None:
+        raise ValueError("encode needs a tokenizer: the split is not in the cache")
+
+    pair = len(text_columns) == 2
+    want_types = pair and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+    ids_rows: list[list[int]] = []
+    type_rows: list[list[int]] = []
+    from tqdm.auto import tqdm
+
+    with tqdm(total=n, desc="tokenising", unit="ex", disable=not progress, leave=False) as bar:
+        for start in range(0, n, _ENCODE_CHUNK):
+            a = texts[0][start:start + _ENCODE_CHUNK]
+            b = texts[1][start:start + _ENCODE_CHUNK] if pair else None
+            out = tokenizer(
+                a, b, truncation=True, max_length=int(max_length),
+                return_attention_mask=False, return_token_type_ids=want_types,
+            )
+            ids_rows.extend(out["input_ids"])
+            if want_types:
+                type_rows.extend(out["token_type_ids"])
+            bar.update(len(a))
+
+    lengths = np.fromiter(map(len, ids_rows), dtype=np.int64, count=n)
+    offsets = np.zeros(n + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    total = int(offsets[-1])
+    flat = np.fromiter(itertools.chain.from_iterable(ids_rows), dtype=np.int32, count=total)
+    tensors = {"input_ids": flat, "offsets": offsets, "labels": labels}
+    types_flat = None
+    if want_types:
+        types_flat = np.fromiter(itertools.chain.from_iterable(type_rows), dtype=np.uint8, count=total)
+        tensors["token_type_ids"] = types_flat
+    if path is not None:
+        _write_cache(path, tensors, cache_key)
+    return _from_flat(flat, offsets, labels, types_flat)
+
+
+# --------------------------------------------------------------------------------------------
+# batching
+
+
+def batches(
+    encoded: Encoded,
+    batch_size: int,
+    *,
+    pad_id: int,
+    shuffle: bool,
+    seed: int,
+) -> Iterator[dict[str, torch.Tensor]]:
+    """Yield padded batches: ``input_ids`` and ``attention_mask`` (long, padded to the batch's
+    longest row with ``pad_id``), ``labels`` (long or float), ``index`` (long: the rows' positions in
+    ``encoded``) and, for pairs whose tokenizer uses them, ``token_type_ids`` (long).
+
+    With ``shuffle``: a seeded permutation, cut into windows of 50 batches, each window sorted by
+    length and cut into batches, then the batches in a seeded random order. Without: rows sorted by
+    length (stable), so padding is small; use ``index`` to put predictions back in row order.
+    Every row appears exactly once.
+    """
+    import torch
+
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be positive, got {batch_size}")
+    batch_size = int(batch_size)
+    n = len(encoded.input_ids)
+    lengths = np.fromiter((x.size for x in encoded.input_ids), dtype=np.int64, count=n)
+    if shuffle:
+        rng = np.random.default_rng(seed)
+        perm = rng.permutation(n)
+        window = batch_size * 50
+        groups: list[np.ndarray] = []
+        for w in range(0, n, window):
+            chunk = perm[w:w + window]
+            chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+            groups.extend(chunk[i:i + batch_size] for i in range(0, chunk.size, batch_size))
+        order = rng.permutation(len(groups))
+        plan = [groups[i] for i in order]
+    else:
+        srt = np.argsort(lengths, kind="stable")
+        plan = [srt[i:i + batch_size] for i in range(0, n, batch_size)]
+
+    types = encoded.token_type_ids
+    labels = encoded.labels
+    for idx in plan:
+        width = int(lengths[idx].max()) if idx.size else 0
+        ids = np.full((idx.size, width), pad_id, dtype=np.int64)
+        mask = np.zeros((idx.size, width), dtype=np.int64)
+        tt = np.zeros((idx.size, width), dtype=np.int64) if types is not None else None
+        for r, i in enumerate(idx):
+            L = lengths[i]
+            ids[r, :L] = encoded.input_ids[i]
+            mask[r, :L] = 1
+            if tt is not None:
+                tt[r, :L] = types[i]
+        batch = {
+            "input_ids": torch.from_numpy(ids),
+            "attention_mask": torch.from_numpy(mask),
+            "labels": torch.from_numpy(np.ascontiguousarray(labels[idx])),
+            "index": torch.from_numpy(idx.astype(np.int64)),
+        }
+        if tt is not None:
+            batch["token_type_ids"] = torch.from_numpy(tt)
+        yield batch
