@@ -96,7 +96,7 @@ def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -
             db.upgrade(settings.db_url)
             db.enable_wal(engine)
         db.check_schema(engine)
-        registry = Registry(settings=settings, engine=engine, store=Store(settings.store_url))
+        registry = Registry(settings=settings, engine=engine)
         return register(registry, source, name, checkpoint)
     finally:
         engine.dispose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
@@ -13,7 +14,6 @@ from registry import db
 from registry.config import Settings
 from registry.errors import NotInitialised
 from registry.models import BaseCheckpoint
-from registry.store import Store
 
 
 @dataclass
@@ -22,7 +22,13 @@ class Registry:
 
     settings: Settings
     engine: Engine
-    store: Store
+
+    @cached_property
+    def store(self):
+        """The artifact store, opened on first use (read commands that only query never import fsspec)."""
+        from registry.store import Store
+
+        return Store(self.settings.store_url)
 
     @contextmanager
     def read(self) -> Iterator[Session]:
@@ -64,4 +70,4 @@ def open_registry(settings: Settings) -> Registry:
     except Exception:
         engine.dispose()
         raise
-    return Registry(settings=settings, engine=engine, store=Store(settings.store_url))
+    return Registry(settings=settings, engine=engine)

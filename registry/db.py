@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 from sqlalchemy.orm import Session
@@ -16,6 +16,7 @@ from registry.errors import DatabaseUnavailable, NotARegistry, NotInitialised, S
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+SCHEMA_REVISION = "0001"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
 
 
 def sqlite_path(url: str) -> Path | None:
@@ -93,13 +94,15 @@ def known_revisions() -> set[str]:
 
 
 def current_revision(engine: Engine) -> str | None:
-    """The revision stamped in the database, None when it holds no registry schema at all."""
-    from alembic.runtime.migration import MigrationContext
+    """The revision stamped in the database, None when it holds no registry schema at all.
 
+    Read with plain SQL, so that commands which only read never import Alembic.
+    """
     try:
         with engine.connect() as connection:
-            revision = MigrationContext.configure(connection).get_current_revision()
-            if revision is None and inspect(connection).get_table_names():
+            tables = set(inspect(connection).get_table_names())
+            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar() if "alembic_version" in tables else None
+            if revision is None and tables - {"alembic_version"}:
                 raise NotARegistry(f"{describe(engine)} holds tables but no registry schema: point --home or REGISTRY_DB_URL at a registry")
             return revision
     except OperationalError as exc:
@@ -123,7 +126,7 @@ def revision_at(url: str) -> str | None:
 def check_schema(engine: Engine) -> None:
     """Refuse a database whose schema is missing, older or newer than this code; never change it silently."""
     revision = current_revision(engine)
-    head = head_revision()
+    head = SCHEMA_REVISION
     if revision is None:
         raise NotInitialised(f"no registry at {describe(engine)}: run `registry init --base PATH_OR_HUB_ID` first")
     if revision == head:

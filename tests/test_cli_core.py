@@ -76,7 +76,7 @@ def test_newer_schema_is_refused_and_unchanged(run_cli, tiny_base, settings):
     assert snapshot(settings) == before
 
 
-def test_older_schema_names_the_upgrade_command(run_cli, tiny_base, settings):
+def test_unstamped_database_is_not_adopted(run_cli, tiny_base, settings):
     run_cli("init", "--base", str(tiny_base))
     engine = db.make_engine(settings.db_url)
     with engine.begin() as connection:
