@@ -65,7 +65,7 @@ def run_ours(base: str, data: Path, epochs: int, max_train: int | None) -> dict:
         load = common.load_average()
         done, seconds, cpu = common.timed_run(command, env=env, cwd=common.REPO)
         if done.returncode != 0:
-            raise RuntimeError(f"registry add-task failed:\n{done.stderr[-3000:]}")
+            raise RuntimeError(f"registry add-task failed (exit {done.returncode}) after {seconds:.0f} s:\n{done.stderr[-3000:]}")
         row = json.loads(done.stdout)
         history = subprocess.run([*registry, *home, "history", "cola", "--json"], capture_output=True, text=True,
                                  env=env, cwd=common.REPO, check=True)
@@ -83,7 +83,8 @@ def run_theirs(python: Path, base: str, data: Path, epochs: int, max_train: int 
     load = common.load_average()
     done, seconds, cpu = common.timed_run(command, env=common.offline_env(), cwd=common.REPO)
     if done.returncode != 0:
-        raise RuntimeError(f"the adapters-library run failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"the adapters-library run failed (exit {done.returncode}, negative: killed by that signal) "
+                           f"after {seconds:.0f} s:\n{done.stderr[-3000:]}")
     return {"seconds": seconds, "cpu_seconds": cpu, "load": f"{load} → {common.load_average()}",
             **json.loads(done.stdout.strip().splitlines()[-1])}
 

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bench import common
+from bench.glue import FullFineTune
 
 HEADING = "Training step time: adapters vs full fine-tuning"
 GOAL = 0.60
@@ -34,20 +35,6 @@ VARIANTS = {
     "adapters, layer 0 left out": {"dropout": True, "skip_layers": (0,)},
     "adapters, no base dropout + layer 0 left out": {"dropout": False, "skip_layers": (0,)},
 }
-
-
-class FullFineTune(nn.Module):
-    """The baseline: every encoder weight trainable, the same dropout + linear head on [CLS] as AdapterModel."""
-
-    def __init__(self, encoder: nn.Module, outputs: int):
-        super().__init__()
-        self.encoder = encoder
-        self.dropout = nn.Dropout(encoder.config.hidden_dropout_prob)
-        self.head = nn.Linear(encoder.config.hidden_size, outputs)
-
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(self.dropout(hidden[:, 0]))
 
 
 def base_path() -> str:

@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
 import numpy as np
-import safetensors.torch
+from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 import torch.nn.functional as F
 from sqlalchemy import func, select
@@ -253,7 +253,7 @@ def load(path: str | os.PathLike, tasks: Sequence[str] | None = None, *, device:
         manifest = verify(root, path)
         entries = _pick(manifest["tasks"], tasks, f"bundle {path}")
         specs = [TaskSpec.from_config(entry["name"], json.loads((root / entry["config"]).read_bytes())) for entry in entries]
-        states = [safetensors.torch.load((root / entry["adapter"]).read_bytes()) for entry in entries]
+        states = [load_tensors((root / entry["adapter"]).read_bytes()) for entry in entries]
         target = _device(device)
         if dtype is None:
             dtype = manifest["dtype"] if target.type == "cuda" else "float32"
@@ -266,7 +266,7 @@ def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, dev
         base = registry.base(session)
         rows = ready_tasks(session, tasks)
     specs = [TaskSpec.from_config(row.name, json.loads(registry.store.get(row.config_sha256))) for row in rows]
-    states = [safetensors.torch.load(registry.store.get(row.adapter_sha256)) for row in rows]
+    states = [load_tensors(registry.store.get(row.adapter_sha256)) for row in rows]
     return Predictor(checkpoint.unpack(registry, base), specs, states, device=device)
 
 
@@ -536,9 +536,9 @@ def _write_tree(registry: Registry, base, rows: list[Task], root: Path, dtype: s
 
 def _cast(weights: bytes, dtype: str) -> bytes:
     """safetensors bytes with every float32 tensor cast to `dtype`."""
-    tensors = safetensors.torch.load(weights)
+    tensors = load_tensors(weights)
     cast = {k: v.to(DTYPES[dtype]) if v.dtype == torch.float32 else v for k, v in sorted(tensors.items())}
-    return safetensors.torch.save(cast, metadata={"format": "pt"})
+    return save_tensors(cast, metadata={"format": "pt"})
 
 
 def _write_tar(root: Path, target: Path, top: str) -> None:

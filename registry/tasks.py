@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-import safetensors.torch
+from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
@@ -222,7 +222,7 @@ def finish_run(registry: Registry, run_id: int, result: train.FitResult, n_train
 
 def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig, state: dict[str, torch.Tensor]) -> tuple[bytes, bytes]:
     """The task's two artifacts: trainable tensors as safetensors, and its JSON config."""
-    weights = safetensors.torch.save(dict(sorted(state.items())))
+    weights = save_tensors(dict(sorted(state.items())))
     task_config = {
         "format": "adapter-registry/adapter@1",
         "model_type": base.model_type,
@@ -282,7 +282,7 @@ def load_task_model(registry: Registry, task: Task, base, device: torch.device) 
     """A stored task's model (verified weights) and the base tokenizer."""
     base_dir = checkpoint.unpack(registry, base)
     model = build_model(base_dir, task.adapter_size, head_size(task), seed=0)
-    model.load_task_state_dict(safetensors.torch.load(registry.store.get(task.adapter_sha256)))
+    model.load_task_state_dict(load_tensors(registry.store.get(task.adapter_sha256)))
     return model.to(device), load_tokenizer(base_dir)
 
 

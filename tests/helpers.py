@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 from sqlalchemy import MetaData, create_engine
@@ -38,3 +39,19 @@ def one_line_error(result, exit_code: int = 1) -> str:
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.output
     return lines[0]
+
+
+POSITIVE = "good great love very good film".split()
+NEGATIVE = "bad awful hate not good movie".split()
+
+
+def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
+    """Sentences whose label follows the words in them, so even the tiny model learns something."""
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        label = rng.randint(0, 1)
+        words = rng.choices(POSITIVE if label else NEGATIVE, k=5) + rng.choices(["the", "a", "this", "it"], k=2)
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows

@@ -7,24 +7,7 @@ import random
 
 import pytest
 
-from tests.conftest import GLUE_DIR
-from tests.helpers import one_line_error, snapshot
-
-POSITIVE = "good great love very good film".split()
-NEGATIVE = "bad awful hate not good movie".split()
-
-
-def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
-    """Sentences whose label follows the words in them, so even the tiny model learns something."""
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        words = rng.choices(POSITIVE if label else NEGATIVE, k=5) + rng.choices(["the", "a", "this", "it"], k=2)
-        rng.shuffle(words)
-        rows.append((" ".join(words), label))
-    return rows
-
+from tests.helpers import one_line_error, sentiment_rows, snapshot
 
 def write_tsv(path, header, rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)

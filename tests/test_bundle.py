@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import random
 import shutil
 import tarfile
 import uuid
@@ -28,7 +27,7 @@ from registry.core import open_registry
 from registry.errors import BundleError, DataError, UnknownTask
 from registry.models import Base
 from tests.conftest import PG_URL
-from tests.helpers import one_line_error, snapshot
+from tests.helpers import one_line_error, sentiment_rows, snapshot
 
 TASKS = {  # name: add-task options; sizes and lengths differ so padding and per-task max_length are exercised
     "sentiment": ("--adapter-size", "8", "--max-length", "12"),
@@ -43,21 +42,6 @@ INPUTS = {  # the last inputs run past their task's max_length
 }
 ITEMS = [(task, text) for group in zip(*(([(t, x) for x in INPUTS[t]]) for t in NAMES)) for task, text in group]
 ITEMS += [(task, text) for task in NAMES for text in INPUTS[task][3:]]
-POSITIVE = "good great love very good film".split()
-NEGATIVE = "bad awful hate not good movie".split()
-
-
-def sentences(n: int, seed: int) -> list[tuple[str, int]]:
-    rng = random.Random(seed)
-    rows = []
-    for _ in range(n):
-        label = rng.randint(0, 1)
-        words = rng.choices(POSITIVE if label else NEGATIVE, k=5) + rng.choices(["the", "a", "this", "it"], k=2)
-        rng.shuffle(words)
-        rows.append((" ".join(words), label))
-    return rows
-
-
 def write_tsv(path: Path, header: list[str], rows) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join("\t".join(map(str, row)) for row in [header, *rows]) + "\n")
@@ -68,10 +52,10 @@ def datasets_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("data")
     for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
         write_tsv(root / "sentiment" / f"{split}.tsv", ["sentence", "label"],
-                  [(s, "positive" if label else "negative") for s, label in sentences(n, seed)])
-        pairs = zip(sentences(n, seed + 10), sentences(n, seed + 20))
+                  [(s, "positive" if label else "negative") for s, label in sentiment_rows(n, seed)])
+        pairs = zip(sentiment_rows(n, seed + 10), sentiment_rows(n, seed + 20))
         write_tsv(root / "pairs" / f"{split}.tsv", ["sentence1", "sentence2", "label"], [(a, b, int(x == y)) for (a, x), (b, y) in pairs])
-        pairs = zip(sentences(n, seed + 30), sentences(n, seed + 40))
+        pairs = zip(sentiment_rows(n, seed + 30), sentiment_rows(n, seed + 40))
         write_tsv(root / "similarity" / f"{split}.tsv", ["sentence1", "sentence2", "score"],
                   [(a, b, 1.0 + 2.5 * x + 1.5 * y) for (a, x), (b, y) in pairs])
     return root
