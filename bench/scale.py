@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
-import string
 import subprocess
 import sys
 import tempfile
@@ -26,34 +25,15 @@ from datetime import timedelta
 from pathlib import Path
 
 from bench import common
+from tests.helpers import write_tiny_bert
 
 HEADING = "Scale: add-task, list and history as the registry fills"
 GOALS = {"add": 1.1, "read": 2.0, "startup": 1.5}
-WORDS = "the a an is was not good bad movie film great awful it this that and of to i love hate very".split()
 POSITIVE = "good great love very good film".split()
 NEGATIVE = "bad awful hate not good movie".split()
 
 
 # --- fixtures: a tiny base and small tasks -----------------------------------------------------
-
-def tiny_base(directory: Path) -> Path:
-    """A tiny random BERT with a small WordPiece tokenizer (as tests/conftest.py's `tiny_base`)."""
-    import torch
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    directory.mkdir(parents=True, exist_ok=True)
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    pieces = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = specials + WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=128)
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
-
 
 def task_data(directory: Path, seed: int, train_rows: int, dev_rows: int) -> Path:
     """A sentiment task (train.tsv, dev.tsv) whose rows differ with the seed, so no token cache is shared."""
@@ -106,7 +86,7 @@ def add(home: Path, name: str, data: Path, epochs: int) -> float:
 # --- (a) add-task: the n-th task vs the first ----------------------------------------------------
 
 def bench_add(work: Path, n_th: int, rounds: int, rows: int, epochs: int) -> dict:
-    base = tiny_base(work / "tiny-base")
+    base = write_tiny_bert(work / "tiny-base")
     empty = work / "empty"
     init_registry(empty, base)
     warm = work / "warm-up"
@@ -192,7 +172,7 @@ def populate(settings, n_tasks: int, metrics_per_task: int, seed: int = 0) -> No
 
 
 def bench_reads(work: Path, n_tasks: int, metrics_per_task: int, runs: int) -> dict:
-    base = tiny_base(work / "tiny-base")
+    base = write_tiny_bert(work / "tiny-base")
     homes = {"1 task": work / "one", f"{n_tasks:,} tasks": work / "many"}
     for (label, home), n in zip(homes.items(), (1, n_tasks)):
         populate(init_registry(home, base), n, metrics_per_task)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import os
-import string
-import uuid
 from pathlib import Path
 
 import pytest
@@ -13,6 +11,7 @@ from sqlalchemy import create_engine, text
 
 from cli.main import cli
 from registry.config import Settings
+from tests.helpers import PG_URL, make_settings, write_tiny_bert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -20,7 +19,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # train 3-30x faster than with threads spinning against each other on a busy 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-PG_URL = os.environ.get("REGISTRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 
@@ -48,28 +46,13 @@ def dialect(request) -> str:
 
 
 @pytest.fixture
-def db_url(dialect, tmp_path, pg_skip_reason):
-    """A fresh, empty database: a SQLite file, or a new schema on the PostgreSQL server."""
-    if dialect == "sqlite":
-        yield f"sqlite:///{tmp_path / 'home' / 'registry.db'}"
-        return
-    if pg_skip_reason:
+def settings(dialect, tmp_path, pg_skip_reason) -> Settings:
+    """A fresh, empty registry location: a SQLite file, or a new schema on the PostgreSQL server."""
+    if dialect == "postgresql" and pg_skip_reason:
         pytest.skip(pg_skip_reason)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-    separator = "&" if "?" in PG_URL else "?"
-    yield f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
-    with admin.begin() as connection:
-        connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-    admin.dispose()
-
-
-@pytest.fixture
-def settings(tmp_path, db_url) -> Settings:
-    home = tmp_path / "home"
-    return Settings(home=home, db_url=db_url, store_url=str(home / "artifacts"))
+    settings, cleanup = make_settings(tmp_path, dialect)
+    yield settings
+    cleanup()
 
 
 @pytest.fixture
@@ -84,27 +67,10 @@ def run_cli(settings):
     return invoke
 
 
-TINY_WORDS = "the a an is was not good bad movie film great awful it this that and of to i love hate very".split()
-
-
 @pytest.fixture(scope="session")
 def tiny_base(tmp_path_factory) -> Path:
-    """A tiny random BERT checkpoint with a small WordPiece tokenizer, saved as `save_pretrained` does."""
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-    import torch
-
-    directory = tmp_path_factory.mktemp("tiny-bert")
-    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    pieces = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = specials + TINY_WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=37, max_position_embeddings=128)
-    BertModel(config).save_pretrained(directory)
-    tokenizer.save_pretrained(directory)
-    return directory
+    """A tiny random BERT checkpoint with a small WordPiece tokenizer."""
+    return write_tiny_bert(tmp_path_factory.mktemp("tiny-bert"))
 
 
 @pytest.fixture(scope="session")

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import random
+import string
+import uuid
+from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import MetaData, create_engine
+from sqlalchemy import MetaData, create_engine, text
 
 from registry import db
 from registry.config import Settings
@@ -55,3 +59,48 @@ def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
         rng.shuffle(words)
         rows.append((" ".join(words), label))
     return rows
+
+
+PG_URL = os.environ.get("REGISTRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
+
+
+def make_settings(root: Path, dialect: str) -> tuple[Settings, Callable[[], None]]:
+    """A registry location on SQLite, or on a fresh PostgreSQL schema; returns (settings, cleanup)."""
+    home = root / "home"
+    if dialect == "sqlite":
+        return Settings(home=home, db_url=f"sqlite:///{home / 'registry.db'}", store_url=str(home / "artifacts")), lambda: None
+    schema = f"t_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(PG_URL)
+    with admin.begin() as connection:
+        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
+
+    def cleanup() -> None:
+        with admin.begin() as connection:
+            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+    separator = "&" if "?" in PG_URL else "?"
+    url = f"{PG_URL}{separator}options=-csearch_path%3D{schema}"
+    return Settings(home=home, db_url=url, store_url=str(home / "artifacts")), cleanup
+
+
+TINY_WORDS = "the a an is was not good bad movie film great awful it this that and of to i love hate very".split()
+
+
+def write_tiny_bert(directory: Path) -> Path:
+    """A tiny random BERT checkpoint with a small WordPiece tokenizer, saved as `save_pretrained` does."""
+    import torch
+    from transformers import BertConfig, BertModel, BertTokenizerFast
+
+    directory.mkdir(parents=True, exist_ok=True)
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    pieces = list(string.ascii_lowercase + string.digits + string.punctuation)
+    vocab = specials + TINY_WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits]
+    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=37, max_position_embeddings=128)
+    BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory

@@ -10,7 +10,6 @@ import hashlib
 import json
 import shutil
 import tarfile
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -26,8 +25,7 @@ from registry.config import Settings
 from registry.core import open_registry
 from registry.errors import BundleError, DataError, UnknownTask
 from registry.models import Base
-from tests.conftest import PG_URL
-from tests.helpers import one_line_error, sentiment_rows, snapshot
+from tests.helpers import make_settings, one_line_error, sentiment_rows, snapshot
 
 TASKS = {  # name: add-task options; sizes and lengths differ so padding and per-task max_length are exercised
     "sentiment": ("--adapter-size", "8", "--max-length", "12"),
@@ -94,32 +92,11 @@ def assert_close(got: list[bundle.Prediction], want: list[bundle.Prediction], to
             assert g.probabilities == pytest.approx(w.probabilities, abs=tolerance)
 
 
-def make_settings(root: Path, dialect: str, pg_skip_reason: str | None):
-    """A registry location on SQLite, or on a fresh PostgreSQL schema; returns (settings, cleanup)."""
-    home = root / "home"
-    if dialect == "sqlite":
-        return Settings(home=home, db_url=f"sqlite:///{home / 'registry.db'}", store_url=str(home / "artifacts")), lambda: None
-    if pg_skip_reason:
-        pytest.skip(pg_skip_reason)
-    schema = f"t_{uuid.uuid4().hex[:12]}"
-    admin = create_engine(PG_URL)
-    with admin.begin() as connection:
-        connection.execute(text(f'CREATE SCHEMA "{schema}"'))
-
-    def cleanup() -> None:
-        with admin.begin() as connection:
-            connection.execute(text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
-
-    separator = "&" if "?" in PG_URL else "?"
-    return Settings(home=home, db_url=f"{PG_URL}{separator}options=-csearch_path%3D{schema}", store_url=str(home / "artifacts")), cleanup
-
-
 @pytest.fixture(scope="module")
 def source(tmp_path_factory, tiny_base, datasets_dir) -> dict:
     """A SQLite registry with the three tasks and its bundles: float32 directory, .tar, float16 directory."""
     root = tmp_path_factory.mktemp("source")
-    settings, _ = make_settings(root, "sqlite", None)
+    settings, _ = make_settings(root, "sqlite")
     invoke = cli_for(settings)
     train_three(invoke, tiny_base, datasets_dir)
     for args in (("--output", root / "bundle"), ("--output", root / "bundle", "--archive"),
@@ -139,7 +116,9 @@ def trained(request, tmp_path_factory, tiny_base, datasets_dir, pg_skip_reason):
         source = request.getfixturevalue("source")
         yield source["settings"], source["invoke"]
         return
-    settings, cleanup = make_settings(tmp_path_factory.mktemp(f"trained-{request.param}"), request.param, pg_skip_reason)
+    if request.param == "postgresql" and pg_skip_reason:
+        pytest.skip(pg_skip_reason)
+    settings, cleanup = make_settings(tmp_path_factory.mktemp(f"trained-{request.param}"), request.param)
     invoke = cli_for(settings)
     train_three(invoke, tiny_base, datasets_dir)
     yield settings, invoke
