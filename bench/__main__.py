@@ -5,20 +5,18 @@
     python -m bench --only step_time scale
 
 Options after `--` go to every benchmark, e.g. `python -m bench --quick -- --docs`.
-A benchmark module that is not there yet (bench.glue, bench.bundle) is skipped with a note.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import time
 
 from bench.common import REPO
 
-BENCHMARKS = ("step_time", "scale", "adapters_lib", "glue", "bundle")
+BENCHMARKS = ("step_time", "scale", "adapters_lib", "glue", "cola", "bundle")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -31,9 +29,6 @@ def main(argv: list[str] | None = None) -> int:
     failed = []
     for name in args.only or BENCHMARKS:
         module = f"bench.{name}"
-        if importlib.util.find_spec(module) is None:
-            print(f"== {module}: not present, skipped", flush=True)
-            continue
         command = [sys.executable, "-m", module, *(["--quick"] if args.quick else []), *args.extra]
         print(f"== {' '.join(['python', *command[1:]])}", flush=True)
         started = time.perf_counter()

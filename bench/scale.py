@@ -118,7 +118,8 @@ def populate(settings, n_tasks: int, metrics_per_task: int, seed: int = 0) -> No
     from sqlalchemy import insert
 
     from registry.core import open_registry
-    from registry.models import Artifact, Evaluation, Metric, Run, Task, utcnow
+    from registry.models import Artifact, Evaluation, Metric, Run, Task
+    from registry.schema import utcnow
 
     rng = random.Random(seed)
     registry = open_registry(settings)
@@ -280,13 +281,12 @@ Reading the figures. (a) add-task does no work per earlier task: it checks the n
 base and the data, SQL writes), so task 20 and task 1 differ only by noise.
 (b) `list` and `history NAME` read what they print (1,000 small rows, or one task's rows through the
 (task_id, id) index); the startup of the CLI dominates both. `history` without a name prints every row:
-100,000 rows and 1,000× the bytes of the one-task registry, so it grows with its output. What it spends
-per row (profile): building a `Metric` ORM instance for each row, then `json.dumps(indent=2)`, which uses
-Python's pure-Python encoder (the C encoder is used only without indent).
-(c) The gap is what `registry list` imports beyond sqlalchemy and click (`python -X importtime`): alembic,
-imported by the schema check (`registry.db.current_revision` / `head_revision`) with its dialect
-modules, mako and pygments, is the largest part; then sqlalchemy.orm and registry.models (the ORM
-mapping), fsspec (the store, which `list` does not use), then the queries themselves (a few ms).
+100,000 rows and 1,000× the bytes of the one-task registry, so it grows with its output. Per row it
+builds one dict from a Core row (no ORM object) and one line of JSON (json's C encoder: `--json` prints a
+list as one compact row per line, since `indent` would switch to the pure-Python encoder).
+(c) The read commands query registry.schema's Core tables, so they import neither the ORM, Alembic,
+fsspec nor torch (tests/test_cli_core.py checks it); beyond `import sqlalchemy, click` they load the CLI's
+own modules, the SQLite dialect (`create_engine`), then check the schema revision and run two queries.
 """
 
 

@@ -16,9 +16,20 @@ device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
     """Print `data` as JSON or with `render`."""
     if as_json:
-        click.echo(json.dumps(data, indent=2, default=str))
+        click.echo(to_json(data))
     else:
         render(data)
+
+
+def to_json(data: Any) -> str:
+    """A list as one compact JSON row per line; anything else indented.
+
+    Rows are encoded by json's C encoder, which `indent` would turn off: the full history of a large
+    registry is 100,000s of rows.
+    """
+    if isinstance(data, list):
+        return "[" + ",\n ".join(json.dumps(row, default=str) for row in data) + "]"
+    return json.dumps(data, indent=2, default=str)
 
 
 def fmt(value: Any) -> str:

@@ -6,14 +6,14 @@ from alembic import context
 
 from registry import config as registry_config
 from registry.db import make_engine
-from registry.models import Base
+from registry import schema
 
 alembic_config = context.config
 if alembic_config.config_file_name is not None:
     fileConfig(alembic_config.config_file_name, disable_existing_loggers=False)
 
 url = alembic_config.get_main_option("sqlalchemy.url") or registry_config.resolve().db_url
-target_metadata = Base.metadata
+target_metadata = schema.metadata
 
 
 def run_migrations_offline() -> None:

@@ -31,17 +31,18 @@ import numpy as np
 from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 import torch.nn.functional as F
-from sqlalchemy import func, select
+from sqlalchemy import Row, func, select
 from sqlalchemy.exc import IntegrityError
 
-from registry import checkpoint
+from registry import checkpoint, schema
 from registry.adapters import AdapterModel
 from registry.catalog import find_task, task_row
 from registry.config import Settings
 from registry.core import Registry, open_registry
 from registry.encoding import Encoded, batches
 from registry.errors import BundleError, DataError, NotInitialised, TaskExists, UnknownTask
-from registry.models import Artifact, Task, utcnow
+from registry.models import Artifact, Task
+from registry.schema import utcnow
 from registry.store import sha256_of, write_atomic
 
 FORMAT = "adapter-registry/bundle@1"
@@ -270,12 +271,12 @@ def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, dev
     return Predictor(checkpoint.unpack(registry, base), specs, states, device=device)
 
 
-def ready_tasks(session, names: Sequence[str] | None) -> list[Task]:
-    """Ready tasks by position: all, or those named (UnknownTask lists the known ones)."""
+def ready_tasks(session, names: Sequence[str] | None) -> list[Row]:
+    """Rows of ready tasks by position: all, or those named (UnknownTask lists the known ones)."""
     if names is not None and not names:
         raise UnknownTask("no task named: pass all, or NAME,NAME…")
     if names is None:
-        rows = session.scalars(select(Task).where(Task.status == "ready").order_by(Task.position)).all()
+        rows = session.execute(select(schema.tasks).where(schema.tasks.c.status == "ready").order_by(schema.tasks.c.position)).all()
         if not rows:
             raise UnknownTask("the registry has no ready tasks: add one with `registry add-task NAME --data PATH`")
         return list(rows)
@@ -493,7 +494,7 @@ def export(registry: Registry, output: str | os.PathLike, tasks: Sequence[str] |
             "base_bytes": sizes[f"{BASE_DIR}/{checkpoint.WEIGHTS_FILE}"]["size"], "adapter_bytes": adapter_bytes}
 
 
-def _write_tree(registry: Registry, base, rows: list[Task], root: Path, dtype: str) -> dict:
+def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtype: str) -> dict:
     """The bundle's files under `root`, the manifest last."""
     checkpoint.write_base_files(registry.store, base, root / BASE_DIR)
     if dtype != "float32":

@@ -1,15 +1,19 @@
-"""Read-only queries: the base, tasks in order, one task, score history. Imports neither torch nor transformers."""
+"""Read-only queries: the base, tasks in order, one task, score history.
+
+Core queries on registry.schema's tables: the read commands import neither torch, transformers nor the ORM.
+Rows are read by column name, so the helpers here take ORM objects from the writers as well.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import case, select
+from sqlalchemy import Row, case, select
 
 from registry.core import Registry
 from registry.errors import UnknownTask
-from registry.models import BaseCheckpoint, Evaluation, Metric, Run, Task
+from registry.schema import evaluations, metrics, runs, tasks
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -19,11 +23,11 @@ def iso(moment: datetime | None) -> str | None:
 
 def base_info(registry: Registry) -> dict[str, Any]:
     """The frozen base: name, source, sha256, model type, parameters."""
-    with registry.read() as session:
-        return base_row(registry.base(session))
+    with registry.query() as connection:
+        return base_row(registry.base(connection))
 
 
-def base_row(base: BaseCheckpoint) -> dict[str, Any]:
+def base_row(base: Row) -> dict[str, Any]:
     """A base as a plain dict."""
     return {
         "name": base.name,
@@ -37,7 +41,7 @@ def base_row(base: BaseCheckpoint) -> dict[str, Any]:
     }
 
 
-def task_row(task: Task, base_parameters: int) -> dict[str, Any]:
+def task_row(task: Row, base_parameters: int) -> dict[str, Any]:
     """A task as a plain dict, with its trainable share of the base."""
     share = task.trainable_params / base_parameters if task.trainable_params else None
     return {
@@ -57,30 +61,34 @@ def task_row(task: Task, base_parameters: int) -> dict[str, Any]:
 
 def list_tasks(registry: Registry) -> list[dict[str, Any]]:
     """Ready tasks by position, then tasks still training or failed, oldest first."""
-    not_ready_last = case((Task.position.is_(None), 1), else_=0)
-    with registry.read() as session:
-        base = registry.base(session)
-        tasks = session.scalars(select(Task).order_by(not_ready_last, Task.position, Task.id)).all()
-        return [task_row(task, base.parameters) for task in tasks]
+    not_ready_last = case((tasks.c.position.is_(None), 1), else_=0)
+    with registry.query() as connection:
+        base = registry.base(connection)
+        rows = connection.execute(select(tasks).order_by(not_ready_last, tasks.c.position, tasks.c.id))
+        return [task_row(task, base.parameters) for task in rows]
 
 
-def find_task(session, name: str, *, ready: bool = False) -> Task:
-    """The task called `name` (ready only, if asked), or UnknownTask naming the known ones."""
-    query = select(Task).where(Task.name == name)
+def find_task(connection, name: str, *, ready: bool = False) -> Row:
+    """The row of the task called `name` (ready only, if asked), or UnknownTask naming the known ones.
+
+    `connection` is a Core connection or an ORM session.
+    """
+    query = select(tasks).where(tasks.c.name == name)
     if ready:
-        query = query.where(Task.status == "ready")
-    task = session.scalars(query).first()
+        query = query.where(tasks.c.status == "ready")
+    task = connection.execute(query).first()
     if task is None:
-        known = session.scalars(select(Task.name).where(Task.status == "ready").order_by(Task.position)).all()
+        known = connection.scalars(select(tasks.c.name).where(tasks.c.status == "ready").order_by(tasks.c.position)).all()
         raise UnknownTask(f"no {'ready ' if ready else ''}task named {name!r}; known tasks: {', '.join(known) or '(none)'}")
     return task
 
 
 def show_task(registry: Registry, name: str) -> dict[str, Any]:
     """One task with its columns, label map, artifacts and runs."""
-    with registry.read() as session:
-        base = registry.base(session)
-        task = find_task(session, name)
+    with registry.query() as connection:
+        base = registry.base(connection)
+        task = find_task(connection, name)
+        task_runs = connection.execute(select(runs).where(runs.c.task_id == task.id).order_by(runs.c.id)).all()
         row = task_row(task, base.parameters)
         row.update(
             text_columns=task.text_columns,
@@ -89,12 +97,12 @@ def show_task(registry: Registry, name: str) -> dict[str, Any]:
             adapter_sha256=task.adapter_sha256,
             config_sha256=task.config_sha256,
             base_sha256=base.sha256,
-            runs=[run_row(run) for run in task.runs],
+            runs=[run_row(run) for run in task_runs],
         )
         return row
 
 
-def run_row(run: Run) -> dict[str, Any]:
+def run_row(run: Row) -> dict[str, Any]:
     """A run as a plain dict."""
     return {
         "run": run.id,
@@ -116,28 +124,29 @@ def run_row(run: Run) -> dict[str, Any]:
 def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]:
     """Every metric row ever recorded (of one task, or all), oldest first."""
     query = (
-        select(Metric, Task.name, Evaluation.tasks_present)
-        .join(Task, Metric.task_id == Task.id)
-        .outerjoin(Evaluation, Metric.evaluation_id == Evaluation.id)
-        .order_by(Metric.id)
+        select(tasks.c.name, metrics.c.run_id, metrics.c.evaluation_id, evaluations.c.tasks_present, metrics.c.split,
+               metrics.c.epoch, metrics.c.step, metrics.c.key, metrics.c.value, metrics.c.recorded_at)
+        .join(tasks, metrics.c.task_id == tasks.c.id)
+        .outerjoin(evaluations, metrics.c.evaluation_id == evaluations.c.id)
+        .order_by(metrics.c.id)
     )
-    with registry.read() as session:
+    with registry.query() as connection:
         if name is not None:
-            query = query.where(Metric.task_id == find_task(session, name).id)
+            query = query.where(metrics.c.task_id == find_task(connection, name).id)
         return [
             {
                 "task": task_name,
-                "run": metric.run_id,
-                "evaluation": metric.evaluation_id,
+                "run": run_id,
+                "evaluation": evaluation_id,
                 "tasks_present": tasks_present,
-                "split": metric.split,
-                "epoch": metric.epoch,
-                "step": metric.step,
-                "metric": metric.key,
-                "value": metric.value,
-                "recorded_at": iso(metric.recorded_at),
+                "split": split,
+                "epoch": epoch,
+                "step": step,
+                "metric": key,
+                "value": value,
+                "recorded_at": iso(recorded_at),
             }
-            for metric, task_name, tasks_present in session.execute(query)
+            for task_name, run_id, evaluation_id, tasks_present, split, epoch, step, key, value, recorded_at in connection.execute(query)
         ]
 
 
@@ -147,19 +156,19 @@ def score_matrix(registry: Registry) -> dict[str, Any]:
     R[i][j] is the latest evaluation of task j recorded with i+1 tasks present; the diagonal falls back
     to the validation score the task was published with.
     """
-    with registry.read() as session:
-        tasks = session.scalars(select(Task).where(Task.status == "ready").order_by(Task.position)).all()
-        evaluations = session.execute(select(Evaluation.task_id, Evaluation.tasks_present, Evaluation.score)
-                                      .order_by(Evaluation.id)).all()
-    latest = {(task_id, present): score for task_id, present, score in evaluations}
-    size = len(tasks)
+    with registry.query() as connection:
+        ready = connection.execute(select(tasks).where(tasks.c.status == "ready").order_by(tasks.c.position)).all()
+        scores = connection.execute(select(evaluations.c.task_id, evaluations.c.tasks_present, evaluations.c.score)
+                                    .order_by(evaluations.c.id)).all()
+    latest = {(task_id, present): score for task_id, present, score in scores}
+    size = len(ready)
     matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
     for i in range(size):
-        for j, task in enumerate(tasks[: i + 1]):
+        for j, task in enumerate(ready[: i + 1]):
             matrix[i][j] = latest.get((task.id, i + 1), task.score if i == j else None)
     final = matrix[-1] if size else []
     acc = sum(final) / size if size and None not in final else None
     backward = [final[j] - matrix[j][j] for j in range(size - 1)] if size > 1 else []
     bwt = sum(backward) / len(backward) if backward and None not in final else None
-    return {"tasks": [task.name for task in tasks], "metrics": [task.metric for task in tasks],
+    return {"tasks": [task.name for task in ready], "metrics": [task.metric for task in ready],
             "matrix": matrix, "acc": acc, "bwt": bwt}

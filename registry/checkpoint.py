@@ -8,6 +8,8 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import Row
+
 from registry import db
 from registry.adapters import ARCHITECTURES
 from registry.config import Settings
@@ -130,7 +132,7 @@ def default_name(source: str) -> str:
     return Path(source.rstrip("/")).name or source
 
 
-def unpack(registry: Registry, base: BaseCheckpoint) -> Path:
+def unpack(registry: Registry, base: Row | BaseCheckpoint) -> Path:
     """A local directory `AutoModel.from_pretrained` can read, unpacked from the store once and reused."""
     target = registry.settings.cache_dir / f"base-{base.sha256}"
     if (target / WEIGHTS_FILE).exists():
@@ -139,7 +141,7 @@ def unpack(registry: Registry, base: BaseCheckpoint) -> Path:
     return target
 
 
-def write_base_files(store: Store, base: BaseCheckpoint, target: Path) -> None:
+def write_base_files(store: Store, base: Row | BaseCheckpoint, target: Path) -> None:
     """Write the base's weights, config and tokenizer files (verified) into `target`; the weights go last."""
     tokenizer_files = json.loads(store.get(base.tokenizer_sha256))
     for filename, encoded in tokenizer_files.items():

@@ -6,14 +6,16 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
+from typing import TYPE_CHECKING
 
-from sqlalchemy import Engine, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Connection, Engine, Row, select
 
-from registry import db
+from registry import db, schema
 from registry.config import Settings
 from registry.errors import NotInitialised
-from registry.models import BaseCheckpoint
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 
 @dataclass
@@ -32,9 +34,15 @@ class Registry:
 
     @contextmanager
     def read(self) -> Iterator[Session]:
-        """A read transaction."""
+        """A read transaction with an ORM session."""
         with db.transaction(self.engine) as session:
             yield session
+
+    @contextmanager
+    def query(self) -> Iterator[Connection]:
+        """A read transaction with a Core connection: what the read commands use (no ORM import)."""
+        with db.reading(self.engine) as connection:
+            yield connection
 
     @contextmanager
     def write(self) -> Iterator[Session]:
@@ -42,9 +50,9 @@ class Registry:
         with db.transaction(self.engine, write=True) as session:
             yield session
 
-    def base(self, session: Session) -> BaseCheckpoint:
-        """The registry's frozen base checkpoint."""
-        base = session.scalars(select(BaseCheckpoint)).first()
+    def base(self, connection: Connection | Session) -> Row:
+        """The registry's frozen base checkpoint: a row of `bases`, read in a session or a connection."""
+        base = connection.execute(select(schema.bases)).first()
         if base is None:
             raise NotInitialised(f"the registry at {db.describe(self.engine)} has no base: run `registry init --base PATH_OR_HUB_ID`")
         return base

@@ -6,10 +6,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from typing import TYPE_CHECKING
+
+from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
-from sqlalchemy.orm import Session
+
+if TYPE_CHECKING:
+    from sqlalchemy.orm import Session
 
 import migrations
 from registry.errors import DatabaseUnavailable, NotARegistry, NotInitialised, SchemaMismatch
@@ -63,10 +67,19 @@ def enable_wal(engine: Engine) -> None:
 
 @contextmanager
 def transaction(engine: Engine, *, write: bool = False) -> Iterator[Session]:
-    """A session in one transaction: committed on success, rolled back on any exception."""
+    """An ORM session in one transaction: committed on success, rolled back on any exception."""
+    from sqlalchemy.orm import Session  # here, so that commands which only read never import the ORM
+
     bind = engine.execution_options(registry_write=True) if write else engine
     with Session(bind=bind, expire_on_commit=False) as session, session.begin():
         yield session
+
+
+@contextmanager
+def reading(engine: Engine) -> Iterator[Connection]:
+    """A Core connection in one read transaction (registry.catalog's queries)."""
+    with engine.connect() as connection, connection.begin():
+        yield connection
 
 
 def alembic_config(url: str):

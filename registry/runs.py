@@ -19,7 +19,8 @@ from sqlalchemy import select, update
 
 from registry.catalog import find_task, iso
 from registry.core import Registry
-from registry.models import Run, Task, utcnow
+from registry.models import Run, Task
+from registry.schema import utcnow
 
 HEARTBEAT_SECONDS = 15
 STALE_AFTER = timedelta(minutes=2)

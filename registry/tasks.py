@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 
 from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
-from sqlalchemy import func, select, update
+from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry import checkpoint, data, encoding, train
@@ -26,7 +26,8 @@ from registry.adapters import AdapterModel, trainable_parameters
 from registry.catalog import find_task, task_row
 from registry.core import Registry
 from registry.errors import InvalidName, RegistryError, TaskExists
-from registry.models import Artifact, Evaluation, Metric, Run, Task, utcnow
+from registry.models import Artifact, Evaluation, Metric, Run, Task
+from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
@@ -278,7 +279,7 @@ def abandon(registry: Registry, task_id: int, run_id: int | None, exc: BaseExcep
         session.execute(update(Task).where(Task.id == task_id, Task.status == "training").values(status="failed"))
 
 
-def load_task_model(registry: Registry, task: Task, base, device: torch.device) -> tuple[AdapterModel, object]:
+def load_task_model(registry: Registry, task: Row, base: Row, device: torch.device) -> tuple[AdapterModel, object]:
     """A stored task's model (verified weights) and the base tokenizer."""
     base_dir = checkpoint.unpack(registry, base)
     model = build_model(base_dir, task.adapter_size, head_size(task), seed=0)

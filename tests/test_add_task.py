@@ -54,7 +54,10 @@ def test_three_tasks_in_sequence_leave_earlier_ones_untouched(run_cli, tiny_base
     assert evaluated["score"] == added["sentiment"]["score"]  # exactly: same weights, same data
     assert evaluated["tasks_present"] == 3
 
-    history = json.loads(run_cli("history", "sentiment", "--json").stdout)
+    printed = run_cli("history", "sentiment", "--json").stdout
+    history = json.loads(printed)
+    assert len(printed.splitlines()) == len(history)  # one row per line
+    assert set(history[0]) == {"task", "run", "evaluation", "tasks_present", "split", "epoch", "step", "metric", "value", "recorded_at"}
     per_epoch = [(h["epoch"], h["split"], h["metric"]) for h in history if h["run"] is not None]
     assert per_epoch == [(1, "train", "loss"), (1, "validation", "accuracy"), (2, "train", "loss"), (2, "validation", "accuracy")]
     assert history[-1]["evaluation"] is not None and history[-1]["tasks_present"] == 3

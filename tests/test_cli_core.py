@@ -130,13 +130,13 @@ def test_every_command_has_help_with_an_example():
         assert "Example:" in result.output, f"{path} --help has no Example"
 
 
-@pytest.mark.parametrize("command", [["list"], ["history"], ["show", "x"], ["--help"]])
-def test_read_commands_do_not_import_torch(command, tmp_path, tiny_base):
+@pytest.mark.parametrize("command", [["list"], ["history"], ["history", "--matrix"], ["show", "x"], ["--help"]])
+def test_read_commands_import_neither_torch_nor_the_orm(command, tmp_path, tiny_base):
     assert CliRunner().invoke(cli, ["--home", str(tmp_path), "init", "--base", str(tiny_base)]).exit_code == 0
     code = (
         "import sys\nfrom cli.main import cli\n"
         f"try:\n    cli({command!r}, prog_name='registry')\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'alembic', 'fsspec') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'alembic', 'fsspec', 'sqlalchemy.orm') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     env = {"REGISTRY_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}

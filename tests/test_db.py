@@ -1,4 +1,4 @@
-"""Migrations on both dialects: up from empty, down again, and no drift between models and migrations."""
+"""Migrations on both dialects: up from empty, down again, and no drift between registry.schema and migrations."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from sqlalchemy import inspect
 
 from registry import db
 from registry.errors import NotARegistry, NotInitialised, SchemaMismatch
-from registry.models import Base
+from registry.schema import metadata
 
 from tests.conftest import REPO
 
@@ -39,12 +39,12 @@ def test_upgrade_then_downgrade(settings):
     engine.dispose()
 
 
-def test_models_match_migrations(settings):
+def test_schema_matches_migrations(settings):
     settings.home.mkdir(parents=True)
     db.upgrade(settings.db_url)
     engine = db.make_engine(settings.db_url)
     with engine.connect() as connection:
-        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), Base.metadata)
+        diff = compare_metadata(MigrationContext.configure(connection, opts={"compare_type": True}), metadata)
     engine.dispose()
     assert diff == []
 

@@ -25,7 +25,8 @@ from sqlalchemy import select, text, update
 
 from registry.config import Settings
 from registry.core import open_registry
-from registry.models import Artifact, Run, Task, utcnow
+from registry.models import Artifact, Run, Task
+from registry.schema import utcnow
 from registry.runs import Heartbeat, as_utc, sweep_stale_runs, this_host
 from tests.conftest import REPO
 
