@@ -5,8 +5,8 @@ from logging.config import fileConfig
 from alembic import context
 
 from registry import config as registry_config
-from registry.db import make_engine
 from registry import schema
+from registry.db import make_engine
 
 alembic_config = context.config
 if alembic_config.config_file_name is not None:

@@ -29,15 +29,13 @@ class Task(Base):
 
     __table__ = schema.tasks
 
-    runs = relationship("Run", back_populates="task", order_by="Run.id")
+    runs = relationship("Run", order_by="Run.id")
 
 
 class Run(Base):
     """One training run of a task (a sweep records one per grid point)."""
 
     __table__ = schema.runs
-
-    task = relationship(Task, back_populates="runs")
 
 
 class Evaluation(Base):
