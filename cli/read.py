@@ -9,20 +9,22 @@ from registry import catalog
 from registry.config import Settings
 from registry.core import open_registry
 
-LIST_COLUMNS = ("position", "name", "task_type", "metric", "score", "trainable_params", "status", "created_at")
-HISTORY_COLUMNS = ("task", "run", "evaluation", "tasks_present", "split", "epoch", "metric", "value", "recorded_at")
+LIST_COLUMNS = ("position", "name", "version", "task_type", "metric", "score", "trainable_params", "status", "created_at")
+HISTORY_COLUMNS = ("task", "version", "run", "evaluation", "tasks_present", "split", "epoch", "metric", "value", "recorded_at")
 
 
 @click.command(name="list")
+@click.option("--all", "show_all", is_flag=True, help="Also list retired tasks.")
 @json_option
 @click.pass_obj
-def list_(settings: Settings, as_json: bool) -> None:
-    """List tasks in order with their metric, best score and trainable parameters.
+def list_(settings: Settings, show_all: bool, as_json: bool) -> None:
+    """List tasks in order with their current version, metric, score and trainable parameters.
 
     Example: registry list --json
     """
     registry = open_registry(settings)
-    emit(catalog.list_tasks(registry), as_json, lambda rows: table(rows, LIST_COLUMNS, empty="(no tasks yet: registry add-task NAME --data PATH)"))
+    columns = (*LIST_COLUMNS, "retired_at") if show_all else LIST_COLUMNS
+    emit(catalog.list_tasks(registry, retired=show_all), as_json, lambda rows: table(rows, columns, empty="(no tasks yet: registry add-task NAME --data PATH)"))
 
 
 @click.command()
@@ -30,7 +32,7 @@ def list_(settings: Settings, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def show(settings: Settings, name: str, as_json: bool) -> None:
-    """Show one task: columns, label map, artifacts and runs.
+    """Show one task: columns, label map, artifacts, its versions (which is current and why) and runs.
 
     Example: registry show cola
     """
@@ -39,8 +41,11 @@ def show(settings: Settings, name: str, as_json: bool) -> None:
 
 
 def print_task(row: dict) -> None:
-    """A task's fields, then its runs as a table."""
+    """A task's fields, then its versions and its runs as tables."""
     fields(row)
+    click.echo("")
+    versions = [{**version, "current": "current" if version["current"] else "candidate"} for version in row["versions"]]
+    table(versions, ("version", "current", "score", "run", "created_at", "promoted_at", "promoted_by", "why"), empty="(no versions)")
     click.echo("")
     table(row["runs"], ("run", "status", "score", "best_epoch", "device", "started_at", "finished_at", "error"))
 
@@ -64,7 +69,7 @@ def history(settings: Settings, name: str | None, matrix: bool, plot: str | None
     if plot:
         from registry.report import plot_history
 
-        metrics = {task["name"]: task["metric"] for task in catalog.list_tasks(registry)}
+        metrics = {task["name"]: task["metric"] for task in catalog.list_tasks(registry, retired=True)}
         plot_history(rows, metrics, plot)
         click.echo(f"wrote {plot}", err=True)
     emit(rows, as_json, lambda r: table(r, HISTORY_COLUMNS))

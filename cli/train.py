@@ -28,18 +28,25 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--max-train-samples", type=click.IntRange(min=1), help="Train on a seeded random subset.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published.")
+@click.option("--new-version", is_flag=True, help="Train the next version of an existing task (same task type and labels).")
+@click.option("--promote", is_flag=True, help="With --new-version: make it current whatever it scores.")
 @device_option
 @quiet_option
 @json_option
 @click.pass_obj
 def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str, ...], label_column: str | None,
              task_type: str | None, metric: str | None, epochs: int, lr: float, batch_size: int, adapter_size: int,
-             max_length: int, max_train_samples: int | None, seed: int, sweep: bool, device: str, quiet: bool,
-             as_json: bool) -> None:
-    """Train an adapter for a new task on the frozen base and add it as the next task.
+             max_length: int, max_train_samples: int | None, seed: int, sweep: bool, new_version: bool, promote: bool,
+             device: str, quiet: bool, as_json: bool) -> None:
+    """Train an adapter for a new task on the frozen base and add it as the next task, or train a task's next version.
+
+    A new version becomes current when it scores at least as well as the current one on its validation
+    data (both are printed), or with --promote; otherwise it is kept as a candidate (`registry promote`).
 
     Example: registry add-task cola --data ../shared/data/glue/CoLA --epochs 3
     """
+    if promote and not new_version:
+        raise click.UsageError("--promote needs --new-version (a new task's first version is always current)")
     from registry.tasks import DataOptions, add_task as add
     from registry.train import TrainConfig
 
@@ -48,7 +55,7 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
                          max_length=max_length, seed=seed)
     options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
                           metric=metric, max_train_samples=max_train_samples)
-    row = add(registry, name, source, config, options, sweep=sweep, device=device,
+    row = add(registry, name, source, config, options, new_version=new_version, promote=promote, sweep=sweep, device=device,
               progress=not quiet and sys.stderr.isatty(), echo=lambda line: quiet or click.echo(line, err=True))
     emit(row, as_json, fields)
 

@@ -20,7 +20,6 @@ import os
 import shutil
 import tarfile
 import tempfile
-import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,17 +30,16 @@ import numpy as np
 from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 import torch.nn.functional as F
-from sqlalchemy import Row, func, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import Row, select
 
-from registry import checkpoint, schema
+from registry import checkpoint, lifecycle, schema
 from registry.adapters import AdapterModel
 from registry.catalog import find_task, task_row
 from registry.config import Settings
 from registry.core import Registry, open_registry
 from registry.encoding import Encoded, batches
 from registry.errors import BundleError, DataError, NotInitialised, TaskExists, UnknownTask
-from registry.models import Artifact, Task
+from registry.models import Task
 from registry.schema import utcnow
 from registry.store import sha256_of, write_atomic
 
@@ -272,11 +270,14 @@ def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, dev
 
 
 def ready_tasks(session, names: Sequence[str] | None) -> list[Row]:
-    """Rows of ready tasks by position: all, or those named (UnknownTask lists the known ones)."""
+    """Rows of ready, unretired tasks by position, each with its current version's adapter: all, or those named
+    (UnknownTask lists the known ones)."""
     if names is not None and not names:
         raise UnknownTask("no task named: pass all, or NAME,NAME…")
     if names is None:
-        rows = session.execute(select(schema.tasks).where(schema.tasks.c.status == "ready").order_by(schema.tasks.c.position)).all()
+        tasks = schema.tasks
+        rows = session.execute(select(tasks).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None))
+                               .order_by(tasks.c.position)).all()
         if not rows:
             raise UnknownTask("the registry has no ready tasks: add one with `registry add-task NAME --data PATH`")
         return list(rows)
@@ -512,7 +513,7 @@ def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtyp
         write_atomic(root / config, config_bytes)
         task_config = json.loads(config_bytes)
         entries.append({
-            "name": row.name, "position": row.position, "task_type": row.task_type, "labels": row.labels,
+            "name": row.name, "version": row.current_version, "position": row.position, "task_type": row.task_type, "labels": row.labels,
             "text_columns": row.text_columns, "label_column": row.label_column, "metric": row.metric, "score": row.score,
             "adapter_size": row.adapter_size, "max_length": task_config["max_length"],
             "trainable_params": row.trainable_params, "data_source": row.data_source,
@@ -656,22 +657,14 @@ def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[di
     for sha, (_, data) in blobs.items():
         registry.store.put(data)
         registry.store.get(sha)  # read back: refuses a corrupt write
-    for attempt in range(20):
-        try:
-            with registry.write() as session:
-                _refuse_clashes(session, names, shown)
-                for sha, (kind, data) in blobs.items():
-                    if session.get(Artifact, sha) is None:
-                        session.add(Artifact(sha256=sha, kind=kind, size=len(data)))
-                position = session.scalar(select(func.max(Task.position))) or 0
-                ids = [_add_task(session, entry, base.id, position + i) for i, entry in enumerate(manifest["tasks"], start=1)]
-            break
-        except IntegrityError:  # another writer took a name or position meanwhile: look again
-            time.sleep(0.05 * (attempt + 1))
-    else:
-        raise BundleError(f"{shown}: could not take positions for its tasks (the registry kept changing): run the import again")
+    publications = [lifecycle.Publication(release=_release(entry), name=entry["name"], description=_description(entry),
+                                          why=f"imported from {shown}" + (f" (its version {entry['version']} there)"
+                                                                          if "version" in entry else ""))
+                    for entry in manifest["tasks"]]
+    artifacts = [(sha, kind, len(data)) for sha, (kind, data) in blobs.items()]
+    published = lifecycle.publish(registry, publications, artifacts, check=lambda session: _refuse_clashes(session, names, shown))
     with registry.read() as session:
-        return [task_row(session.get(Task, task_id), base.parameters) for task_id in ids]
+        return [task_row(session.get(Task, p.task_id), base.parameters) for p in published]
 
 
 def _refuse_clashes(session, names: list[str], shown) -> None:
@@ -683,21 +676,14 @@ def _refuse_clashes(session, names: list[str], shown) -> None:
                          f"import into another registry (--home), or export the bundle without them (--tasks)")
 
 
-def _add_task(session, entry: dict, base_id: int, position: int) -> int:
-    """Insert one ready task (reusing the row of a failed task of the same name); returns its id."""
-    fields = dict(
-        base_id=base_id, status="ready", position=position, data_source=entry["data_source"], task_type=entry["task_type"],
-        metric=entry["metric"], text_columns=entry["text_columns"], label_column=entry["label_column"],
-        labels=entry["labels"], adapter_size=entry["adapter_size"], adapter_sha256=entry["adapter_sha256"],
-        config_sha256=entry["config_sha256"], score=entry["score"], trainable_params=entry["trainable_params"],
-        ready_at=utcnow(),
-    )
-    task = session.scalars(select(Task).where(Task.name == entry["name"])).first()
-    if task is None:
-        task = Task(name=entry["name"], **fields)
-        session.add(task)
-    else:
-        for key, value in fields.items():
-            setattr(task, key, value)
-    session.flush()
-    return task.id
+def _description(entry: dict) -> lifecycle.Description:
+    """What a bundle's task is, from its manifest entry."""
+    return lifecycle.Description(data_source=entry["data_source"], task_type=entry["task_type"], metric=entry["metric"],
+                                 text_columns=entry["text_columns"], label_column=entry["label_column"], labels=entry["labels"])
+
+
+def _release(entry: dict) -> lifecycle.Release:
+    """A bundle's task as the first version of the task it becomes here."""
+    return lifecycle.Release(adapter_sha256=entry["adapter_sha256"], config_sha256=entry["config_sha256"],
+                             adapter_size=entry["adapter_size"], score=entry["score"],
+                             trainable_params=entry["trainable_params"], data_source=entry["data_source"])

@@ -9,11 +9,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, case, select
+from sqlalchemy import Row, case, func, select
 
 from registry.core import Registry
 from registry.errors import UnknownTask
-from registry.schema import evaluations, metrics, runs, tasks
+from registry.schema import evaluations, metrics, runs, task_versions, tasks
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -47,6 +47,7 @@ def task_row(task: Row, base_parameters: int) -> dict[str, Any]:
     return {
         "position": task.position,
         "name": task.name,
+        "version": task.current_version,
         "task_type": task.task_type,
         "metric": task.metric,
         "score": task.score,
@@ -56,39 +57,49 @@ def task_row(task: Row, base_parameters: int) -> dict[str, Any]:
         "status": task.status,
         "created_at": iso(task.created_at),
         "ready_at": iso(task.ready_at),
+        "retired_at": iso(task.retired_at),
     }
 
 
-def list_tasks(registry: Registry) -> list[dict[str, Any]]:
-    """Ready tasks by position, then tasks still training or failed, oldest first."""
+def list_tasks(registry: Registry, *, retired: bool = False) -> list[dict[str, Any]]:
+    """Ready tasks by position, then tasks still training or failed, oldest first; retired ones only if asked."""
     not_ready_last = case((tasks.c.position.is_(None), 1), else_=0)
+    query = select(tasks).order_by(not_ready_last, tasks.c.position, tasks.c.id)
+    if not retired:
+        query = query.where(tasks.c.retired_at.is_(None))
     with registry.query() as connection:
         base = registry.base(connection)
-        rows = connection.execute(select(tasks).order_by(not_ready_last, tasks.c.position, tasks.c.id))
+        rows = connection.execute(query)
         return [task_row(task, base.parameters) for task in rows]
 
 
-def find_task(connection, name: str, *, ready: bool = False) -> Row:
-    """The row of the task called `name` (ready only, if asked), or UnknownTask naming the known ones.
+def find_task(connection, name: str, *, ready: bool = False, retired: bool = False) -> Row:
+    """The row of the task called `name`, or UnknownTask naming the known ones.
 
-    `connection` is a Core connection or an ORM session.
+    With `ready`, only a ready task, and a retired one only if `retired` is also given (otherwise the
+    error says how to restore it). `connection` is a Core connection or an ORM session.
     """
     query = select(tasks).where(tasks.c.name == name)
     if ready:
         query = query.where(tasks.c.status == "ready")
     task = connection.execute(query).first()
+    if task is not None and ready and not retired and task.retired_at is not None:
+        raise UnknownTask(f"task {name!r} is retired: `registry restore {name}` brings it back")
     if task is None:
-        known = connection.scalars(select(tasks.c.name).where(tasks.c.status == "ready").order_by(tasks.c.position)).all()
+        known = connection.scalars(select(tasks.c.name).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None))
+                                   .order_by(tasks.c.position)).all()
         raise UnknownTask(f"no {'ready ' if ready else ''}task named {name!r}; known tasks: {', '.join(known) or '(none)'}")
     return task
 
 
 def show_task(registry: Registry, name: str) -> dict[str, Any]:
-    """One task with its columns, label map, artifacts and runs."""
+    """One task with its columns, label map, artifacts, versions and runs."""
     with registry.query() as connection:
         base = registry.base(connection)
         task = find_task(connection, name)
         task_runs = connection.execute(select(runs).where(runs.c.task_id == task.id).order_by(runs.c.id)).all()
+        versions = connection.execute(select(task_versions).where(task_versions.c.task_id == task.id)
+                                      .order_by(task_versions.c.version)).all()
         row = task_row(task, base.parameters)
         row.update(
             text_columns=task.text_columns,
@@ -97,9 +108,29 @@ def show_task(registry: Registry, name: str) -> dict[str, Any]:
             adapter_sha256=task.adapter_sha256,
             config_sha256=task.config_sha256,
             base_sha256=base.sha256,
+            versions=[version_row(version, task.current_version) for version in versions],
             runs=[run_row(run) for run in task_runs],
         )
         return row
+
+
+def version_row(version: Row, current: int | None) -> dict[str, Any]:
+    """A task's version as a plain dict: current or candidate, and why."""
+    return {
+        "version": version.version,
+        "current": version.version == current,
+        "score": version.score,
+        "run": version.run_id,
+        "adapter_size": version.adapter_size,
+        "trainable_params": version.trainable_params,
+        "data_source": version.data_source,
+        "adapter_sha256": version.adapter_sha256,
+        "config_sha256": version.config_sha256,
+        "created_at": iso(version.created_at),
+        "promoted_at": iso(version.promoted_at),
+        "promoted_by": version.promoted_by,
+        "why": version.why,
+    }
 
 
 def run_row(run: Row) -> dict[str, Any]:
@@ -122,12 +153,18 @@ def run_row(run: Row) -> dict[str, Any]:
 
 
 def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]:
-    """Every metric row ever recorded (of one task, or all), oldest first."""
+    """Every metric row ever recorded (of one task, or all), oldest first, with the version it measured.
+
+    A run's rows belong to the version it produced (none for a run that was not published); an evaluation's
+    to the version it scored.
+    """
+    version = func.coalesce(task_versions.c.version, evaluations.c.version)
     query = (
-        select(tasks.c.name, metrics.c.run_id, metrics.c.evaluation_id, evaluations.c.tasks_present, metrics.c.split,
+        select(tasks.c.name, version, metrics.c.run_id, metrics.c.evaluation_id, evaluations.c.tasks_present, metrics.c.split,
                metrics.c.epoch, metrics.c.step, metrics.c.key, metrics.c.value, metrics.c.recorded_at)
         .join(tasks, metrics.c.task_id == tasks.c.id)
         .outerjoin(evaluations, metrics.c.evaluation_id == evaluations.c.id)
+        .outerjoin(task_versions, metrics.c.run_id == task_versions.c.run_id)
         .order_by(metrics.c.id)
     )
     with registry.query() as connection:
@@ -136,6 +173,7 @@ def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]
         return [
             {
                 "task": task_name,
+                "version": version_number,
                 "run": run_id,
                 "evaluation": evaluation_id,
                 "tasks_present": tasks_present,
@@ -146,7 +184,8 @@ def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]
                 "value": value,
                 "recorded_at": iso(recorded_at),
             }
-            for task_name, run_id, evaluation_id, tasks_present, split, epoch, step, key, value, recorded_at in connection.execute(query)
+            for (task_name, version_number, run_id, evaluation_id, tasks_present, split, epoch, step, key, value,
+                 recorded_at) in connection.execute(query)
         ]
 
 

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
 SQLITE_BUSY_TIMEOUT_MS = 60_000
-SCHEMA_REVISION = "0001"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
+SCHEMA_REVISION = "0002"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -55,3 +55,11 @@ class ArtifactError(RegistryError):
 
 class BundleError(RegistryError):
     """A bundle is missing files, tampered with, or built on another base."""
+
+
+class VersionError(RegistryError):
+    """A version the task does not have, one already current, or a new version that does not fit the task."""
+
+
+class RetireError(RegistryError):
+    """`retire` of a retired task, or `restore` of one that is not retired."""

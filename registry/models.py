@@ -48,3 +48,9 @@ class Metric(Base):
     """One measured value: a run's per-epoch loss or score, or an evaluation's score. Never updated."""
 
     __table__ = schema.metrics
+
+
+class TaskVersion(Base):
+    """One published version of a task: its own adapter, config and validation score."""
+
+    __table__ = schema.task_versions

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 
 from sqlalchemy import (JSON, BigInteger, CheckConstraint, Column, DateTime, Float, ForeignKey, Index, Integer, MetaData,
-                        String, Table, Text)
+                        String, Table, Text, UniqueConstraint)
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -65,7 +65,8 @@ bases = Table(
     moment("created_at"),
 )
 
-# A named task; its row reserves the name while training and is listed once ready.
+# A named task; its row reserves the name while training and is listed once ready. Its adapter, config, size,
+# score and parameters are those of its current version (task_versions), set in the transaction that moves the pointer.
 tasks = Table(
     "tasks", metadata,
     Column("id", Integer, primary_key=True),
@@ -86,6 +87,8 @@ tasks = Table(
     Column("trainable_params", BigInteger),
     moment("created_at"),
     moment("ready_at", nullable=True),
+    Column("current_version", Integer),
+    moment("retired_at", nullable=True),
     CheckConstraint(f"status IN {TASK_STATUSES}", name="status"),
 )
 
@@ -114,6 +117,28 @@ runs = Table(
     CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),
 )
 
+# One published version of a task: its own adapter, config and validation score. Never updated, except that a
+# promotion records who moved the task's pointer to it, when and why.
+task_versions = Table(
+    "task_versions", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("run_id", Integer, ForeignKey("runs.id")),
+    Column("data_source", String(1024)),
+    Column("data_fingerprint", String(64)),
+    Column("adapter_size", Integer, nullable=False),
+    artifact_ref("adapter_sha256"),
+    artifact_ref("config_sha256"),
+    Column("score", Float, nullable=False),
+    Column("trainable_params", BigInteger),
+    moment("created_at"),
+    moment("promoted_at", nullable=True),
+    Column("promoted_by", String(255)),
+    Column("why", Text),
+    UniqueConstraint("task_id", "version"),
+)
+
 # A stored task's score measured again later, with how many tasks the registry held then.
 evaluations = Table(
     "evaluations", metadata,
@@ -124,6 +149,7 @@ evaluations = Table(
     Column("data_fingerprint", String(64)),
     Column("score", Float, nullable=False),
     moment("created_at"),
+    Column("version", Integer),
 )
 
 # One measured value: a run's per-epoch loss or score, or an evaluation's score. Never updated.

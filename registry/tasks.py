@@ -1,8 +1,11 @@
-"""The use cases that train and evaluate: add_task and evaluate_task.
+"""The use cases that train and evaluate: add_task (a new task or a new version of one) and evaluate_task.
 
-This is the only place where data, training, the store and the database meet, and where
-transactions are drawn. A task's row reserves its name while it trains; it becomes `ready`,
-with the next position, only once its adapter is stored and verified.
+This is where data, training, the store and the database meet. Transactions are drawn here only for a
+task's runs and measurements (a run opened or finished, each epoch's metrics, an evaluation); the
+ones that decide which tasks exist, in which order and which version is current (reserving a name,
+publishing a version, promoting) are registry.lifecycle's, and the heartbeat and the sweep of dead
+runs are registry.runs'. A task's row reserves its name while it trains; a version becomes `ready`
+only once its adapter is stored and verified.
 """
 
 from __future__ import annotations
@@ -12,21 +15,19 @@ import json
 import os
 import platform
 import re
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 from sqlalchemy import Row, func, select, update
-from sqlalchemy.exc import IntegrityError
 
-from registry import checkpoint, data, encoding, train
+from registry import checkpoint, data, encoding, lifecycle, train
 from registry.adapters import AdapterModel, trainable_parameters
 from registry.catalog import find_task, task_row
 from registry.core import Registry
-from registry.errors import InvalidName, RegistryError, TaskExists
-from registry.models import Artifact, Evaluation, Metric, Run, Task
+from registry.errors import InvalidName, RegistryError, TaskExists, UnknownTask, VersionError
+from registry.models import Evaluation, Metric, Run, Task
 from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
 
@@ -67,29 +68,46 @@ def add_task(
     config: train.TrainConfig,
     options: DataOptions = DataOptions(),
     *,
+    new_version: bool = False,
+    promote: bool = False,
     sweep: bool = False,
     device: str = "auto",
     progress: bool = False,
     echo: Callable[[str], None] = lambda line: None,
 ) -> dict:
-    """Train an adapter for a new task on the frozen base and publish it as the next task."""
+    """Train an adapter for a new task and publish it as the next task, or (`new_version`) the next version of one.
+
+    A new version becomes current with `promote`, or when it scores at least as well as the current
+    version on its validation data (both scores are printed); otherwise it is kept as a candidate.
+    """
     validate_name(name)
     target = pick_device(device)
     sweep_stale_runs(registry)
     with registry.read() as session:
         base = registry.base(session)
         existing = session.scalars(select(Task).where(Task.name == name)).first()
-        if existing is not None and existing.status != "failed":
-            raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name")
+    if new_version:
+        if existing is None or existing.status != "ready":
+            state = f" ({existing.status})" if existing is not None else ""
+            raise UnknownTask(f"--new-version: no ready task named {name!r}{state}: drop --new-version to add it as a new task")
+        options = replace(options, task_type=options.task_type or existing.task_type, metric=options.metric or existing.metric)
+    elif existing is not None and existing.status != "failed":
+        raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name, "
+                         "or pass --new-version to train its next version")
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
                        max_train_samples=options.max_train_samples, seed=config.seed)
+    if new_version:
+        check_fits(existing, loaded)
     for line in loaded.inferred:
         echo(line)
     grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, SWEEP_SIZES)] if sweep else [config]
 
     # From here on the task always has a run recording this process, so a kill is visible to the next command.
-    task_id, run_id = reserve(registry, name, base.id, source, loaded, grid[0], target)
+    if new_version:
+        task_id, run_id = existing.id, open_run(registry, existing.id, grid[0], loaded, target)
+    else:
+        task_id, run_id = lifecycle.reserve(registry, name, base.id, describe(source, loaded), run_fields(grid[0], loaded, target))
     try:
         with Heartbeat(registry, task_id):
             base_dir = checkpoint.unpack(registry, base)
@@ -107,12 +125,20 @@ def add_task(
                 if best is None or result.best_score > best[1].best_score:
                     best = (run_id, result, run_config, n_trainable)
                 run_id = None
-            publish(registry, task_id, base, loaded, *best)
+            terms = {}
+            if new_version:
+                terms = compare_with_current(registry, name, base, loaded, best[1].best_score, promote, target, progress, echo)
+            published = publish(registry, task_id, base, source, loaded, *best, **terms)
     except BaseException as exc:
         abandon(registry, task_id, run_id, exc)
         raise
+    if new_version:
+        echo(f"{name} version {published.version} is current ({published.why})" if published.current else
+             f"{name} version {published.version} is kept as a candidate ({published.why}): "
+             f"`registry promote {name} --version {published.version}` makes it current")
     with registry.read() as session:
-        return task_row(session.get(Task, task_id), base.parameters)
+        return {**task_row(session.get(Task, task_id), base.parameters), "published_version": published.version,
+                "published_current": published.current, "why": published.why}
 
 
 def pick_device(requested: str) -> torch.device:
@@ -122,33 +148,23 @@ def pick_device(requested: str) -> torch.device:
     return train.pick_device(requested)
 
 
-def reserve(registry: Registry, name: str, base_id: int, source: str, loaded: data.TaskData, config: train.TrainConfig,
-            device: torch.device) -> tuple[int, int]:
-    """One transaction: the task row in state `training` (or a failed one revived) and its first run, `running`.
+def describe(source: str, loaded: data.TaskData) -> lifecycle.Description:
+    """What the task is, from its data."""
+    return lifecycle.Description(data_source=source, task_type=loaded.task_type, metric=loaded.metric,
+                                 text_columns=list(loaded.text_columns), label_column=loaded.label_column,
+                                 labels=list(loaded.labels) if loaded.labels is not None else None)
 
-    A concurrent add of the same name fails here. Returns the task's and the run's ids.
-    """
-    fields = dict(status="training", base_id=base_id, data_source=source, task_type=loaded.task_type,
-                  metric=loaded.metric, text_columns=list(loaded.text_columns), label_column=loaded.label_column,
-                  labels=list(loaded.labels) if loaded.labels is not None else None)
-    try:
-        with registry.write() as session:
-            revived = session.execute(
-                update(Task).where(Task.name == name, Task.status == "failed").values(**fields, created_at=utcnow())
-            ).rowcount
-            if revived:
-                task_id = session.scalars(select(Task.id).where(Task.name == name)).one()
-            else:
-                task = Task(name=name, **fields)
-                session.add(task)
-                session.flush()
-                task_id = task.id
-            run = new_run(task_id, config, loaded, device)
-            session.add(run)
-            session.flush()
-            return task_id, run.id
-    except IntegrityError:
-        raise TaskExists(f"task {name!r} already exists (another process is adding it): pick another name") from None
+
+def check_fits(task: Task, loaded: data.TaskData) -> None:
+    """Refuse data for a new version of `task` that would make it another task: its type, labels, metric or texts differ."""
+    labels = list(loaded.labels) if loaded.labels is not None else None
+    differences = [(what, theirs, ours) for what, theirs, ours in (
+        ("task type", loaded.task_type, task.task_type), ("labels", labels, task.labels), ("metric", loaded.metric, task.metric),
+        ("number of text columns", len(loaded.text_columns), len(task.text_columns))) if theirs != ours]
+    if differences:
+        what, theirs, ours = differences[0]
+        raise VersionError(f"--new-version of {task.name!r}: the data's {what} is {theirs} but the task's is {ours}: "
+                           "that is another task; add it under a new name without --new-version")
 
 
 def encode_split(registry: Registry, base, tokenizer, loaded: data.TaskData, split: str, max_length: int,
@@ -191,10 +207,15 @@ def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded
 
 
 def new_run(task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> Run:
-    """A `running` run of this process (host and pid let the next command tell whether it died)."""
-    return Run(task_id=task_id, status="running", hyperparams=config.as_dict(), seed=config.seed,
-               versions=software_versions(), device=str(device), host=this_host(), pid=os.getpid(),
-               data_fingerprint=loaded.fingerprint, validation_from=loaded.validation_from)
+    """A `running` run of this process."""
+    return Run(task_id=task_id, **run_fields(config, loaded, device))
+
+
+def run_fields(config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> dict:
+    """A run's fields; host and pid let the next command tell whether its process died."""
+    return dict(status="running", hyperparams=config.as_dict(), seed=config.seed, versions=software_versions(),
+                device=str(device), host=this_host(), pid=os.getpid(), data_fingerprint=loaded.fingerprint,
+                validation_from=loaded.validation_from)
 
 
 def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress):
@@ -240,32 +261,19 @@ def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig, state:
     return weights, json.dumps(task_config, indent=2, sort_keys=True).encode()
 
 
-def publish(registry: Registry, task_id: int, base, loaded: data.TaskData, run_id: int, result: train.FitResult,
-            config: train.TrainConfig, n_trainable: int) -> None:
-    """Store the best weights and config, verify them, then make the task ready at the next position."""
+def publish(registry: Registry, task_id: int, base, source: str, loaded: data.TaskData, run_id: int, result: train.FitResult,
+            config: train.TrainConfig, n_trainable: int, *, promote: bool = False, compared_with: int | None = None,
+            why: str = "first version") -> lifecycle.Published:
+    """Store the best weights and config, verify them, then publish them as the task's next version (lifecycle.publish)."""
     weights, task_config = adapter_files(base, loaded, config, result.best_state)
     adapter_sha, config_sha = registry.store.put(weights), registry.store.put(task_config)
     registry.store.get(adapter_sha), registry.store.get(config_sha)  # read back: refuses a corrupt write
-    for attempt in itertools.count():
-        try:
-            with registry.write() as session:
-                for sha, kind, size in ((adapter_sha, "adapter", len(weights)), (config_sha, "adapter-config", len(task_config))):
-                    if session.get(Artifact, sha) is None:
-                        session.add(Artifact(sha256=sha, kind=kind, size=size))
-                position = (session.scalar(select(func.max(Task.position))) or 0) + 1
-                published = session.execute(update(Task).where(Task.id == task_id, Task.status == "training").values(
-                    status="ready", position=position, adapter_sha256=adapter_sha, config_sha256=config_sha,
-                    adapter_size=config.adapter_size, score=result.best_score, trainable_params=n_trainable,
-                    ready_at=utcnow())).rowcount
-                if not published:  # swept as interrupted meanwhile (silent for over STALE_AFTER): not ours any more
-                    raise RegistryError(f"task {session.get(Task, task_id).name!r} was marked interrupted while it trained "
-                                        "(no heartbeat reached the database): run add-task again")
-                session.execute(update(Run).where(Run.id == run_id).values(adapter_sha256=adapter_sha))
-            return
-        except IntegrityError:
-            if attempt >= 20:  # another writer took the same position each time
-                raise
-            time.sleep(0.05 * (attempt + 1))
+    release = lifecycle.Release(adapter_sha256=adapter_sha, config_sha256=config_sha, adapter_size=config.adapter_size,
+                                score=result.best_score, trainable_params=n_trainable, data_source=source,
+                                data_fingerprint=loaded.fingerprint, run_id=run_id)
+    publication = lifecycle.Publication(release=release, task_id=task_id, promote=promote, compared_with=compared_with, why=why)
+    artifacts = [(adapter_sha, "adapter", len(weights)), (config_sha, "adapter-config", len(task_config))]
+    return lifecycle.publish(registry, [publication], artifacts)[0]
 
 
 def abandon(registry: Registry, task_id: int, run_id: int | None, exc: BaseException) -> None:
@@ -289,27 +297,58 @@ def load_task_model(registry: Registry, task: Row, base: Row, device: torch.devi
 
 def evaluate_task(registry: Registry, name: str, source: str | None = None, *, device: str = "auto",
                   progress: bool = False) -> dict:
-    """Score a stored task again on validation data and record it as an evaluation."""
+    """Score a stored task's current version again on validation data and record it as an evaluation."""
     sweep_stale_runs(registry)
     with registry.read() as session:
         base = registry.base(session)
         task = find_task(session, name, ready=True)
-        tasks_present = session.scalar(select(func.count()).select_from(Task).where(Task.status == "ready"))
     task_config = json.loads(registry.store.get(task.config_sha256))
     loaded = data.load_validation(source or task.data_source, text_columns=task.text_columns,
                                   label_column=task.label_column, task_type=task.task_type, labels=task.labels,
                                   metric=task.metric, seed=task_config["seed"])
-    target = pick_device(device)
-    model, tokenizer = load_task_model(registry, task, base, target)
-    encoded = encode_split(registry, base, tokenizer, loaded, "validation", task_config["max_length"], progress)
-    scores = train.evaluate(model, encoded, task_type=task.task_type, metric=task.metric,
-                            pad_id=tokenizer.pad_token_id, device=target, progress=progress)
+    scores = score_task(registry, base, task, loaded, pick_device(device), progress)
+    evaluation, tasks_present = record_evaluation(registry, task, loaded, scores)
+    return {"task": name, "version": task.current_version, "metric": task.metric, "score": scores[task.metric],
+            "scores": scores, "tasks_present": tasks_present, "evaluation": evaluation}
+
+
+def score_task(registry: Registry, base: Row, task: Row, loaded: data.TaskData, device: torch.device, progress: bool) -> dict:
+    """The scores of `task`'s current version on `loaded`'s validation rows, tokenised as that version was trained."""
+    max_length = json.loads(registry.store.get(task.config_sha256))["max_length"]
+    model, tokenizer = load_task_model(registry, task, base, device)
+    encoded = encode_split(registry, base, tokenizer, loaded, "validation", max_length, progress)
+    return train.evaluate(model, encoded, task_type=task.task_type, metric=task.metric,
+                          pad_id=tokenizer.pad_token_id, device=device, progress=progress)
+
+
+def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData, scores: dict[str, float]) -> tuple[int, int]:
+    """Record scores of `task`'s current version as an evaluation, with how many tasks are ready; (its id, that count)."""
     with registry.write() as session:
-        evaluation = Evaluation(task_id=task.id, adapter_sha256=task.adapter_sha256, tasks_present=tasks_present,
-                                data_fingerprint=loaded.fingerprint, score=scores[task.metric])
+        tasks_present = session.scalar(select(func.count()).select_from(Task).where(Task.status == "ready"))
+        evaluation = Evaluation(task_id=task.id, version=task.current_version, adapter_sha256=task.adapter_sha256,
+                                tasks_present=tasks_present, data_fingerprint=loaded.fingerprint, score=scores[task.metric])
         session.add(evaluation)
         session.flush()
         session.add_all(Metric(task_id=task.id, evaluation_id=evaluation.id, key=key, split="validation", value=value)
                         for key, value in scores.items())
-    return {"task": name, "metric": task.metric, "score": scores[task.metric], "scores": scores,
-            "tasks_present": tasks_present, "evaluation": evaluation.id}
+        return evaluation.id, tasks_present
+
+
+def compare_with_current(registry: Registry, name: str, base: Row, loaded: data.TaskData, score: float, promote: bool,
+                         device: torch.device, progress: bool, echo: Callable[[str], None]) -> dict:
+    """How a new version of `name` that scored `score` is published: the current version is scored on the same
+    validation rows (recorded as an evaluation), both are printed, and the new one is current only if it is at
+    least as good, or with `promote`."""
+    with registry.read() as session:
+        current = find_task(session, name, ready=True, retired=True)
+    old = score_task(registry, base, current, loaded, device, progress)[current.metric]
+    record_evaluation(registry, current, loaded, {current.metric: old})
+    version, metric = current.current_version, loaded.metric
+    echo(f"{metric} on the same validation data ({loaded.validation_from}): new version {score:.4f}, "
+         f"current version {version} {old:.4f}")
+    versus = f"{metric} {score:.4f} vs version {version}'s {old:.4f} on the same validation data"
+    if promote:
+        return {"promote": True, "why": f"promoted with --promote ({versus})"}
+    if score >= old:
+        return {"compared_with": version, "why": f"at least as good: {versus}"}
+    return {"why": f"candidate: worse than the current version: {versus}"}

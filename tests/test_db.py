@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
+from datetime import datetime, timedelta, timezone
 
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from registry import db
 from registry.errors import NotARegistry, NotInitialised, SchemaMismatch
@@ -59,11 +61,15 @@ def test_empty_database_is_not_initialised(settings):
 
 def test_older_and_newer_revisions_are_refused(settings):
     settings.home.mkdir(parents=True)
-    db.upgrade(settings.db_url)
+    db.upgrade(settings.db_url, "0001")
     engine = db.make_engine(settings.db_url)
+    with pytest.raises(SchemaMismatch, match=r"^registry schema is at 0001, code expects 0002: run `registry db upgrade`$"):
+        db.check_schema(engine)
+    db.upgrade(settings.db_url)
+    db.check_schema(engine)
     with engine.begin() as connection:
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
-    with pytest.raises(SchemaMismatch, match=r"^registry schema is at ffff9999, newer than this code \(0001\): upgrade adapter-registry$"):
+    with pytest.raises(SchemaMismatch, match=r"^registry schema is at ffff9999, newer than this code \(0002\): upgrade adapter-registry$"):
         db.check_schema(engine)
     engine.dispose()
 
@@ -85,5 +91,124 @@ def test_plain_alembic_uses_registry_home(tmp_path):
     alembic = [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini")]
     subprocess.run([*alembic, "upgrade", "head"], check=True, env=env, cwd=REPO, capture_output=True)
     current = subprocess.run([*alembic, "current"], check=True, env=env, cwd=REPO, capture_output=True, text=True)
-    assert "0001 (head)" in current.stdout
+    assert "0002 (head)" in current.stdout
     assert (home / "registry.db").exists()
+
+
+# --- 0001 -> 0002 (task versions) on a registry holding data ------------------------------------
+
+T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
+OLD_COLUMNS = {  # every table of revision 0001 and its columns, to compare rows across the upgrade and back
+    "artifacts": "sha256, kind, size, created_at",
+    "bases": "id, name, source, model_type, sha256, config_sha256, tokenizer_sha256, config, parameters, created_at",
+    "tasks": "id, name, position, base_id, status, data_source, task_type, metric, text_columns, label_column, labels, "
+             "adapter_size, adapter_sha256, config_sha256, score, trainable_params, created_at, ready_at",
+    "runs": "id, task_id, status, hyperparams, seed, versions, device, host, pid, data_fingerprint, validation_from, "
+            "trainable_params, score, best_epoch, adapter_sha256, error, started_at, heartbeat_at, finished_at",
+    "evaluations": "id, task_id, adapter_sha256, tasks_present, data_fingerprint, score, created_at",
+    "metrics": "id, task_id, run_id, evaluation_id, key, split, epoch, step, value, recorded_at",
+}
+
+
+def fill_0001(engine) -> None:
+    """A registry at revision 0001 as its code left it: two ready tasks (one re-evaluated, one with a failed run
+    before the published one), a failed task, their runs, metrics and an evaluation; written with plain SQL."""
+    sha = {name: f"{i:02x}" * 32 for i, name in enumerate(("base", "base-config", "tokenizer", "a1", "c1", "a2", "c2"), 1)}
+    rows = [
+        *(("INSERT INTO artifacts (sha256, kind, size, created_at) VALUES (:sha, :kind, 10, :t)", dict(sha=value, kind=kind, t=T0))
+          for kind, value in zip(("base", "base-config", "tokenizer", "adapter", "adapter-config", "adapter", "adapter-config"),
+                                 sha.values())),
+        ("INSERT INTO bases (id, name, source, model_type, sha256, config_sha256, tokenizer_sha256, config, parameters, created_at) "
+         "VALUES (1, 'tiny', '/models/tiny', 'bert', :base, :cfg, :tok, '{\"hidden_size\": 32}', 1000, :t)",
+         dict(base=sha["base"], cfg=sha["base-config"], tok=sha["tokenizer"], t=T0)),
+        *(("INSERT INTO tasks (id, name, position, base_id, status, data_source, task_type, metric, text_columns, label_column, "
+           "labels, adapter_size, adapter_sha256, config_sha256, score, trainable_params, created_at, ready_at) VALUES "
+           "(:id, :name, :position, 1, :status, :source, 'classification', 'accuracy', '[\"sentence\"]', 'label', "
+           "'[\"0\", \"1\"]', :size, :a, :c, :score, :params, :t, :ready)",
+           dict(id=i, name=name, position=position, status=status, source=f"/data/{name}", size=size, a=a, c=c, score=score,
+                params=params, t=T0 + timedelta(hours=i), ready=T0 + timedelta(hours=i, minutes=5) if status == "ready" else None))
+          for i, name, position, status, size, a, c, score, params in (
+              (1, "sst2", 1, "ready", 64, sha["a1"], sha["c1"], 0.81, 600),
+              (2, "cola", 2, "ready", 16, sha["a2"], sha["c2"], 0.22, 150),
+              (3, "rte", None, "failed", None, None, None, None, None))),
+        *(("INSERT INTO runs (id, task_id, status, hyperparams, seed, versions, device, host, pid, data_fingerprint, "
+           "validation_from, trainable_params, score, best_epoch, adapter_sha256, error, started_at, heartbeat_at, finished_at) "
+           "VALUES (:id, :task, :status, '{\"lr\": 0.001}', 0, '{\"torch\": \"2.13.0\"}', 'cpu', 'host', 42, :fp, 'dev.tsv', "
+           ":params, :score, 1, :a, :error, :t, :t, :t)",
+           dict(id=i, task=task, status=status, fp=f"fp{i}", params=params, score=score, a=a, error=error,
+                t=T0 + timedelta(hours=task, minutes=i)))
+          for i, task, status, params, score, a, error in (
+              (1, 1, "succeeded", 600, 0.81, sha["a1"], None),
+              (2, 2, "failed", None, None, None, "out of memory"),
+              (3, 2, "succeeded", 150, 0.22, sha["a2"], None),
+              (4, 3, "interrupted", None, None, None, "process 42 on host died (killed or crashed)"))),
+        ("INSERT INTO evaluations (id, task_id, adapter_sha256, tasks_present, data_fingerprint, score, created_at) "
+         "VALUES (1, 1, :a, 2, 'fp1', 0.80, :t)", dict(a=sha["a1"], t=T0 + timedelta(days=1))),
+        *(("INSERT INTO metrics (id, task_id, run_id, evaluation_id, key, split, epoch, step, value, recorded_at) "
+           "VALUES (:id, :task, :run, :evaluation, :key, :split, :epoch, NULL, :value, :t)",
+           dict(id=i, task=task, run=run, evaluation=evaluation, key=key, split=split, epoch=epoch, value=value,
+                t=T0 + timedelta(hours=3, minutes=i)))
+          for i, task, run, evaluation, key, split, epoch, value in (
+              (1, 1, 1, None, "loss", "train", 1, 0.6), (2, 1, 1, None, "accuracy", "validation", 1, 0.81),
+              (3, 2, 2, None, "loss", "train", 1, 0.7), (4, 2, 3, None, "loss", "train", 1, 0.65),
+              (5, 2, 3, None, "accuracy", "validation", 1, 0.22), (6, 1, None, 1, "accuracy", "validation", None, 0.80))),
+    ]
+    with engine.begin() as connection:
+        for statement, params in rows:
+            connection.execute(text(statement), params)
+
+
+def old_rows(engine) -> dict[str, list[tuple]]:
+    with engine.connect() as connection:
+        return {table: [tuple(row) for row in connection.execute(text(f"SELECT {columns} FROM {table} ORDER BY 1"))]
+                for table, columns in OLD_COLUMNS.items()}
+
+
+def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settings, run_cli):
+    settings.home.mkdir(parents=True)
+    db.upgrade(settings.db_url, "0001")
+    engine = db.make_engine(settings.db_url)
+    fill_0001(engine)
+    before = old_rows(engine)
+
+    refused = run_cli("list")
+    assert refused.exit_code == 1
+    assert refused.stderr == "Error: registry schema is at 0001, code expects 0002: run `registry db upgrade`\n"
+    assert old_rows(engine) == before
+
+    upgraded = run_cli("db", "upgrade")
+    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0002\n", upgraded.output
+    assert old_rows(engine) == before
+    with engine.connect() as connection:
+        versions = connection.execute(text(
+            "SELECT task_id, version, run_id, data_source, data_fingerprint, adapter_size, adapter_sha256, config_sha256, "
+            "score, trainable_params, promoted_by FROM task_versions ORDER BY task_id")).all()
+        pointers = connection.execute(text("SELECT name, current_version, retired_at FROM tasks ORDER BY id")).all()
+        evaluated = connection.execute(text("SELECT id, version FROM evaluations")).all()
+    tasks = {row[0]: row for row in before["tasks"]}
+    assert [tuple(v) for v in versions] == [
+        (1, 1, 1, "/data/sst2", "fp1", 64, tasks[1][12], tasks[1][13], 0.81, 600, "registry db upgrade"),
+        (2, 1, 3, "/data/cola", "fp3", 16, tasks[2][12], tasks[2][13], 0.22, 150, "registry db upgrade")]
+    assert [tuple(p) for p in pointers] == [("sst2", 1, None), ("cola", 1, None), ("rte", None, None)]
+    assert [tuple(e) for e in evaluated] == [(1, 1)]
+
+    listed = json.loads(run_cli("list", "--json").stdout)
+    assert [(t["name"], t["version"], t["position"], t["score"]) for t in listed] == [
+        ("sst2", 1, 1, 0.81), ("cola", 1, 2, 0.22), ("rte", None, None, None)]
+    shown = json.loads(run_cli("show", "cola", "--json").stdout)
+    assert [(v["version"], v["current"], v["run"], v["score"]) for v in shown["versions"]] == [(1, True, 3, 0.22)]
+    assert [(r["run"], r["status"]) for r in shown["runs"]] == [(2, "failed"), (3, "succeeded")]
+    history = json.loads(run_cli("history", "--json").stdout)
+    assert [(h["task"], h["version"], h["run"], h["evaluation"], h["value"]) for h in history] == [
+        ("sst2", 1, 1, None, 0.6), ("sst2", 1, 1, None, 0.81), ("cola", None, 2, None, 0.7), ("cola", 1, 3, None, 0.65),
+        ("cola", 1, 3, None, 0.22), ("sst2", 1, None, 1, 0.80)]
+
+    from alembic import command
+
+    command.downgrade(db.alembic_config(settings.db_url), "0001")
+    assert "task_versions" not in inspect(engine).get_table_names()
+    assert old_rows(engine) == before
+    assert db.revision_at(settings.db_url) == "0001"
+    command.upgrade(db.alembic_config(settings.db_url), "head")
+    assert old_rows(engine) == before
+    engine.dispose()

@@ -478,7 +478,7 @@ def test_publish_refuses_a_task_swept_while_it_trained(registry):
                              label_column="label", metric="accuracy")
     result = FitResult(best_epoch=1, best_score=0.5, best_state={"head.weight": torch.zeros(2, 2)})
     with pytest.raises(RegistryError, match="'swept' was marked interrupted while it trained"):
-        tasks.publish(registry, task_id, base, loaded, run_id, result, TrainConfig(), 4)
+        tasks.publish(registry, task_id, base, "data.tsv", loaded, run_id, result, TrainConfig(), 4)
     with registry.read() as session:
         assert session.get(Task, task_id).status == "failed"
         assert session.get(Task, task_id).position is None

@@ -1,0 +1,61 @@
+"""`registry promote`, `retire` and `restore`: which version of a task is served, and whether it is. No torch.
+
+registry.lifecycle (the ORM) is imported when they run, so that the read commands never import it.
+"""
+
+from __future__ import annotations
+
+import click
+
+from cli.output import emit, fields, json_option
+from registry.config import Settings
+from registry.core import open_registry
+
+
+@click.command()
+@click.argument("name")
+@click.option("--version", "version", type=click.IntRange(min=1), required=True, help="The version to make current.")
+@click.option("--why", help="Why, recorded with who and when (default: which version it replaces).")
+@json_option
+@click.pass_obj
+def promote(settings: Settings, name: str, version: int, why: str | None, as_json: bool) -> None:
+    """Make a version of a task its current one (a candidate, or an older version to roll back to).
+
+    `list`, `export`, `predict` and `serve` use the current version. Who, when and why are recorded.
+
+    Example: registry promote cola --version 1 --why "v2 mislabels questions"
+    """
+    from registry import lifecycle
+
+    emit(lifecycle.promote(open_registry(settings), name, version, why), as_json, fields)
+
+
+@click.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def retire(settings: Settings, name: str, as_json: bool) -> None:
+    """Hide a task from list, export, predict and serve; its versions and history stay (`registry restore` undoes it).
+
+    Example: registry retire cola
+    """
+    from registry import lifecycle
+
+    emit(lifecycle.retire(open_registry(settings), name), as_json, fields)
+
+
+@click.command()
+@click.argument("name")
+@json_option
+@click.pass_obj
+def restore(settings: Settings, name: str, as_json: bool) -> None:
+    """Bring back a retired task: listed, exported and served again, at its position, with its current version.
+
+    Example: registry restore cola
+    """
+    from registry import lifecycle
+
+    emit(lifecycle.restore(open_registry(settings), name), as_json, fields)
+
+
+COMMANDS = [promote, retire, restore]
