@@ -57,7 +57,7 @@ def test_three_tasks_in_sequence_leave_earlier_ones_untouched(run_cli, tiny_base
     printed = run_cli("history", "sentiment", "--json").stdout
     history = json.loads(printed)
     assert len(printed.splitlines()) == len(history)  # one row per line
-    assert set(history[0]) == {"task", "run", "evaluation", "tasks_present", "split", "epoch", "step", "metric", "value", "recorded_at"}
+    assert set(history[0]) == {"task", "version", "run", "evaluation", "tasks_present", "split", "epoch", "step", "metric", "value", "recorded_at"}
     per_epoch = [(h["epoch"], h["split"], h["metric"]) for h in history if h["run"] is not None]
     assert per_epoch == [(1, "train", "loss"), (1, "validation", "accuracy"), (2, "train", "loss"), (2, "validation", "accuracy")]
     assert history[-1]["evaluation"] is not None and history[-1]["tasks_present"] == 3
@@ -113,7 +113,7 @@ def test_existing_and_invalid_names_change_nothing(run_cli, tiny_base, datasets_
     run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "1")
     before = snapshot(settings)
     line = one_line_error(run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment")))
-    assert line == "Error: task 'sentiment' already exists (ready): pick another name"
+    assert line == "Error: task 'sentiment' already exists (ready): pick another name, or pass --new-version to train its next version"
     for bad in ("Sentiment", "a/b", "..", "a..b", "has space", "_under", ""):
         line = one_line_error(run_cli("add-task", bad, "--data", str(datasets_dir / "sentiment")))
         assert line == (f"Error: invalid task name {bad!r}: use lowercase letters, digits, '_', '.', '-' "

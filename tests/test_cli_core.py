@@ -72,7 +72,7 @@ def test_newer_schema_is_refused_and_unchanged(run_cli, tiny_base, settings):
     before = snapshot(settings)
     for command in (["list"], ["db", "upgrade"], ["init", "--base", str(tiny_base)]):
         line = one_line_error(run_cli(*command))
-        assert line == "Error: registry schema is at ffff9999, newer than this code (0001): upgrade adapter-registry"
+        assert line == f"Error: registry schema is at ffff9999, newer than this code ({db.SCHEMA_REVISION}): upgrade adapter-registry"
     assert snapshot(settings) == before
 
 
@@ -88,10 +88,10 @@ def test_unstamped_database_is_not_adopted(run_cli, tiny_base, settings):
 
 
 def test_db_current_and_upgrade(run_cli, tiny_base):
-    assert run_cli("db", "current").stdout.splitlines() == ["database: (empty)", "code:     0001"]
+    assert run_cli("db", "current").stdout.splitlines() == ["database: (empty)", "code:     0002"]
     run_cli("init", "--base", str(tiny_base))
-    assert run_cli("db", "current").stdout.splitlines() == ["database: 0001", "code:     0001"]
-    assert run_cli("db", "upgrade").stdout.strip() == "database at 0001"
+    assert run_cli("db", "current").stdout.splitlines() == ["database: 0002", "code:     0002"]
+    assert run_cli("db", "upgrade").stdout.strip() == "database at 0002"
 
 
 def test_non_registry_file_as_database(tmp_path):
