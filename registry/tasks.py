@@ -90,10 +90,12 @@ def add_task(
         if existing is None or existing.status != "ready":
             state = f" ({existing.status})" if existing is not None else ""
             raise UnknownTask(f"--new-version: no ready task named {name!r}{state}: drop --new-version to add it as a new task")
-        options = replace(options, task_type=options.task_type or existing.task_type, metric=options.metric or existing.metric)
+        task_type = options.task_type or existing.task_type
+        options = replace(options, task_type=task_type,
+                          metric=options.metric or (existing.metric if task_type == existing.task_type else None))
     elif existing is not None and existing.status != "failed":
-        raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name, "
-                         "or pass --new-version to train its next version")
+        hint = ", or pass --new-version to train its next version" if existing.status == "ready" else ""
+        raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name{hint}")
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
                        max_train_samples=options.max_train_samples, seed=config.seed)
@@ -163,7 +165,7 @@ def check_fits(task: Task, loaded: data.TaskData) -> None:
         ("number of text columns", len(loaded.text_columns), len(task.text_columns))) if theirs != ours]
     if differences:
         what, theirs, ours = differences[0]
-        raise VersionError(f"--new-version of {task.name!r}: the data's {what} is {theirs} but the task's is {ours}: "
+        raise VersionError(f"--new-version of {task.name!r}: the data has {what} {theirs}, the task {ours}: "
                            "that is another task; add it under a new name without --new-version")
 
 

@@ -3,7 +3,7 @@
 Each row must fail with exit code ≠ 0 and exactly one line on stderr that names the problem and
 says what to do, with no traceback (`--debug` shows one), and leave the registry exactly as it was:
 every row of every table and every file under the home and the store (tests.helpers.snapshot).
-One registry per dialect, holding one trained task, serves every row.
+One registry per dialect, holding two trained tasks (one with two versions), serves every row.
 """
 
 from __future__ import annotations
@@ -103,6 +103,29 @@ CASES = [
     case("predict-no-text", "predict --task sentiment", "give either TEXT arguments", "--input FILE.jsonl"),
     case("predict-input-not-jsonl", "predict --input {good}", "good.tsv line 1 is not JSON", "one {\"task\", \"text\""),
     case("predict-bundle-missing", "predict --bundle {bad}/nope --task sentiment hi", "Path '", "predict --help`)", exit_code=2),
+    # --- versions: promote, retire, restore, --new-version ('sentiment' has versions 1 and 2, current; 'second' has 1)
+    case("promote-unknown-version", "promote sentiment --version 9", "task 'sentiment' has no version 9 (its versions: 1, 2)",
+         "pick one of them, see `registry show sentiment`"),
+    case("promote-other-tasks-version", "promote second --version 2", "task 'second' has no version 2 (its versions: 1)",
+         "see `registry show second`"),
+    case("promote-current", "promote sentiment --version 2", "version 2 of task 'sentiment' is already current", "nothing to promote"),
+    case("promote-unknown-task", "promote nope --version 1", "no ready task named 'nope'", "known tasks: sentiment, second"),
+    case("promote-version-zero", "promote sentiment --version 0", "Invalid value for '--version'", "promote --help`)", exit_code=2),
+    case("new-version-other-labels", "add-task sentiment --new-version --data {bad}/words.tsv",
+         "--new-version of 'sentiment': the data has labels ['neg', 'pos'], the task ['0', '1']", "add it under a new name"),
+    case("new-version-other-type", "add-task sentiment --new-version --data {good} --task-type regression",
+         "the data has task type regression, the task classification", "add it under a new name"),
+    case("new-version-unknown-task", "add-task nope --new-version --data {good}", "--new-version: no ready task named 'nope'",
+         "drop --new-version to add it as a new task"),
+    case("promote-without-new-version", f"{NEW} {{good}} --promote", "--promote needs --new-version", "add-task --help`)",
+         exit_code=2),
+    case("retire-unknown", "retire nope", "no ready task named 'nope'", "known tasks: sentiment"),
+    case("retire-retired", "retire second", "task 'second' is already retired", "`registry restore second` brings it back",
+         "retired"),
+    case("restore-not-retired", "restore sentiment", "task 'sentiment' is not retired", "nothing to restore"),
+    *(case(f"{args.split()[0]}-retired", args, "task 'second' is retired", "`registry restore second` brings it back", "retired")
+      for args in ("export --tasks second --output {fresh}/bundle", "predict --task second hi", "eval second",
+                   "promote second --version 1", "add-task second --new-version --data {good}")),
     # --- init
     case("init-twice", "init --base {base}", "already has a base", "use another --home to start a new one"),
     case("init-base-missing", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}/nope",
@@ -118,13 +141,14 @@ CASES = [
            "registry schema is at ffff9999, newer than this code", "upgrade adapter-registry", "newer_schema")
       for args in ("list", "show sentiment", "history", "runs", "verify", "verify --prune", "add-task newtask --data {good}",
                    "eval sentiment", "init --base {base}", "db upgrade", "export --output {fresh}/bundle",
-                   "predict --task sentiment hello")),
+                   "predict --task sentiment hello", "promote sentiment --version 1", "retire sentiment", "restore sentiment",
+                   "add-task sentiment --new-version --data {good}")),
     # --- an unreachable PostgreSQL server
     *(case(f"unreachable-{args.split()[0]}{'-' + args.split()[1] if args.startswith('db') else ''}", f"--db {UNREACHABLE} {args}",
            f"cannot open database {UNREACHABLE}", "check --db / REGISTRY_DB_URL")
       for args in ("list", "show sentiment", "history", "runs", "verify", "add-task newtask --data {good}", "eval sentiment",
                    "init --base {base}", "db current", "db upgrade", "export --output {fresh}/bundle",
-                   "predict --task sentiment hello")),
+                   "predict --task sentiment hello", "promote sentiment --version 1", "retire sentiment")),
 ]
 
 
@@ -163,7 +187,7 @@ def write_files(bad: Path) -> Path:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def prepared(request, tmp_path_factory, tiny_base, pg_skip_reason):
-    """One registry per dialect with one ready task, 'sentiment', and the files the table needs."""
+    """One registry per dialect with two ready tasks, 'sentiment' (versions 1 and 2) and 'second', and the files the table needs."""
     root = tmp_path_factory.mktemp(f"bad-input-{request.param}")
     home = root / "home"
     schema = None
@@ -181,6 +205,8 @@ def prepared(request, tmp_path_factory, tiny_base, pg_skip_reason):
     good = write_files(root / "bad")
     runner = CliRunner()
     for args in (["init", "--base", str(tiny_base)], ["add-task", "sentiment", "--data", str(good), "--epochs", "1"],
+                 ["add-task", "sentiment", "--new-version", "--promote", "--data", str(good), "--epochs", "1", "--seed", "1"],
+                 ["add-task", "second", "--data", str(good), "--epochs", "1"],
                  ["eval", "sentiment"]):  # eval once, so the token cache is there before any row runs
         result = runner.invoke(cli, args, env=env, catch_exceptions=False)
         assert result.exit_code == 0, result.output
@@ -263,7 +289,21 @@ def newer_schema(prepared, monkeypatch):
         engine.dispose()
 
 
-SETUPS = {"unreadable": unreadable, "no_cuda": no_cuda, "tampered": tampered, "adapter_missing": adapter_missing,
+@contextlib.contextmanager
+def retired(prepared, monkeypatch):
+    from registry import lifecycle
+    from registry.core import open_registry
+
+    registry = open_registry(prepared.settings)
+    lifecycle.retire(registry, "second")
+    try:
+        yield
+    finally:
+        lifecycle.restore(registry, "second")
+        registry.close()
+
+
+SETUPS = {"retired": retired, "unreadable": unreadable, "no_cuda": no_cuda, "tampered": tampered, "adapter_missing": adapter_missing,
           "newer_schema": newer_schema}
 
 

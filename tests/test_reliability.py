@@ -327,6 +327,57 @@ def test_kill_9_at_each_step_of_publishing(run_cli, settings, registry, tmp_path
     assert [(t["name"], t["position"]) for t in json.loads(run_cli("list", "--json").stdout)] == [("first", 1), ("victim", 2)]
 
 
+def task_versions(run_cli, name: str) -> list[tuple[int, bool, str]]:
+    shown = json.loads(run_cli("show", name, "--json").stdout)
+    return [(v["version"], v["current"], v["adapter_sha256"]) for v in shown["versions"]]
+
+
+NEW_VERSION_KILL_POINTS = ("tokenising", "training-done", "trained", "stored", "committing")
+
+
+def test_kill_9_of_a_new_version_leaves_the_current_version(run_cli, settings, registry, tmp_path, launcher):
+    """Killed at each step of training and publishing, `--new-version` leaves the task as it was; the next one lands."""
+    data = write_data(tmp_path / "data.tsv")
+    pid = launcher.start(settings, *add_args("task", data))
+    assert launcher.wait(pid) == 0, launcher.output(pid)
+    before, versions = published(registry), task_versions(run_cli, "task")
+
+    for seed, point in enumerate(NEW_VERSION_KILL_POINTS, start=1):
+        pid = launcher.start(settings, *add_args("task", data, seed=seed), "--new-version", kill_point=point)
+        assert launcher.wait(pid) == -signal.SIGKILL, (point, launcher.output(pid))
+        _, runs = sweep(run_cli)
+        assert runs[-1]["status"] in ("interrupted", "succeeded") and runs[-1]["task"] == "task", (point, runs[-1])
+        assert published(registry) == before, point  # the row, its current version and the bytes it is served with
+        assert task_versions(run_cli, "task") == versions, point
+        assert {p["kind"] for p in verify_problems(run_cli)} <= {"unreferenced"}, point
+
+    pid = launcher.start(settings, *add_args("task", data, seed=99), "--new-version", "--promote")
+    assert launcher.wait(pid) == 0, launcher.output(pid)
+    assert [(v, current) for v, current, _ in task_versions(run_cli, "task")] == [(1, False), (2, True)]
+    assert run_cli("verify", "--prune").exit_code == 0
+
+
+def test_concurrent_new_versions_get_distinct_numbers(run_cli, settings, registry, tmp_path, launcher):
+    """Two `--new-version` runs of one task at once both land, as versions 2 and 3; the task keeps its position."""
+    data = write_data(tmp_path / "data.tsv")
+    for name in ("first", "task"):
+        pid = launcher.start(settings, *add_args(name, data))
+        assert launcher.wait(pid) == 0, launcher.output(pid)
+    first = published(registry)["first"]
+    pids = [launcher.start(settings, *add_args("task", data, seed=seed), "--new-version") for seed in (1, 2)]
+    codes = [launcher.wait(pid) for pid in pids]
+    outputs = [launcher.output(pid) for pid in pids]
+    assert codes == [0, 0], outputs
+    assert sorted(json.loads(output)["published_version"] for output in outputs) == [2, 3]
+    versions = task_versions(run_cli, "task")
+    assert [v for v, _, _ in versions] == [1, 2, 3] and sum(current for _, current, _ in versions) == 1
+    now = published(registry)
+    current = next(sha for _, is_current, sha in versions if is_current)
+    assert now["task"][0]["adapter_sha256"] == current and now["task"][0]["position"] == 2
+    assert now["first"] == first
+    assert verify_problems(run_cli) == []
+
+
 def test_concurrent_adds_get_distinct_consecutive_positions(run_cli, settings, tiny_base, tmp_path, launcher):
     """Four add-tasks at once all succeed; a fifth racing one of them for its name gets TaskExists."""
     assert run_cli("init", "--base", str(tiny_base)).exit_code == 0
@@ -338,8 +389,8 @@ def test_concurrent_adds_get_distinct_consecutive_positions(run_cli, settings, t
     assert "database is locked" not in "".join(outputs)
     assert sorted(codes) == [0, 0, 0, 0, 1], outputs
     loser = outputs[codes.index(1)].strip().splitlines()
-    assert len(loser) == 1 and loser[0] in {f"Error: task 'alpha' already exists ({why}): pick another name"
-                                            for why in ("training", "another process is adding it", "ready")}, loser
+    assert len(loser) == 1 and loser[0] in {f"Error: task 'alpha' already exists ({why}): pick another name{hint}" for why, hint in (
+        ("training", ""), ("another process is adding it", ""), ("ready", ", or pass --new-version to train its next version"))}, loser
     assert codes[0] == 0 or codes[4] == 0  # exactly one of the two alphas won
     listed = json.loads(run_cli("list", "--json").stdout)
     assert sorted(t["position"] for t in listed) == [1, 2, 3, 4]
