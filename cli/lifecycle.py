@@ -30,32 +30,30 @@ def promote(settings: Settings, name: str, version: int, why: str | None, as_jso
     emit(lifecycle.promote(open_registry(settings), name, version, why), as_json, fields)
 
 
-@click.command()
-@click.argument("name")
-@json_option
-@click.pass_obj
-def retire(settings: Settings, name: str, as_json: bool) -> None:
-    """Hide a task from list, export, predict and serve; its versions and history stay (`registry restore` undoes it).
+def visibility_command(action: str, help_text: str) -> click.Command:
+    """`registry retire` or `registry restore`: one task's visibility, changed by registry.lifecycle's function `action`."""
+
+    @click.command(name=action, help=help_text)
+    @click.argument("name")
+    @json_option
+    @click.pass_obj
+    def command(settings: Settings, name: str, as_json: bool) -> None:
+        from registry import lifecycle
+
+        emit(getattr(lifecycle, action)(open_registry(settings), name), as_json, fields)
+
+    return command
+
+
+retire = visibility_command("retire", """Hide a task from list, export, predict and serve; its versions and history stay.
+
+    `registry restore` undoes it.
 
     Example: registry retire cola
-    """
-    from registry import lifecycle
-
-    emit(lifecycle.retire(open_registry(settings), name), as_json, fields)
-
-
-@click.command()
-@click.argument("name")
-@json_option
-@click.pass_obj
-def restore(settings: Settings, name: str, as_json: bool) -> None:
-    """Bring back a retired task: listed, exported and served again, at its position, with its current version.
+    """)
+restore = visibility_command("restore", """Bring back a retired task: listed, exported and served again, at its position.
 
     Example: registry restore cola
-    """
-    from registry import lifecycle
-
-    emit(lifecycle.restore(open_registry(settings), name), as_json, fields)
-
+    """)
 
 COMMANDS = [promote, retire, restore]

@@ -526,7 +526,7 @@ def test_publish_refuses_a_task_swept_while_it_trained(registry):
         base = registry.base(session)
         run_id = session.scalars(select(Run.id).where(Run.task_id == task_id)).one()
     loaded = SimpleNamespace(task_type="classification", labels=("0", "1"), text_columns=("sentence",),
-                             label_column="label", metric="accuracy")
+                             label_column="label", metric="accuracy", fingerprint="f" * 64)
     result = FitResult(best_epoch=1, best_score=0.5, best_state={"head.weight": torch.zeros(2, 2)})
     with pytest.raises(RegistryError, match="'swept' was marked interrupted while it trained"):
         tasks.publish(registry, task_id, base, "data.tsv", loaded, run_id, result, TrainConfig(), 4)
