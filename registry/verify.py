@@ -5,7 +5,7 @@ What is checked (opening the registry has already checked the schema revision):
 * every artifact row: its file is in the store, its bytes hash to its sha256 and have its size;
 * every ready task: it names an adapter and a config artifact, the config parses and names the
   registry's base, the adapter is a safetensors file; ready positions are exactly 1..N and no
-  task that is not ready holds a position;
+  task that is not ready holds a position; it carries its current version's artifacts and score;
 * every file in the store is an artifact the database knows. Unreferenced files (left behind by a
   kill between storing an artifact and committing it) are reported, and removed with `prune`.
 
@@ -25,7 +25,8 @@ from typing import Any
 from sqlalchemy import select
 
 from registry.core import Registry
-from registry.models import Artifact, Evaluation, Run, Task
+from registry.lifecycle import CURRENT_FIELDS
+from registry.models import Artifact, Evaluation, Run, Task, TaskVersion
 from registry.runs import sweep_stale_runs
 
 ADAPTER_CONFIG_FORMAT = "adapter-registry/adapter@1"
@@ -69,6 +70,7 @@ def verify(registry: Registry, *, prune: bool = False) -> Report:
         artifacts = session.scalars(select(Artifact).order_by(Artifact.sha256)).all()
         tasks = session.scalars(select(Task).order_by(Task.id)).all()
         users = artifact_users(session, base, tasks)
+        check_current_versions(session, tasks, report)
     sizes = {artifact.sha256: artifact.size for artifact in artifacts}
 
     intact = check_artifacts(registry, sizes, users, report)
@@ -176,6 +178,17 @@ def check_tasks(registry: Registry, base_sha: str, tasks: list[Task], intact: se
             report.problems.append(Problem("position", task.name, (
                 f"{task.status} task {task.name!r} holds position {task.position}, which only ready tasks do: "
                 "the database was altered; restore it from a backup")))
+
+
+def check_current_versions(session, tasks: list[Task], report: Report) -> None:
+    """Each ready task carries its current version's fields (registry.lifecycle moves both in one transaction)."""
+    versions = {(v.task_id, v.version): v for v in session.scalars(select(TaskVersion))}
+    for task in tasks:
+        version = versions.get((task.id, task.current_version))
+        if task.status == "ready" and (version is None or any(getattr(task, f) != getattr(version, f) for f in CURRENT_FIELDS)):
+            report.problems.append(Problem("version", task.name, (
+                f"ready task {task.name!r} does not carry the artifacts and score of its current version "
+                f"{task.current_version}: the database was altered; restore it from a backup")))
 
 
 def config_problem(raw: bytes, base_sha: str) -> str | None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from registry import bundle, lifecycle
 from registry.core import open_registry
@@ -203,3 +203,15 @@ def test_promote_and_retire_change_nothing_on_bad_input(run_cli, settings, two_t
         "Error: task 'sentiment' has no version 2 (its versions: 1): pick one of them, see `registry show sentiment`")
     assert one_line_error(run_cli("restore", "sentiment")) == "Error: task 'sentiment' is not retired: nothing to restore"
     assert snapshot(settings) == before
+
+
+def test_verify_finds_a_task_that_does_not_carry_its_current_version(run_cli, settings, two_tasks):
+    assert run_cli("verify").exit_code == 0
+    registry = open_registry(settings)
+    with registry.write() as session:
+        session.execute(update(Task).where(Task.name == "other").values(score=0.5))
+    registry.close()
+    result = run_cli("verify")
+    assert result.exit_code == 1
+    assert result.stdout.splitlines() == ["ready task 'other' does not carry the artifacts and score of its current version 1: "
+                                          "the database was altered; restore it from a backup"]
