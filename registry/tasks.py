@@ -86,6 +86,8 @@ def add_task(
     with registry.read() as session:
         base = registry.base(session)
         existing = session.scalars(select(Task).where(Task.name == name)).first()
+        if new_version and existing is not None and existing.status == "ready":
+            find_task(session, name, ready=True)  # refuses a retired task, saying how to restore it
     if new_version:
         if existing is None or existing.status != "ready":
             state = f" ({existing.status})" if existing is not None else ""
