@@ -25,7 +25,7 @@ from sqlalchemy import select, text, update
 
 from registry.config import Settings
 from registry.core import open_registry
-from registry.models import Artifact, Run, Task
+from registry.models import Artifact, Run, Task, TaskVersion
 from registry.schema import utcnow
 from registry.runs import Heartbeat, as_utc, sweep_stale_runs, this_host
 from tests.conftest import REPO
@@ -606,6 +606,7 @@ def test_verify_checks_ready_tasks_and_positions(run_cli, settings, trained):
         session.add(Artifact(sha256=sha, kind="adapter-config", size=len(foreign)))
         session.flush()
         session.execute(update(Task).values(config_sha256=sha))
+        session.execute(update(TaskVersion).values(config_sha256=sha))  # the current version's, as the task carries it
         base = registry.base(session)
         session.add(Task(name="stale", base_id=base.id, status="failed", position=2))
     registry.close()
