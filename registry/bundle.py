@@ -2,7 +2,7 @@
 
 A bundle is a directory (or the same tree in one .tar):
 
-    manifest.json               format, dtype, the base's sha256, each task's metadata, and the
+    manifest.json               format, dtype, the base's sha256, each task's metadata (its version included), and the
                                 sha256 + size of every other file
     base/                       model.safetensors, config.json, tokenizer files: `AutoModel.from_pretrained` reads it
     adapters/NAME.safetensors   the task's trainable tensors (the stored artifact's bytes, in float32)

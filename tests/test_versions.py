@@ -116,6 +116,16 @@ def test_new_version_keeps_the_position_and_export_follows_the_current_one(run_c
     assert [(t["name"], t["version"], t["adapter_sha256"]) for t in manifest["tasks"]] == [
         ("sentiment", 4, adapter_4), ("other", 1, other_adapter)]
 
+    # imported elsewhere, each task starts as version 1 there, saying where it came from
+    home = tmp_path / "imported"
+    elsewhere = ("--home", str(home), "--db", f"sqlite:///{home / 'registry.db'}", "--store", str(home / "artifacts"))
+    result = run_cli(*elsewhere, "import", str(tmp_path / "bundle"), "--json")
+    assert result.exit_code == 0, result.output
+    assert [(t["name"], t["version"]) for t in json.loads(result.stdout)["tasks"]] == [("sentiment", 1), ("other", 1)]
+    imported = json.loads(run_cli(*elsewhere, "show", "sentiment", "--json").stdout)
+    assert [(v["version"], v["current"], v["adapter_sha256"], v["why"]) for v in imported["versions"]] == [
+        (1, True, adapter_4, f"imported from {tmp_path / 'bundle'} (its version 4 there)")]
+
 
 def test_promote_moves_the_pointer_back_and_records_who_and_when(run_cli, settings, two_tasks):
     first = two_tasks.first
