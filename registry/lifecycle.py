@@ -197,7 +197,7 @@ def _point(session, task_id: int, version: TaskVersion) -> None:
 def promote(registry: Registry, name: str, version: int, why: str | None = None) -> dict:
     """Move task `name`'s current version to `version` (forward or back), recording who, when and why."""
     with registry.write() as session:
-        task = find_task(session, name, ready=True, retired=True)
+        task = find_task(session, name, ready=True)  # a retired task is restored first
         row = _version(session, task, version)
         if task.current_version == version:
             raise VersionError(f"version {version} of task {name!r} is already current: nothing to promote")

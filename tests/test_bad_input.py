@@ -90,7 +90,7 @@ CASES = [
     case("eval-data-missing", "eval sentiment --data {bad}/nope.tsv", "no such file or directory", "pass a directory"),
     case("eval-data-other-columns", "eval sentiment --data {bad}/notext.tsv", "notext.tsv has no column sentence, which the task uses",
          "give it the same columns"),
-    case("eval-data-new-label", "eval sentiment --data {bad}/words.tsv", "never uses: 'pos'", "fix those rows"),
+    case("eval-data-new-label", "eval sentiment --data {bad}/words.tsv", "never uses: 'neg' (2 rows), 'pos' (1 rows)", "fix those rows"),
     case("eval-artifact-tampered", "eval sentiment", "does not match its sha256 (corrupt or tampered)", "run `registry verify`",
          "tampered"),
     case("eval-artifact-missing", "eval sentiment", "is missing from the store", "run `registry verify`", "adapter_missing"),
