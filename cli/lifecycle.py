@@ -31,7 +31,7 @@ def promote(settings: Settings, name: str, version: int, why: str | None, as_jso
 
 
 def visibility_command(action: str, help_text: str) -> click.Command:
-    """`registry retire` or `registry restore`: one task's visibility, changed by registry.lifecycle's function `action`."""
+    """`registry retire` or `registry restore`: one task's visibility, changed by registry.lifecycle's `action`."""
 
     @click.command(name=action, help=help_text)
     @click.argument("name")
@@ -45,13 +45,13 @@ def visibility_command(action: str, help_text: str) -> click.Command:
     return command
 
 
-retire = visibility_command("retire", """Hide a task from list, export, predict and serve; its versions and history stay.
+retire = visibility_command("retire", """Hide a task from list, export, predict and serve.
 
-    `registry restore` undoes it.
+    Its versions and history stay; `registry restore` undoes it.
 
     Example: registry retire cola
     """)
-restore = visibility_command("restore", """Bring back a retired task: listed, exported and served again, at its position.
+restore = visibility_command("restore", """Bring back a retired task: listed, exported and served again.
 
     Example: registry restore cola
     """)

@@ -9,8 +9,11 @@ from registry import catalog
 from registry.config import Settings
 from registry.core import open_registry
 
-LIST_COLUMNS = ("position", "name", "version", "task_type", "metric", "score", "trainable_params", "status", "created_at")
-HISTORY_COLUMNS = ("task", "version", "run", "evaluation", "tasks_present", "split", "epoch", "metric", "value", "recorded_at")
+LIST_COLUMNS = ("position", "name", "version", "task_type", "metric", "score", "trainable_params", "status",
+                "created_at")
+HISTORY_COLUMNS = ("task", "version", "run", "evaluation", "tasks_present", "split", "epoch", "metric", "value",
+                   "recorded_at")
+VERSION_COLUMNS = ("version", "current", "score", "run", "created_at", "promoted_at", "promoted_by", "why")
 
 
 @click.command(name="list")
@@ -24,7 +27,8 @@ def list_(settings: Settings, show_all: bool, as_json: bool) -> None:
     """
     registry = open_registry(settings)
     columns = (*LIST_COLUMNS, "retired_at") if show_all else LIST_COLUMNS
-    emit(catalog.list_tasks(registry, retired=show_all), as_json, lambda rows: table(rows, columns, empty="(no tasks yet: registry add-task NAME --data PATH)"))
+    emit(catalog.list_tasks(registry, retired=show_all), as_json,
+         lambda rows: table(rows, columns, empty="(no tasks yet: registry add-task NAME --data PATH)"))
 
 
 @click.command()
@@ -45,7 +49,7 @@ def print_task(row: dict) -> None:
     fields(row)
     click.echo("")
     versions = [{**version, "current": "current" if version["current"] else "candidate"} for version in row["versions"]]
-    table(versions, ("version", "current", "score", "run", "created_at", "promoted_at", "promoted_by", "why"), empty="(no versions)")
+    table(versions, VERSION_COLUMNS, empty="(no versions)")
     click.echo("")
     table(row["runs"], ("run", "status", "score", "best_epoch", "device", "started_at", "finished_at", "error"))
 

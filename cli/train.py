@@ -28,7 +28,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--max-train-samples", type=click.IntRange(min=1), help="Train on a seeded random subset.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published.")
-@click.option("--new-version", is_flag=True, help="Train the next version of an existing task (same task type and labels).")
+@click.option("--new-version", is_flag=True,
+              help="Train the next version of an existing task (same task type and labels).")
 @click.option("--promote", is_flag=True, help="With --new-version: make it current whatever it scores.")
 @device_option
 @quiet_option
@@ -55,8 +56,9 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
                          max_length=max_length, seed=seed)
     options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
                           metric=metric, max_train_samples=max_train_samples)
-    row = add(registry, name, source, config, options, new_version=new_version, promote=promote, sweep=sweep, device=device,
-              progress=not quiet and sys.stderr.isatty(), echo=lambda line: quiet or click.echo(line, err=True))
+    row = add(registry, name, source, config, options, new_version=new_version, promote=promote, sweep=sweep,
+              device=device, progress=not quiet and sys.stderr.isatty(),
+              echo=lambda line: quiet or click.echo(line, err=True))
     emit(row, as_json, fields)
 
 

@@ -160,8 +160,8 @@ def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]
     """
     version = func.coalesce(task_versions.c.version, evaluations.c.version)
     query = (
-        select(tasks.c.name, version, metrics.c.run_id, metrics.c.evaluation_id, evaluations.c.tasks_present, metrics.c.split,
-               metrics.c.epoch, metrics.c.step, metrics.c.key, metrics.c.value, metrics.c.recorded_at)
+        select(tasks.c.name, version, metrics.c.run_id, metrics.c.evaluation_id, evaluations.c.tasks_present,
+               metrics.c.split, metrics.c.epoch, metrics.c.step, metrics.c.key, metrics.c.value, metrics.c.recorded_at)
         .join(tasks, metrics.c.task_id == tasks.c.id)
         .outerjoin(evaluations, metrics.c.evaluation_id == evaluations.c.id)
         .outerjoin(task_versions, metrics.c.run_id == task_versions.c.run_id)

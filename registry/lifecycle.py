@@ -203,7 +203,8 @@ def promote(registry: Registry, name: str, version: int, why: str | None = None)
             raise VersionError(f"version {version} of task {name!r} is already current: nothing to promote")
         by, now = who(), utcnow()
         reason = why or f"promoted from version {task.current_version} with `registry promote`"
-        session.execute(update(TaskVersion).where(TaskVersion.id == row.id).values(promoted_at=now, promoted_by=by, why=reason))
+        session.execute(update(TaskVersion).where(TaskVersion.id == row.id)
+                        .values(promoted_at=now, promoted_by=by, why=reason))
         _point(session, task.id, row)
         return {"task": name, "version": version, "previous": task.current_version, "score": row.score,
                 "promoted_by": by, "promoted_at": now.isoformat(timespec="seconds"), "why": reason}
@@ -211,9 +212,10 @@ def promote(registry: Registry, name: str, version: int, why: str | None = None)
 
 def _version(session, task, version: int) -> TaskVersion:
     """Version `version` of `task`, or VersionError listing the ones it has."""
-    row = session.scalars(select(TaskVersion).where(TaskVersion.task_id == task.id, TaskVersion.version == version)).first()
+    mine = TaskVersion.task_id == task.id
+    row = session.scalars(select(TaskVersion).where(mine, TaskVersion.version == version)).first()
     if row is None:
-        known = session.scalars(select(TaskVersion.version).where(TaskVersion.task_id == task.id).order_by(TaskVersion.version)).all()
+        known = session.scalars(select(TaskVersion.version).where(mine).order_by(TaskVersion.version)).all()
         raise VersionError(f"task {task.name!r} has no version {version} (its versions: {', '.join(map(str, known))}): "
                              f"pick one of them, see `registry show {task.name}`")
     return row

@@ -32,7 +32,8 @@ from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
-# The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256 → we keep 16/64.
+# The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256
+# → we keep 16/64.
 SWEEP_LRS = (3e-4, 1e-3, 3e-3)
 SWEEP_SIZES = (16, 64)
 
@@ -51,7 +52,8 @@ class DataOptions:
 def validate_name(name: str) -> None:
     """Task names are `[a-z0-9][a-z0-9_.-]*`, at most 100 characters, and never `..`."""
     if not NAME_PATTERN.fullmatch(name) or ".." in name or len(name) > 100:
-        raise InvalidName(f"invalid task name {name!r}: use lowercase letters, digits, '_', '.', '-' (starting with a letter or digit)")
+        raise InvalidName(f"invalid task name {name!r}: use lowercase letters, digits, '_', '.', '-' "
+                          "(starting with a letter or digit)")
 
 
 def software_versions() -> dict[str, str]:
@@ -91,7 +93,8 @@ def add_task(
     if new_version:
         if existing is None or existing.status != "ready":
             state = f" ({existing.status})" if existing is not None else ""
-            raise UnknownTask(f"--new-version: no ready task named {name!r}{state}: drop --new-version to add it as a new task")
+            raise UnknownTask(f"--new-version: no ready task named {name!r}{state}: "
+                              "drop --new-version to add it as a new task")
         task_type = options.task_type or existing.task_type
         options = replace(options, task_type=task_type,
                           metric=options.metric or (existing.metric if task_type == existing.task_type else None))
@@ -105,19 +108,23 @@ def add_task(
         check_fits(existing, loaded)
     for line in loaded.inferred:
         echo(line)
-    grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, SWEEP_SIZES)] if sweep else [config]
+    grid = [config]
+    if sweep:
+        grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, SWEEP_SIZES)]
 
     # From here on the task always has a run recording this process, so a kill is visible to the next command.
     if new_version:
         task_id, run_id = existing.id, open_run(registry, existing.id, grid[0], loaded, target)
     else:
-        task_id, run_id = lifecycle.reserve(registry, name, base.id, describe(source, loaded), run_fields(grid[0], loaded, target))
+        task_id, run_id = lifecycle.reserve(registry, name, base.id, describe(source, loaded),
+                                            run_fields(grid[0], loaded, target))
     try:
         with Heartbeat(registry, task_id):
             base_dir = checkpoint.unpack(registry, base)
             tokenizer = load_tokenizer(base_dir)
-            train_set, validation_set = (encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
-                                         for split in ("train", "validation"))
+            train_set, validation_set = (
+                encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
+                for split in ("train", "validation"))
             best = None
             for run_config in grid:
                 run_id = run_id or open_run(registry, task_id, run_config, loaded, target)
@@ -131,7 +138,8 @@ def add_task(
                 run_id = None
             terms = {}
             if new_version:
-                terms = compare_with_current(registry, name, base, loaded, best[1].best_score, promote, target, progress, echo)
+                terms = compare_with_current(registry, name, base, loaded, best[1].best_score, promote, target,
+                                             progress, echo)
             published = publish(registry, task_id, base, source, loaded, *best, **terms)
     except BaseException as exc:
         abandon(registry, task_id, run_id, exc)
@@ -160,11 +168,13 @@ def describe(source: str, loaded: data.TaskData) -> lifecycle.Description:
 
 
 def check_fits(task: Task, loaded: data.TaskData) -> None:
-    """Refuse data for a new version of `task` that would make it another task: its type, labels, metric or texts differ."""
+    """Refuse data for a new version of `task` that makes it another task: type, labels, metric or texts differ."""
     labels = list(loaded.labels) if loaded.labels is not None else None
     differences = [(what, theirs, ours) for what, theirs, ours in (
-        ("task type", loaded.task_type, task.task_type), ("labels", labels, task.labels), ("metric", loaded.metric, task.metric),
-        ("number of text columns", len(loaded.text_columns), len(task.text_columns))) if theirs != ours]
+        ("task type", loaded.task_type, task.task_type), ("labels", labels, task.labels),
+        ("metric", loaded.metric, task.metric),
+        ("number of text columns", len(loaded.text_columns), len(task.text_columns)),
+    ) if theirs != ours]
     if differences:
         what, theirs, ours = differences[0]
         raise VersionError(f"--new-version of {task.name!r}: the data has {what} {theirs}, the task {ours}: "
@@ -176,7 +186,8 @@ def encode_split(registry: Registry, base, tokenizer, loaded: data.TaskData, spl
     """One split tokenised with the base's tokenizer, cached by data, tokenizer and length."""
     return encoding.encode(getattr(loaded, split), loaded.text_columns, tokenizer, max_length=max_length,
                            cache_dir=registry.settings.cache_dir / "tokens",
-                           cache_key=f"{loaded.fingerprint}-{base.tokenizer_sha256}-{max_length}-{split}", progress=progress)
+                           cache_key=f"{loaded.fingerprint}-{base.tokenizer_sha256}-{max_length}-{split}",
+                           progress=progress)
 
 
 def load_tokenizer(base_dir):
@@ -201,7 +212,8 @@ def head_size(loaded_or_task) -> int:
     return 1 if loaded_or_task.task_type == "regression" else len(loaded_or_task.labels)
 
 
-def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> int:
+def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded: data.TaskData,
+             device: torch.device) -> int:
     """Record a run in state `running`."""
     with registry.write() as session:
         run = new_run(task_id, config, loaded, device)
@@ -246,7 +258,8 @@ def finish_run(registry: Registry, run_id: int, result: train.FitResult, n_train
         run.score, run.best_epoch, run.trainable_params = result.best_score, result.best_epoch, n_trainable
 
 
-def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig, state: dict[str, torch.Tensor]) -> tuple[bytes, bytes]:
+def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig,
+                  state: dict[str, torch.Tensor]) -> tuple[bytes, bytes]:
     """The task's two artifacts: trainable tensors as safetensors, and its JSON config."""
     weights = save_tensors(dict(sorted(state.items())))
     task_config = {
@@ -265,17 +278,22 @@ def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig, state:
     return weights, json.dumps(task_config, indent=2, sort_keys=True).encode()
 
 
-def publish(registry: Registry, task_id: int, base, source: str, loaded: data.TaskData, run_id: int, result: train.FitResult,
-            config: train.TrainConfig, n_trainable: int, *, promote: bool = False, compared_with: int | None = None,
-            why: str = "first version") -> lifecycle.Published:
-    """Store the best weights and config, verify them, then publish them as the task's next version (lifecycle.publish)."""
+def publish(registry: Registry, task_id: int, base, source: str, loaded: data.TaskData, run_id: int,
+            result: train.FitResult, config: train.TrainConfig, n_trainable: int, *, promote: bool = False,
+            compared_with: int | None = None, why: str = "first version") -> lifecycle.Published:
+    """Store the best weights and config, verify them, then publish them as the task's next version.
+
+    `lifecycle.publish` draws the transaction; `promote`, `compared_with` and `why` decide whether a later
+    version becomes current (see lifecycle.Publication).
+    """
     weights, task_config = adapter_files(base, loaded, config, result.best_state)
     adapter_sha, config_sha = registry.store.put(weights), registry.store.put(task_config)
     registry.store.get(adapter_sha), registry.store.get(config_sha)  # read back: refuses a corrupt write
     release = lifecycle.Release(adapter_sha256=adapter_sha, config_sha256=config_sha, adapter_size=config.adapter_size,
                                 score=result.best_score, trainable_params=n_trainable, data_source=source,
                                 data_fingerprint=loaded.fingerprint, run_id=run_id)
-    publication = lifecycle.Publication(release=release, task_id=task_id, promote=promote, compared_with=compared_with, why=why)
+    publication = lifecycle.Publication(release=release, task_id=task_id, promote=promote, compared_with=compared_with,
+                                        why=why)
     artifacts = [(adapter_sha, "adapter", len(weights)), (config_sha, "adapter-config", len(task_config))]
     return lifecycle.publish(registry, [publication], artifacts)[0]
 
@@ -316,7 +334,8 @@ def evaluate_task(registry: Registry, name: str, source: str | None = None, *, d
             "scores": scores, "tasks_present": tasks_present, "evaluation": evaluation}
 
 
-def score_task(registry: Registry, base: Row, task: Row, loaded: data.TaskData, device: torch.device, progress: bool) -> dict:
+def score_task(registry: Registry, base: Row, task: Row, loaded: data.TaskData, device: torch.device,
+               progress: bool) -> dict:
     """The scores of `task`'s current version on `loaded`'s validation rows, tokenised as that version was trained."""
     max_length = json.loads(registry.store.get(task.config_sha256))["max_length"]
     model, tokenizer = load_task_model(registry, task, base, device)
@@ -325,12 +344,17 @@ def score_task(registry: Registry, base: Row, task: Row, loaded: data.TaskData, 
                           pad_id=tokenizer.pad_token_id, device=device, progress=progress)
 
 
-def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData, scores: dict[str, float]) -> tuple[int, int]:
-    """Record scores of `task`'s current version as an evaluation, with how many tasks are ready; (its id, that count)."""
+def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData,
+                      scores: dict[str, float]) -> tuple[int, int]:
+    """Record scores of `task`'s current version as an evaluation, with how many tasks are ready.
+
+    Returns the evaluation's id and that count.
+    """
     with registry.write() as session:
         tasks_present = session.scalar(select(func.count()).select_from(Task).where(Task.status == "ready"))
         evaluation = Evaluation(task_id=task.id, version=task.current_version, adapter_sha256=task.adapter_sha256,
-                                tasks_present=tasks_present, data_fingerprint=loaded.fingerprint, score=scores[task.metric])
+                                tasks_present=tasks_present, data_fingerprint=loaded.fingerprint,
+                                score=scores[task.metric])
         session.add(evaluation)
         session.flush()
         session.add_all(Metric(task_id=task.id, evaluation_id=evaluation.id, key=key, split="validation", value=value)

@@ -185,7 +185,8 @@ def check_current_versions(session, tasks: list[Task], report: Report) -> None:
     versions = {(v.task_id, v.version): v for v in session.scalars(select(TaskVersion))}
     for task in tasks:
         version = versions.get((task.id, task.current_version))
-        if task.status == "ready" and (version is None or any(getattr(task, f) != getattr(version, f) for f in CURRENT_FIELDS)):
+        carried = version is not None and all(getattr(task, f) == getattr(version, f) for f in CURRENT_FIELDS)
+        if task.status == "ready" and not carried:
             report.problems.append(Problem("version", task.name, (
                 f"ready task {task.name!r} does not carry the artifacts and score of its current version "
                 f"{task.current_version}: the database was altered; restore it from a backup")))

@@ -63,13 +63,15 @@ def test_older_and_newer_revisions_are_refused(settings):
     settings.home.mkdir(parents=True)
     db.upgrade(settings.db_url, "0001")
     engine = db.make_engine(settings.db_url)
-    with pytest.raises(SchemaMismatch, match=r"^registry schema is at 0001, code expects 0002: run `registry db upgrade`$"):
+    older = r"^registry schema is at 0001, code expects 0002: run `registry db upgrade`$"
+    with pytest.raises(SchemaMismatch, match=older):
         db.check_schema(engine)
     db.upgrade(settings.db_url)
     db.check_schema(engine)
     with engine.begin() as connection:
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
-    with pytest.raises(SchemaMismatch, match=r"^registry schema is at ffff9999, newer than this code \(0002\): upgrade adapter-registry$"):
+    newer = r"^registry schema is at ffff9999, newer than this code \(0002\): upgrade adapter-registry$"
+    with pytest.raises(SchemaMismatch, match=newer):
         db.check_schema(engine)
     engine.dispose()
 
@@ -111,51 +113,49 @@ OLD_COLUMNS = {  # every table of revision 0001 and its columns, to compare rows
 
 
 def fill_0001(engine) -> None:
-    """A registry at revision 0001 as its code left it: two ready tasks (one re-evaluated, one with a failed run
-    before the published one), a failed task, their runs, metrics and an evaluation; written with plain SQL."""
-    sha = {name: f"{i:02x}" * 32 for i, name in enumerate(("base", "base-config", "tokenizer", "a1", "c1", "a2", "c2"), 1)}
-    rows = [
-        *(("INSERT INTO artifacts (sha256, kind, size, created_at) VALUES (:sha, :kind, 10, :t)", dict(sha=value, kind=kind, t=T0))
-          for kind, value in zip(("base", "base-config", "tokenizer", "adapter", "adapter-config", "adapter", "adapter-config"),
-                                 sha.values())),
-        ("INSERT INTO bases (id, name, source, model_type, sha256, config_sha256, tokenizer_sha256, config, parameters, created_at) "
-         "VALUES (1, 'tiny', '/models/tiny', 'bert', :base, :cfg, :tok, '{\"hidden_size\": 32}', 1000, :t)",
-         dict(base=sha["base"], cfg=sha["base-config"], tok=sha["tokenizer"], t=T0)),
-        *(("INSERT INTO tasks (id, name, position, base_id, status, data_source, task_type, metric, text_columns, label_column, "
-           "labels, adapter_size, adapter_sha256, config_sha256, score, trainable_params, created_at, ready_at) VALUES "
-           "(:id, :name, :position, 1, :status, :source, 'classification', 'accuracy', '[\"sentence\"]', 'label', "
-           "'[\"0\", \"1\"]', :size, :a, :c, :score, :params, :t, :ready)",
-           dict(id=i, name=name, position=position, status=status, source=f"/data/{name}", size=size, a=a, c=c, score=score,
-                params=params, t=T0 + timedelta(hours=i), ready=T0 + timedelta(hours=i, minutes=5) if status == "ready" else None))
-          for i, name, position, status, size, a, c, score, params in (
-              (1, "sst2", 1, "ready", 64, sha["a1"], sha["c1"], 0.81, 600),
-              (2, "cola", 2, "ready", 16, sha["a2"], sha["c2"], 0.22, 150),
-              (3, "rte", None, "failed", None, None, None, None, None))),
-        *(("INSERT INTO runs (id, task_id, status, hyperparams, seed, versions, device, host, pid, data_fingerprint, "
-           "validation_from, trainable_params, score, best_epoch, adapter_sha256, error, started_at, heartbeat_at, finished_at) "
-           "VALUES (:id, :task, :status, '{\"lr\": 0.001}', 0, '{\"torch\": \"2.13.0\"}', 'cpu', 'host', 42, :fp, 'dev.tsv', "
-           ":params, :score, 1, :a, :error, :t, :t, :t)",
-           dict(id=i, task=task, status=status, fp=f"fp{i}", params=params, score=score, a=a, error=error,
-                t=T0 + timedelta(hours=task, minutes=i)))
-          for i, task, status, params, score, a, error in (
-              (1, 1, "succeeded", 600, 0.81, sha["a1"], None),
-              (2, 2, "failed", None, None, None, "out of memory"),
-              (3, 2, "succeeded", 150, 0.22, sha["a2"], None),
-              (4, 3, "interrupted", None, None, None, "process 42 on host died (killed or crashed)"))),
-        ("INSERT INTO evaluations (id, task_id, adapter_sha256, tasks_present, data_fingerprint, score, created_at) "
-         "VALUES (1, 1, :a, 2, 'fp1', 0.80, :t)", dict(a=sha["a1"], t=T0 + timedelta(days=1))),
-        *(("INSERT INTO metrics (id, task_id, run_id, evaluation_id, key, split, epoch, step, value, recorded_at) "
-           "VALUES (:id, :task, :run, :evaluation, :key, :split, :epoch, NULL, :value, :t)",
-           dict(id=i, task=task, run=run, evaluation=evaluation, key=key, split=split, epoch=epoch, value=value,
-                t=T0 + timedelta(hours=3, minutes=i)))
-          for i, task, run, evaluation, key, split, epoch, value in (
-              (1, 1, 1, None, "loss", "train", 1, 0.6), (2, 1, 1, None, "accuracy", "validation", 1, 0.81),
-              (3, 2, 2, None, "loss", "train", 1, 0.7), (4, 2, 3, None, "loss", "train", 1, 0.65),
-              (5, 2, 3, None, "accuracy", "validation", 1, 0.22), (6, 1, None, 1, "accuracy", "validation", None, 0.80))),
-    ]
+    """A registry at revision 0001 as its code left it, written with plain SQL: two ready tasks (one
+    re-evaluated, one with a failed run before the published one), a failed task, runs, metrics, an evaluation."""
+    names = ("base", "base-config", "tokenizer", "a1", "c1", "a2", "c2")
+    sha = {name: f"{i:02x}" * 32 for i, name in enumerate(names, 1)}
+    kinds = ("base", "base-config", "tokenizer", "adapter", "adapter-config", "adapter", "adapter-config")
+    rows = [("artifacts", dict(sha256=sha[name], kind=kind, size=10, created_at=T0))
+            for name, kind in zip(names, kinds)]
+    rows.append(("bases", dict(id=1, name="tiny", source="/models/tiny", model_type="bert", sha256=sha["base"],
+                               config_sha256=sha["base-config"], tokenizer_sha256=sha["tokenizer"],
+                               config='{"hidden_size": 32}', parameters=1000, created_at=T0)))
+    for i, name, status, size, score, params in ((1, "sst2", "ready", 64, 0.81, 600),
+                                                 (2, "cola", "ready", 16, 0.22, 150),
+                                                 (3, "rte", "failed", None, None, None)):
+        ready = status == "ready"
+        rows.append(("tasks", dict(
+            id=i, name=name, position=i if ready else None, base_id=1, status=status, data_source=f"/data/{name}",
+            task_type="classification", metric="accuracy", text_columns='["sentence"]', label_column="label",
+            labels='["0", "1"]', adapter_size=size, adapter_sha256=sha.get(f"a{i}"), config_sha256=sha.get(f"c{i}"),
+            score=score, trainable_params=params, created_at=T0 + timedelta(hours=i),
+            ready_at=T0 + timedelta(hours=i, minutes=5) if ready else None)))
+    for i, task, status, params, score, adapter, error in (
+            (1, 1, "succeeded", 600, 0.81, sha["a1"], None), (2, 2, "failed", None, None, None, "out of memory"),
+            (3, 2, "succeeded", 150, 0.22, sha["a2"], None),
+            (4, 3, "interrupted", None, None, None, "process 42 on host died (killed or crashed)")):
+        moment = T0 + timedelta(hours=task, minutes=i)
+        rows.append(("runs", dict(
+            id=i, task_id=task, status=status, hyperparams='{"lr": 0.001}', seed=0, versions='{"torch": "2.13.0"}',
+            device="cpu", host="host", pid=42, data_fingerprint=f"fp{i}", validation_from="dev.tsv",
+            trainable_params=params, score=score, best_epoch=1, adapter_sha256=adapter, error=error,
+            started_at=moment, heartbeat_at=moment, finished_at=moment)))
+    rows.append(("evaluations", dict(id=1, task_id=1, adapter_sha256=sha["a1"], tasks_present=2,
+                                     data_fingerprint="fp1", score=0.80, created_at=T0 + timedelta(days=1))))
+    for i, task, run, evaluation, key, split, epoch, value in (
+            (1, 1, 1, None, "loss", "train", 1, 0.6), (2, 1, 1, None, "accuracy", "validation", 1, 0.81),
+            (3, 2, 2, None, "loss", "train", 1, 0.7), (4, 2, 3, None, "loss", "train", 1, 0.65),
+            (5, 2, 3, None, "accuracy", "validation", 1, 0.22), (6, 1, None, 1, "accuracy", "validation", None, 0.80)):
+        rows.append(("metrics", dict(id=i, task_id=task, run_id=run, evaluation_id=evaluation, key=key, split=split,
+                                     epoch=epoch, step=None, value=value,
+                                     recorded_at=T0 + timedelta(hours=3, minutes=i))))
     with engine.begin() as connection:
-        for statement, params in rows:
-            connection.execute(text(statement), params)
+        for table, values in rows:
+            columns, params = ", ".join(values), ", ".join(f":{column}" for column in values)
+            connection.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({params})"), values)
 
 
 def old_rows(engine) -> dict[str, list[tuple]]:
@@ -181,8 +181,8 @@ def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settin
     assert old_rows(engine) == before
     with engine.connect() as connection:
         versions = connection.execute(text(
-            "SELECT task_id, version, run_id, data_source, data_fingerprint, adapter_size, adapter_sha256, config_sha256, "
-            "score, trainable_params, promoted_by FROM task_versions ORDER BY task_id")).all()
+            "SELECT task_id, version, run_id, data_source, data_fingerprint, adapter_size, adapter_sha256, "
+            "config_sha256, score, trainable_params, promoted_by FROM task_versions ORDER BY task_id")).all()
         pointers = connection.execute(text("SELECT name, current_version, retired_at FROM tasks ORDER BY id")).all()
         evaluated = connection.execute(text("SELECT id, version FROM evaluations")).all()
     tasks = {row[0]: row for row in before["tasks"]}

@@ -82,7 +82,7 @@ def test_new_version_keeps_the_position_and_export_follows_the_current_one(run_c
     assert f"new version {first['score']:.4f}, current version 1 {first['score']:.4f}" in printed
     assert "sentiment version 2 is current (at least as good: accuracy" in printed
 
-    # a version that learned the wrong majority scores worse than the current one: kept as a candidate, nothing served changes
+    # a version that learned the wrong majority scores worse than the current one: a candidate; what is served stays
     third, printed = add(run_cli, "sentiment", two_tasks.worse, "--new-version")
     assert (third["published_version"], third["published_current"], third["version"]) == (3, False, 2)
     assert third["why"].startswith("candidate: worse than the current version: accuracy")
@@ -108,7 +108,8 @@ def test_new_version_keeps_the_position_and_export_follows_the_current_one(run_c
     # history shows every version's rows, and the evaluations of the current version each new one was compared with
     history = json.loads(run_cli("history", "sentiment", "--json").stdout)
     assert {h["version"] for h in history if h["run"] is not None} == {1, 2, 3, 4}
-    assert [(h["version"], h["tasks_present"]) for h in history if h["evaluation"] is not None] == [(1, 2), (2, 2), (2, 2)]
+    evaluated = [(h["version"], h["tasks_present"]) for h in history if h["evaluation"] is not None]
+    assert evaluated == [(1, 2), (2, 2), (2, 2)]
 
     # a bundle records each task's version and carries its current adapter
     assert run_cli("export", "--output", str(tmp_path / "bundle")).exit_code == 0
@@ -133,17 +134,18 @@ def test_promote_moves_the_pointer_back_and_records_who_and_when(run_cli, settin
     (_, _, adapter_1), (_, _, adapter_2) = versions(run_cli, "sentiment")
     assert served(settings)["sentiment"] == adapter_2
 
-    result = run_cli("promote", "sentiment", "--version", "1", "--why", "version 2 learned the wrong majority", "--json")
+    why = "version 2 learned the wrong majority"
+    result = run_cli("promote", "sentiment", "--version", "1", "--why", why, "--json")
     assert result.exit_code == 0, result.output
     promoted = json.loads(result.stdout)
-    assert (promoted["version"], promoted["previous"], promoted["why"]) == (1, 2, "version 2 learned the wrong majority")
+    assert (promoted["version"], promoted["previous"], promoted["why"]) == (1, 2, why)
     assert promoted["promoted_by"] == lifecycle.who()
     assert served(settings)["sentiment"] == adapter_1
     row = listed(run_cli)["sentiment"]
     assert (row["version"], row["score"], row["position"]) == (1, first["score"], 1)
     shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
     assert [(v["version"], v["current"], v["promoted_by"], v["why"]) for v in shown["versions"]] == [
-        (1, True, lifecycle.who(), "version 2 learned the wrong majority"),
+        (1, True, lifecycle.who(), why),
         (2, False, lifecycle.who(), shown["versions"][1]["why"])]
     assert shown["versions"][0]["promoted_at"] >= shown["versions"][1]["promoted_at"]
     assert shown["adapter_sha256"] == adapter_1 and shown["version"] == 1
@@ -184,10 +186,12 @@ def test_retire_hides_a_task_and_restore_brings_it_back(run_cli, settings, two_t
     assert "retired_at" in run_cli("list", "--all").stdout.splitlines()[0]
     assert set(served(settings)) == {"sentiment"}
     assert run_cli("export", "--output", str(tmp_path / "bundle")).exit_code == 0
-    assert [t["name"] for t in json.loads((tmp_path / "bundle" / "manifest.json").read_text())["tasks"]] == ["sentiment"]
-    for command in (("export", "--tasks", "other", "--output", str(tmp_path / "b2")), ("predict", "--task", "other", "hi"),
-                    ("eval", "other")):
-        assert one_line_error(run_cli(*command)) == "Error: task 'other' is retired: `registry restore other` brings it back"
+    manifest = json.loads((tmp_path / "bundle" / "manifest.json").read_text())
+    assert [t["name"] for t in manifest["tasks"]] == ["sentiment"]
+    for command in (("export", "--tasks", "other", "--output", str(tmp_path / "b2")),
+                    ("predict", "--task", "other", "hi"), ("eval", "other")):
+        assert one_line_error(run_cli(*command)) == (
+            "Error: task 'other' is retired: `registry restore other` brings it back")
     shown = json.loads(run_cli("show", "other", "--json").stdout)  # its history stays readable
     assert shown["retired_at"] and [v["version"] for v in shown["versions"]] == [1]
     assert json.loads(run_cli("history", "other", "--json").stdout)
@@ -211,7 +215,8 @@ def test_promote_and_retire_change_nothing_on_bad_input(run_cli, settings, two_t
     before = snapshot(settings)
     assert one_line_error(run_cli("promote", "sentiment", "--version", "2")) == (
         "Error: task 'sentiment' has no version 2 (its versions: 1): pick one of them, see `registry show sentiment`")
-    assert one_line_error(run_cli("restore", "sentiment")) == "Error: task 'sentiment' is not retired: nothing to restore"
+    assert one_line_error(run_cli("restore", "sentiment")) == (
+        "Error: task 'sentiment' is not retired: nothing to restore")
     assert snapshot(settings) == before
 
 
@@ -223,5 +228,6 @@ def test_verify_finds_a_task_that_does_not_carry_its_current_version(run_cli, se
     registry.close()
     result = run_cli("verify")
     assert result.exit_code == 1
-    assert result.stdout.splitlines() == ["ready task 'other' does not carry the artifacts and score of its current version 1: "
-                                          "the database was altered; restore it from a backup"]
+    assert result.stdout.splitlines() == [
+        "ready task 'other' does not carry the artifacts and score of its current version 1: "
+        "the database was altered; restore it from a backup"]

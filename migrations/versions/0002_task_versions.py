@@ -21,8 +21,8 @@ branch_labels: Union[str, Sequence[str], None] = None
 depends_on: Union[str, Sequence[str], None] = None
 
 # The run that produced a ready task's adapter (the latest, should several have produced the same bytes).
-PUBLISHED_RUN = ("SELECT {column} FROM runs WHERE runs.task_id = tasks.id AND runs.adapter_sha256 = tasks.adapter_sha256 "
-                 "ORDER BY runs.id DESC LIMIT 1")
+PUBLISHED_RUN = ("SELECT {column} FROM runs WHERE runs.task_id = tasks.id "
+                 "AND runs.adapter_sha256 = tasks.adapter_sha256 ORDER BY runs.id DESC LIMIT 1")
 
 
 def upgrade() -> None:
@@ -43,8 +43,10 @@ def upgrade() -> None:
     sa.Column('promoted_at', sa.DateTime(timezone=True), nullable=True),
     sa.Column('promoted_by', sa.String(length=255), nullable=True),
     sa.Column('why', sa.Text(), nullable=True),
-    sa.ForeignKeyConstraint(['adapter_sha256'], ['artifacts.sha256'], name=op.f('fk_task_versions_adapter_sha256_artifacts')),
-    sa.ForeignKeyConstraint(['config_sha256'], ['artifacts.sha256'], name=op.f('fk_task_versions_config_sha256_artifacts')),
+    sa.ForeignKeyConstraint(['adapter_sha256'], ['artifacts.sha256'],
+                            name=op.f('fk_task_versions_adapter_sha256_artifacts')),
+    sa.ForeignKeyConstraint(['config_sha256'], ['artifacts.sha256'],
+                            name=op.f('fk_task_versions_config_sha256_artifacts')),
     sa.ForeignKeyConstraint(['run_id'], ['runs.id'], name=op.f('fk_task_versions_run_id_runs')),
     sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_task_versions_task_id_tasks')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_task_versions')),
@@ -57,8 +59,8 @@ def upgrade() -> None:
         batch_op.add_column(sa.Column('version', sa.Integer(), nullable=True))
 
     op.execute(
-        "INSERT INTO task_versions (task_id, version, run_id, data_source, data_fingerprint, adapter_size, adapter_sha256, "
-        "config_sha256, score, trainable_params, created_at, promoted_at, promoted_by, why) "
+        "INSERT INTO task_versions (task_id, version, run_id, data_source, data_fingerprint, adapter_size, "
+        "adapter_sha256, config_sha256, score, trainable_params, created_at, promoted_at, promoted_by, why) "
         f"SELECT id, 1, ({PUBLISHED_RUN.format(column='id')}), data_source, "
         f"({PUBLISHED_RUN.format(column='data_fingerprint')}), adapter_size, adapter_sha256, config_sha256, score, "
         "trainable_params, COALESCE(ready_at, created_at), COALESCE(ready_at, created_at), 'registry db upgrade', "
