@@ -148,7 +148,7 @@ def publish(registry: Registry, publications: Sequence[Publication], artifacts: 
         except IntegrityError:
             time.sleep(0.05 * (attempt + 1))
     names = ", ".join(repr(p.name) for p in publications if p.name) or f"{len(publications)} task(s)"
-    raise RegistryError(f"could not publish {names}: other writers took the same position or version number "
+    raise RegistryError(f"could not publish {names}: other writers took the same name, position or version number "
                         f"{PUBLISH_ATTEMPTS} times: run the command again")
 
 

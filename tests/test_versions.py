@@ -13,6 +13,7 @@ from sqlalchemy import select, update
 
 from registry import bundle, lifecycle
 from registry.core import open_registry
+from registry.errors import RegistryError
 from registry.models import Task
 from tests.helpers import one_line_error, snapshot
 
@@ -231,3 +232,26 @@ def test_verify_finds_a_task_that_does_not_carry_its_current_version(run_cli, se
     assert result.stdout.splitlines() == [
         "ready task 'other' does not carry the artifacts and score of its current version 1: "
         "the database was altered; restore it from a backup"]
+
+
+def test_publish_that_keeps_losing_its_race_fails_with_one_line_and_changes_nothing(settings, two_tasks, monkeypatch):
+    """The unique name refuses the insert on every attempt: publish gives up with a RegistryError, never a raw
+    IntegrityError, and its transactions left nothing behind (add-task and import both publish through it)."""
+    monkeypatch.setattr(lifecycle, "PUBLISH_ATTEMPTS", 3)
+    registry = open_registry(settings)
+    with registry.read() as session:
+        task = session.scalars(select(Task).where(Task.name == "other")).one()
+    release = lifecycle.Release(adapter_sha256=task.adapter_sha256, config_sha256=task.config_sha256,
+                                adapter_size=task.adapter_size, score=task.score, trainable_params=None,
+                                data_source="elsewhere")
+    description = lifecycle.Description(data_source="elsewhere", task_type=task.task_type, metric=task.metric,
+                                        text_columns=task.text_columns, label_column=task.label_column,
+                                        labels=task.labels)
+    before = snapshot(settings)
+    with pytest.raises(RegistryError) as raised:
+        lifecycle.publish(registry, [lifecycle.Publication(release=release, name="other", description=description)],
+                          [("ab" * 32, "adapter", 1)])
+    registry.close()
+    assert str(raised.value) == ("could not publish 'other': other writers took the same name, position or version "
+                                 "number 3 times: run the command again")
+    assert snapshot(settings) == before
