@@ -35,12 +35,13 @@ def visibility_command(action: str, help_text: str) -> click.Command:
 
     @click.command(name=action, help=help_text)
     @click.argument("name")
+    @click.option("--why", help="Why, recorded with who and when in the task's events (`registry show`).")
     @json_option
     @click.pass_obj
-    def command(settings: Settings, name: str, as_json: bool) -> None:
+    def command(settings: Settings, name: str, why: str | None, as_json: bool) -> None:
         from registry import lifecycle
 
-        emit(getattr(lifecycle, action)(open_registry(settings), name), as_json, fields)
+        emit(getattr(lifecycle, action)(open_registry(settings), name, why), as_json, fields)
 
     return command
 
@@ -49,7 +50,7 @@ retire = visibility_command("retire", """Hide a task from list, export, predict 
 
     Its versions and history stay; `registry restore` undoes it.
 
-    Example: registry retire cola
+    Example: registry retire cola --why "superseded by cola-large"
     """)
 restore = visibility_command("restore", """Bring back a retired task: listed, exported and served again.
 

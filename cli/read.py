@@ -13,7 +13,8 @@ LIST_COLUMNS = ("position", "name", "version", "task_type", "metric", "score", "
                 "created_at")
 HISTORY_COLUMNS = ("task", "version", "run", "evaluation", "tasks_present", "split", "epoch", "metric", "value",
                    "recorded_at")
-VERSION_COLUMNS = ("version", "current", "score", "run", "created_at", "promoted_at", "promoted_by", "why")
+VERSION_COLUMNS = ("version", "current", "score", "run", "created_at", "why")
+EVENT_COLUMNS = ("at", "action", "version", "by", "why")
 
 
 @click.command(name="list")
@@ -36,7 +37,7 @@ def list_(settings: Settings, show_all: bool, as_json: bool) -> None:
 @json_option
 @click.pass_obj
 def show(settings: Settings, name: str, as_json: bool) -> None:
-    """Show one task: columns, label map, artifacts, its versions (which is current and why) and runs.
+    """Show one task: columns, label map, artifacts, its versions, who moved its current version when and why, runs.
 
     Example: registry show cola
     """
@@ -45,11 +46,13 @@ def show(settings: Settings, name: str, as_json: bool) -> None:
 
 
 def print_task(row: dict) -> None:
-    """A task's fields, then its versions and its runs as tables."""
+    """A task's fields, then its versions, its events and its runs as tables."""
     fields(row)
     click.echo("")
     versions = [{**version, "current": "current" if version["current"] else "candidate"} for version in row["versions"]]
     table(versions, VERSION_COLUMNS, empty="(no versions)")
+    click.echo("")
+    table(row["events"], EVENT_COLUMNS, empty="(no events)")
     click.echo("")
     table(row["runs"], ("run", "status", "score", "best_epoch", "device", "started_at", "finished_at", "error"))
 

@@ -13,7 +13,7 @@ from sqlalchemy import Row, case, func, select
 
 from registry.core import Registry
 from registry.errors import UnknownTask
-from registry.schema import evaluations, metrics, runs, task_versions, tasks
+from registry.schema import evaluations, metrics, runs, task_events, task_versions, tasks
 
 
 def iso(moment: datetime | None) -> str | None:
@@ -93,13 +93,15 @@ def find_task(connection, name: str, *, ready: bool = False, retired: bool = Fal
 
 
 def show_task(registry: Registry, name: str) -> dict[str, Any]:
-    """One task with its columns, label map, artifacts, versions and runs."""
+    """One task with its columns, label map, artifacts, versions, events (who moved its pointer) and runs."""
     with registry.query() as connection:
         base = registry.base(connection)
         task = find_task(connection, name)
         task_runs = connection.execute(select(runs).where(runs.c.task_id == task.id).order_by(runs.c.id)).all()
         versions = connection.execute(select(task_versions).where(task_versions.c.task_id == task.id)
                                       .order_by(task_versions.c.version)).all()
+        events = connection.execute(select(task_events).where(task_events.c.task_id == task.id)
+                                    .order_by(task_events.c.id)).all()
         row = task_row(task, base.parameters)
         row.update(
             text_columns=task.text_columns,
@@ -109,13 +111,14 @@ def show_task(registry: Registry, name: str) -> dict[str, Any]:
             config_sha256=task.config_sha256,
             base_sha256=base.sha256,
             versions=[version_row(version, task.current_version) for version in versions],
+            events=[event_row(event) for event in events],
             runs=[run_row(run) for run in task_runs],
         )
         return row
 
 
 def version_row(version: Row, current: int | None) -> dict[str, Any]:
-    """A task's version as a plain dict: current or candidate, and why."""
+    """A task's version as a plain dict: current or candidate, and why it was or was not made current when published."""
     return {
         "version": version.version,
         "current": version.version == current,
@@ -127,10 +130,13 @@ def version_row(version: Row, current: int | None) -> dict[str, Any]:
         "adapter_sha256": version.adapter_sha256,
         "config_sha256": version.config_sha256,
         "created_at": iso(version.created_at),
-        "promoted_at": iso(version.promoted_at),
-        "promoted_by": version.promoted_by,
         "why": version.why,
     }
+
+
+def event_row(event: Row) -> dict[str, Any]:
+    """A move of a task's pointer as a plain dict: which, to which version, when, by whom and why."""
+    return {"at": iso(event.at), "action": event.action, "version": event.version, "by": event.by, "why": event.why}
 
 
 def run_row(run: Row) -> dict[str, Any]:

@@ -8,7 +8,10 @@ writers comes from the database: a task name, a position and a (task, version) p
 
 A task row holds its description (type, labels, columns, metric), its position and a pointer to its
 current version; its data source, adapter, config, size and score are those of that version, copied from
-task_versions in the transaction that moves the pointer. Nothing here imports torch.
+task_versions in the transaction that moves the pointer. Nothing is overwritten: versions are never updated,
+and every move of the pointer (a version published as current, a promotion, a retirement, a restoration)
+appends a task_events row, in the same transaction that updates the task row's pointer or retirement mark.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.catalog import find_task
@@ -26,7 +29,7 @@ from registry.core import Registry
 from registry.errors import RegistryError, RetireError, TaskExists, VersionError
 from registry.models import Artifact, Run, Task, TaskVersion
 from registry.runs import this_host
-from registry.schema import utcnow
+from registry.schema import task_events, utcnow
 
 PUBLISH_ATTEMPTS = 20
 # The fields of a version that the task row carries while that version is current.
@@ -88,7 +91,7 @@ class Published:
 
 
 def who() -> str:
-    """The user and host recorded with a promotion."""
+    """The user and host recorded with each move of a task's pointer."""
     try:
         user = getpass.getuser()
     except (KeyError, OSError):  # no name for this uid (e.g. a container)
@@ -174,8 +177,7 @@ def _publish_one(session, publication: Publication, base_id: int) -> Published:
     row = TaskVersion(task_id=task_id, version=version, run_id=release.run_id, data_source=release.data_source,
                       data_fingerprint=release.data_fingerprint, adapter_size=release.adapter_size,
                       adapter_sha256=release.adapter_sha256, config_sha256=release.config_sha256, score=release.score,
-                      trainable_params=release.trainable_params, why=why,
-                      **({"promoted_at": now, "promoted_by": who()} if current else {}))
+                      trainable_params=release.trainable_params, why=why, created_at=now)
     session.add(row)
     session.flush()
     if first:
@@ -183,6 +185,7 @@ def _publish_one(session, publication: Publication, base_id: int) -> Published:
         session.execute(update(Task).where(Task.id == task_id).values(status="ready", position=position, ready_at=now))
     if current:
         _point(session, task_id, row)
+        _log(session, task_id, "publish", why, now, version)
     if release.run_id is not None:  # last: the run names the artifact it produced
         session.execute(update(Run).where(Run.id == release.run_id).values(adapter_sha256=release.adapter_sha256))
     return Published(task_id=task_id, version=version, current=current, why=why)
@@ -194,6 +197,13 @@ def _point(session, task_id: int, version: TaskVersion) -> None:
         current_version=version.version, **{field: getattr(version, field) for field in CURRENT_FIELDS}))
 
 
+def _log(session, task_id: int, action: str, why: str | None, at, version: int | None = None) -> str:
+    """Append a task_events row: `action` done to the task now by this user and host. Returns who did it."""
+    by = who()
+    session.execute(insert(task_events).values(task_id=task_id, version=version, action=action, at=at, by=by, why=why))
+    return by
+
+
 def promote(registry: Registry, name: str, version: int, why: str | None = None) -> dict:
     """Move task `name`'s current version to `version` (forward or back), recording who, when and why."""
     with registry.write() as session:
@@ -201,11 +211,10 @@ def promote(registry: Registry, name: str, version: int, why: str | None = None)
         row = _version(session, task, version)
         if task.current_version == version:
             raise VersionError(f"version {version} of task {name!r} is already current: nothing to promote")
-        by, now = who(), utcnow()
+        now = utcnow()
         reason = why or f"promoted from version {task.current_version} with `registry promote`"
-        session.execute(update(TaskVersion).where(TaskVersion.id == row.id)
-                        .values(promoted_at=now, promoted_by=by, why=reason))
         _point(session, task.id, row)
+        by = _log(session, task.id, "promote", reason, now, version)
         return {"task": name, "version": version, "previous": task.current_version, "score": row.score,
                 "promoted_by": by, "promoted_at": now.isoformat(timespec="seconds"), "why": reason}
 
@@ -221,23 +230,26 @@ def _version(session, task, version: int) -> TaskVersion:
     return row
 
 
-def retire(registry: Registry, name: str) -> dict:
-    """Hide task `name` from list, export and serving; its versions and history stay."""
+def retire(registry: Registry, name: str, why: str | None = None) -> dict:
+    """Hide task `name` from list, export and serving; its versions and history stay. Who, when and why are logged."""
     with registry.write() as session:
         task = find_task(session, name, ready=True, retired=True)
         if task.retired_at is not None:
             raise RetireError(f"task {name!r} is already retired: `registry restore {name}` brings it back")
         now = utcnow()
         session.execute(update(Task).where(Task.id == task.id).values(retired_at=now))
-        return {"task": name, "retired_at": now.isoformat(timespec="seconds")}
+        by = _log(session, task.id, "retire", why, now)
+        return {"task": name, "retired_at": now.isoformat(timespec="seconds"), "by": by, "why": why}
 
 
-def restore(registry: Registry, name: str) -> dict:
-    """Undo `retire`: task `name` is listed, exported and served again."""
+def restore(registry: Registry, name: str, why: str | None = None) -> dict:
+    """Undo `retire`: task `name` is listed, exported and served again. Who, when and why are logged."""
     with registry.write() as session:
         task = find_task(session, name, ready=True, retired=True)
         if task.retired_at is None:
             raise RetireError(f"task {name!r} is not retired: nothing to restore")
+        now = utcnow()
         session.execute(update(Task).where(Task.id == task.id).values(retired_at=None))
-        return {"task": name, "retired_at": None}
+        by = _log(session, task.id, "restore", why, now)
+        return {"task": name, "retired_at": None, "restored_at": now.isoformat(timespec="seconds"), "by": by, "why": why}
 

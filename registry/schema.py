@@ -22,6 +22,7 @@ NAMING = {
 
 TASK_STATUSES = ("training", "ready", "failed")
 RUN_STATUSES = ("pending", "running", "succeeded", "failed", "interrupted")
+EVENT_ACTIONS = ("publish", "promote", "retire", "restore")
 
 metadata = MetaData(naming_convention=NAMING)
 
@@ -66,7 +67,8 @@ bases = Table(
 )
 
 # A named task; its row reserves the name while training and is listed once ready. Its adapter, config, size,
-# score and parameters are those of its current version (task_versions), set in the transaction that moves the pointer.
+# score and parameters are those of its current version (task_versions); current_version and retired_at are the
+# current state, a cache of task_events updated in the transaction that appends the event.
 tasks = Table(
     "tasks", metadata,
     Column("id", Integer, primary_key=True),
@@ -117,8 +119,8 @@ runs = Table(
     CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),
 )
 
-# One published version of a task: its own adapter, config and validation score. Never updated, except that a
-# promotion records who moved the task's pointer to it, when and why.
+# One published version of a task: its own adapter, config and validation score, and why it was or was not made
+# current when published. Never updated: pointer moves are in task_events.
 task_versions = Table(
     "task_versions", metadata,
     Column("id", Integer, primary_key=True),
@@ -133,10 +135,22 @@ task_versions = Table(
     Column("score", Float, nullable=False),
     Column("trainable_params", BigInteger),
     moment("created_at"),
-    moment("promoted_at", nullable=True),
-    Column("promoted_by", String(255)),
     Column("why", Text),
     UniqueConstraint("task_id", "version"),
+)
+
+# Who moved a task's pointer, when and why: a version made current when published or by `promote` (`version`
+# set), or the task retired or restored. Appended in the transaction that moves the pointer; never updated.
+task_events = Table(
+    "task_events", metadata,
+    Column("id", Integer, primary_key=True),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False, index=True),
+    Column("version", Integer),
+    Column("action", String(16), nullable=False),
+    moment("at"),
+    Column("by", String(255), nullable=False),
+    Column("why", Text),
+    CheckConstraint(f"action IN {EVENT_ACTIONS}", name="action"),
 )
 
 # A stored task's score measured again later, with how many tasks the registry held then.

@@ -182,13 +182,20 @@ def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settin
     with engine.connect() as connection:
         versions = connection.execute(text(
             "SELECT task_id, version, run_id, data_source, data_fingerprint, adapter_size, adapter_sha256, "
-            "config_sha256, score, trainable_params, promoted_by FROM task_versions ORDER BY task_id")).all()
+            "config_sha256, score, trainable_params, why FROM task_versions ORDER BY task_id")).all()
+        events = connection.execute(text("SELECT task_id, version, action, at, by, why FROM task_events "
+                                         "ORDER BY id")).all()
         pointers = connection.execute(text("SELECT name, current_version, retired_at FROM tasks ORDER BY id")).all()
         evaluated = connection.execute(text("SELECT id, version FROM evaluations")).all()
     tasks = {row[0]: row for row in before["tasks"]}
+    before_versions = "the task as published before versions (schema 0002)"
     assert [tuple(v) for v in versions] == [
-        (1, 1, 1, "/data/sst2", "fp1", 64, tasks[1][12], tasks[1][13], 0.81, 600, "registry db upgrade"),
-        (2, 1, 3, "/data/cola", "fp3", 16, tasks[2][12], tasks[2][13], 0.22, 150, "registry db upgrade")]
+        (1, 1, 1, "/data/sst2", "fp1", 64, tasks[1][12], tasks[1][13], 0.81, 600, before_versions),
+        (2, 1, 3, "/data/cola", "fp3", 16, tasks[2][12], tasks[2][13], 0.22, 150, before_versions)]
+    # each ready task's publication is its first event, at the time it became ready; the failed task has none
+    assert [(e[0], e[1], e[2], e[4], e[5]) for e in events] == [
+        (1, 1, "publish", "registry db upgrade", before_versions), (2, 1, "publish", "registry db upgrade", before_versions)]
+    assert [e[3] for e in events] == [tasks[1][-1], tasks[2][-1]]
     assert [tuple(p) for p in pointers] == [("sst2", 1, None), ("cola", 1, None), ("rte", None, None)]
     assert [tuple(e) for e in evaluated] == [(1, 1)]
 
@@ -197,6 +204,7 @@ def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settin
         ("sst2", 1, 1, 0.81), ("cola", 1, 2, 0.22), ("rte", None, None, None)]
     shown = json.loads(run_cli("show", "cola", "--json").stdout)
     assert [(v["version"], v["current"], v["run"], v["score"]) for v in shown["versions"]] == [(1, True, 3, 0.22)]
+    assert [(e["action"], e["version"], e["by"]) for e in shown["events"]] == [("publish", 1, "registry db upgrade")]
     assert [(r["run"], r["status"]) for r in shown["runs"]] == [(2, "failed"), (3, "succeeded")]
     history = json.loads(run_cli("history", "--json").stdout)
     assert [(h["task"], h["version"], h["run"], h["evaluation"], h["value"]) for h in history] == [
@@ -206,7 +214,7 @@ def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settin
     from alembic import command
 
     command.downgrade(db.alembic_config(settings.db_url), "0001")
-    assert "task_versions" not in inspect(engine).get_table_names()
+    assert not {"task_versions", "task_events"} & set(inspect(engine).get_table_names())
     assert old_rows(engine) == before
     assert db.revision_at(settings.db_url) == "0001"
     command.upgrade(db.alembic_config(settings.db_url), "head")

@@ -98,6 +98,9 @@ def test_new_version_keeps_the_position_and_export_follows_the_current_one(run_c
     assert fourth["why"].startswith("promoted with --promote (accuracy")
     adapter_4 = versions(run_cli, "sentiment")[3][2]
     assert served(settings)["sentiment"] == adapter_4
+    # the log holds the versions that became current when published; the candidate (3) moved nothing
+    assert [(action, version) for action, version, _, _ in events(run_cli, "sentiment")] == [
+        ("publish", 1), ("publish", 2), ("publish", 4)]
 
     # the task kept its position; the other task and every file stored before are untouched
     now = listed(run_cli)
@@ -129,11 +132,19 @@ def test_new_version_keeps_the_position_and_export_follows_the_current_one(run_c
         (1, True, adapter_4, f"imported from {tmp_path / 'bundle'} (its version 4 there)")]
 
 
-def test_promote_moves_the_pointer_back_and_records_who_and_when(run_cli, settings, two_tasks):
+def events(run_cli, name: str) -> list[tuple]:
+    """The moves of task `name`'s pointer, oldest first: (action, version, by, why), as `show --json` lists them."""
+    shown = json.loads(run_cli("show", name, "--json").stdout)
+    assert [e["at"] for e in shown["events"]] == sorted(e["at"] for e in shown["events"])
+    return [(e["action"], e["version"], e["by"], e["why"]) for e in shown["events"]]
+
+
+def test_promote_moves_the_pointer_back_and_forth_and_logs_every_move(run_cli, settings, two_tasks):
     first = two_tasks.first
     add(run_cli, "sentiment", two_tasks.worse, "--new-version", "--promote")
     (_, _, adapter_1), (_, _, adapter_2) = versions(run_cli, "sentiment")
     assert served(settings)["sentiment"] == adapter_2
+    published = json.loads(run_cli("show", "sentiment", "--json").stdout)["versions"]
 
     why = "version 2 learned the wrong majority"
     result = run_cli("promote", "sentiment", "--version", "1", "--why", why, "--json")
@@ -145,16 +156,25 @@ def test_promote_moves_the_pointer_back_and_records_who_and_when(run_cli, settin
     row = listed(run_cli)["sentiment"]
     assert (row["version"], row["score"], row["position"]) == (1, first["score"], 1)
     shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
-    assert [(v["version"], v["current"], v["promoted_by"], v["why"]) for v in shown["versions"]] == [
-        (1, True, lifecycle.who(), why),
-        (2, False, lifecycle.who(), shown["versions"][1]["why"])]
-    assert shown["versions"][0]["promoted_at"] >= shown["versions"][1]["promoted_at"]
+    assert [(v["version"], v["current"]) for v in shown["versions"]] == [(1, True), (2, False)]
     assert shown["adapter_sha256"] == adapter_1 and shown["version"] == 1
 
     again = run_cli("promote", "sentiment", "--version", "2")  # forward again, with the default reason
     assert again.exit_code == 0, again.output
     assert served(settings)["sentiment"] == adapter_2
     assert "promoted from version 1 with `registry promote`" in again.stdout
+    # every move is kept, the rollback's included; the versions themselves are as they were published
+    me, shown = lifecycle.who(), json.loads(run_cli("show", "sentiment", "--json").stdout)
+    assert events(run_cli, "sentiment") == [
+        ("publish", 1, me, "first version"),
+        ("publish", 2, me, published[1]["why"]),
+        ("promote", 1, me, why),
+        ("promote", 2, me, "promoted from version 1 with `registry promote`")]
+    assert [{**v, "current": None} for v in shown["versions"]] == [{**v, "current": None} for v in published]
+    printed = run_cli("show", "sentiment").stdout.splitlines()
+    header = printed.index(next(line for line in printed if line.split() == ["at", "action", "version", "by", "why"]))
+    assert [line.split()[1:3] for line in printed[header + 1:header + 5]] == [
+        ["publish", "1"], ["publish", "2"], ["promote", "1"], ["promote", "2"]]
     assert run_cli("eval", "sentiment", "--json").exit_code == 0  # an evaluation scores the current version
     history = json.loads(run_cli("history", "sentiment", "--json").stdout)
     assert history[-1]["version"] == 2 and history[-1]["evaluation"] is not None
@@ -197,9 +217,17 @@ def test_retire_hides_a_task_and_restore_brings_it_back(run_cli, settings, two_t
     assert shown["retired_at"] and [v["version"] for v in shown["versions"]] == [1]
     assert json.loads(run_cli("history", "other", "--json").stdout)
 
-    assert run_cli("restore", "other").exit_code == 0
+    assert run_cli("restore", "other", "--why", "still needed").exit_code == 0
     assert listed(run_cli) == before
     assert set(served(settings)) == {"sentiment", "other"}
+
+    # retired again: every retirement and restoration stays in the log, with who, when and why
+    retired = json.loads(run_cli("retire", "other", "--why", "replaced", "--json").stdout)
+    assert (retired["by"], retired["why"]) == (lifecycle.who(), "replaced") and retired["retired_at"]
+    me = lifecycle.who()
+    assert events(run_cli, "other") == [("publish", 1, me, "first version"), ("retire", None, me, None),
+                                        ("restore", None, me, "still needed"), ("retire", None, me, "replaced")]
+    assert events(run_cli, "sentiment") == [("publish", 1, me, "first version")]
 
 
 def test_read_commands_show_versions_as_tables(run_cli, two_tasks):
