@@ -234,10 +234,10 @@ def retire(registry: Registry, name: str, why: str | None = None) -> dict:
     """Hide task `name` from list, export and serving; its versions and history stay. Who, when and why are logged."""
     with registry.write() as session:
         task = find_task(session, name, ready=True, retired=True)
-        if task.retired_at is not None:
+        now = utcnow()  # the condition holds in the UPDATE: of two concurrent retires, one logs an event
+        if task.retired_at is not None or not session.execute(
+                update(Task).where(Task.id == task.id, Task.retired_at.is_(None)).values(retired_at=now)).rowcount:
             raise RetireError(f"task {name!r} is already retired: `registry restore {name}` brings it back")
-        now = utcnow()
-        session.execute(update(Task).where(Task.id == task.id).values(retired_at=now))
         by = _log(session, task.id, "retire", why, now)
         return {"task": name, "retired_at": now.isoformat(timespec="seconds"), "by": by, "why": why}
 
@@ -246,10 +246,11 @@ def restore(registry: Registry, name: str, why: str | None = None) -> dict:
     """Undo `retire`: task `name` is listed, exported and served again. Who, when and why are logged."""
     with registry.write() as session:
         task = find_task(session, name, ready=True, retired=True)
-        if task.retired_at is None:
+        if task.retired_at is None or not session.execute(
+                update(Task).where(Task.id == task.id, Task.retired_at.isnot(None)).values(retired_at=None)).rowcount:
             raise RetireError(f"task {name!r} is not retired: nothing to restore")
         now = utcnow()
-        session.execute(update(Task).where(Task.id == task.id).values(retired_at=None))
         by = _log(session, task.id, "restore", why, now)
-        return {"task": name, "retired_at": None, "restored_at": now.isoformat(timespec="seconds"), "by": by, "why": why}
+        return {"task": name, "retired_at": None, "restored_at": now.isoformat(timespec="seconds"), "by": by,
+                "why": why}
 

@@ -194,7 +194,8 @@ def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settin
         (2, 1, 3, "/data/cola", "fp3", 16, tasks[2][12], tasks[2][13], 0.22, 150, before_versions)]
     # each ready task's publication is its first event, at the time it became ready; the failed task has none
     assert [(e[0], e[1], e[2], e[4], e[5]) for e in events] == [
-        (1, 1, "publish", "registry db upgrade", before_versions), (2, 1, "publish", "registry db upgrade", before_versions)]
+        (1, 1, "publish", "registry db upgrade", before_versions),
+        (2, 1, "publish", "registry db upgrade", before_versions)]
     assert [e[3] for e in events] == [tasks[1][-1], tasks[2][-1]]
     assert [tuple(p) for p in pointers] == [("sst2", 1, None), ("cola", 1, None), ("rte", None, None)]
     assert [tuple(e) for e in evaluated] == [(1, 1)]

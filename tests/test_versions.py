@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import random
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
-from registry import bundle, lifecycle
+from registry import bundle, db, lifecycle
 from registry.core import open_registry
-from registry.errors import RegistryError
+from registry.errors import RegistryError, RetireError
 from registry.models import Task
 from tests.helpers import one_line_error, snapshot
 
@@ -228,6 +230,34 @@ def test_retire_hides_a_task_and_restore_brings_it_back(run_cli, settings, two_t
     assert events(run_cli, "other") == [("publish", 1, me, "first version"), ("retire", None, me, None),
                                         ("restore", None, me, "still needed"), ("retire", None, me, "replaced")]
     assert events(run_cli, "sentiment") == [("publish", 1, me, "first version")]
+
+
+@pytest.mark.parametrize("action, retired_before, message", [
+    ("retire", False, "task 'other' is already retired"), ("restore", True, "task 'other' is not retired")])
+def test_a_retire_or_restore_that_waited_for_another_one_is_refused_and_logs_nothing(settings, two_tasks, action,
+                                                                                      retired_before, message):
+    """Another writer retires (restores) the task while this retire (restore) waits for it: one move, one event."""
+    engine = db.make_engine(settings.db_url)
+    registry = open_registry(settings)
+    try:
+        if retired_before:
+            lifecycle.retire(registry, "other")
+        with engine.connect() as other_writer, ThreadPoolExecutor(1) as pool:
+            other_writer.execute(text("UPDATE tasks SET retired_at = :at WHERE name = 'other'"),
+                                 {"at": None if retired_before else lifecycle.utcnow()})  # holds the row or the lock
+            waiting = pool.submit(getattr(lifecycle, action), registry, "other")
+            time.sleep(1)
+            assert not waiting.done()
+            other_writer.commit()
+            with pytest.raises(RetireError, match=f"^{message}"):
+                waiting.result(timeout=60)
+        with engine.connect() as connection:
+            logged = connection.execute(text("SELECT action FROM task_events WHERE task_id = "
+                                             "(SELECT id FROM tasks WHERE name = 'other') ORDER BY id")).scalars().all()
+        assert logged == ["publish", *(["retire"] if retired_before else [])]
+    finally:
+        registry.close()
+        engine.dispose()
 
 
 def test_read_commands_show_versions_as_tables(run_cli, two_tasks):
