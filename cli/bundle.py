@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.output import device_option, emit, fields, json_option, table
+from cli.output import device_option, emit, fields, json_option, regular_file, table
 from cli.read import LIST_COLUMNS
 from registry.config import Settings
 from registry.core import open_registry
@@ -15,7 +15,7 @@ from registry.core import open_registry
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="float16 halves the size; such a bundle can be served but not imported.")
 @click.option("--archive", is_flag=True, help="Write one .tar instead of a directory.")
-@click.option("--force", is_flag=True, help="Replace an existing --output.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --output (never anything else).")
 @json_option
 @click.pass_obj
 def export(settings: Settings, task_names: str, output: str, dtype: str, archive: bool, force: bool, as_json: bool) -> None:
@@ -56,7 +56,7 @@ def import_(settings: Settings, path: str, as_json: bool) -> None:
 @click.argument("texts", metavar="[TEXT]...", nargs=-1)
 @click.option("--task", help="The task of the TEXT arguments (or of --input rows that name none).")
 @click.option("--bundle", "bundle_path", type=click.Path(exists=True), help="Serve from this bundle, not the registry.")
-@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False),
+@click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False), callback=regular_file,
               help='A JSON-lines file of {"task": …, "text": …, "text_pair": …} rows.')
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
 @device_option

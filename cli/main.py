@@ -8,7 +8,7 @@ import click
 
 from cli import admin, bundle, lifecycle, read, setup, train
 from registry.config import resolve
-from registry.errors import RegistryError
+from registry.errors import RegistryError, printable
 
 
 class RegistryGroup(click.Group):
@@ -27,7 +27,7 @@ class RegistryGroup(click.Group):
             if ctx.params.get("debug"):
                 raise
             message = str(exc) if isinstance(exc, RegistryError) else f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
-            click.echo(f"Error: {' '.join(message.split())}", err=True)
+            click.echo(f"Error: {printable(' '.join(message.split()))}", err=True)
             sys.exit(1)
 
 

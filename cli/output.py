@@ -4,13 +4,23 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
 
+from registry.errors import printable
+
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
                              help="Where to run the model: CUDA when present with auto.")
+
+
+def regular_file(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An option's path, refused unless it is a regular file (a device or FIFO would be read forever, or block)."""
+    if value is not None and not Path(value).is_file():
+        raise click.BadParameter(f"{value} is not a regular file: pass a file", ctx=ctx, param=param)
+    return value
 
 
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
@@ -38,7 +48,7 @@ def fmt(value: Any) -> str:
         return ""
     if isinstance(value, float):
         return f"{value:.4f}"
-    return str(value)
+    return printable(str(value))  # names, labels and sources may come from an imported bundle
 
 
 def table(rows: Sequence[dict[str, Any]], columns: Sequence[str], empty: str = "(none)") -> None:

@@ -21,7 +21,7 @@ def init(settings: Settings, source: str, name: str | None, as_json: bool) -> No
     """
     from registry import catalog, checkpoint
 
-    base = checkpoint.init(settings, source, name)
+    base = checkpoint.init(settings, source, name, echo=lambda line: click.echo(line, err=True))
     emit(catalog.base_row(base), as_json, fields)
 
 

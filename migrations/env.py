@@ -14,6 +14,7 @@ if alembic_config.config_file_name is not None:
 
 url = alembic_config.get_main_option("sqlalchemy.url") or registry_config.resolve().db_url
 target_metadata = schema.metadata
+MIGRATION_LOCK = 0x72656769  # any constant: the advisory lock every migration of a PostgreSQL database takes
 
 
 def run_migrations_offline() -> None:
@@ -25,8 +26,12 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
+        # Two `init`s on a new database: one migrates while the other waits, then finds the schema at head.
+        connection.execution_options(registry_write=True)  # SQLite: BEGIN IMMEDIATE (registry.db.make_engine)
         context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")
             context.run_migrations()
     engine.dispose()
 

@@ -212,8 +212,9 @@ def score_matrix(registry: Registry) -> dict[str, Any]:
         for j, task in enumerate(ready[: i + 1]):
             matrix[i][j] = latest.get((task.id, i + 1), task.score if i == j else None)
     final = matrix[-1] if size else []
-    acc = sum(final) / size if size and None not in final else None
-    backward = [final[j] - matrix[j][j] for j in range(size - 1)] if size > 1 else []
-    bwt = sum(backward) / len(backward) if backward and None not in final else None
+    # a cell is blank until `eval` measures it with that many tasks present; ACC and BWT need every cell they read
+    complete = size and None not in final and None not in (matrix[j][j] for j in range(size))
+    acc = sum(final) / size if complete else None
+    bwt = sum(final[j] - matrix[j][j] for j in range(size - 1)) / (size - 1) if complete and size > 1 else None
     return {"tasks": [task.name for task in ready], "metrics": [task.metric for task in ready],
             "matrix": matrix, "acc": acc, "bwt": bwt}

@@ -4,22 +4,26 @@ from __future__ import annotations
 
 import base64
 import json
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import Row
+from sqlalchemy import Row, select, text
+from sqlalchemy.exc import IntegrityError
 
-from registry import db
+from registry import db, schema
 from registry.adapters import ARCHITECTURES
 from registry.config import Settings
 from registry.core import Registry, database_exists, open_registry
 from registry.errors import AlreadyInitialised, BaseModelError, NotInitialised
 from registry.models import Artifact, BaseCheckpoint
-from registry.store import Store, write_atomic
+from registry.store import Store, sha256_of, write_atomic
 
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+BASE_ID = 1  # the one row of `bases` (see register)
 
 
 @dataclass(frozen=True)
@@ -32,21 +36,36 @@ class Checkpoint:
     weights: bytes
     config_bytes: bytes
     tokenizer_files: dict[str, bytes]
+    converted_from: str | None = None  # the dtype the checkpoint was saved in, when it was not float32
 
 
 def load_checkpoint(source: str) -> Checkpoint:
-    """Load `source` (a directory or hub id) with transformers and serialise it; refuse unsupported models."""
-    from transformers import AutoModel, AutoTokenizer
+    """Load `source` (a directory or hub id) with transformers and serialise it in float32; refuse unsupported models.
+
+    Its config and tokenizer config are read as JSON and checked (`check_config`) before transformers
+    loads anything, so a checkpoint that ships its own code is refused without running it.
+    """
+    import torch
+    from transformers import AutoModel, AutoTokenizer, PretrainedConfig
+    from transformers.models.auto.tokenization_auto import get_tokenizer_config
 
     quiet_transformers()
     try:
-        model = AutoModel.from_pretrained(source)
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError, KeyError) as exc:
-        raise BaseModelError(f"cannot load base checkpoint {source!r}: {db.first_line(exc)}; pass a directory with config.json and weights, or a hub id") from exc
-    model_type = model.config.model_type
-    if model_type not in ARCHITECTURES:
-        raise BaseModelError(f"base {source!r} is a {model_type!r} model; supported: {', '.join(sorted(ARCHITECTURES))}")
+        config, _ = PretrainedConfig.get_config_dict(source)
+        tokenizer_config = get_tokenizer_config(source)
+    except (OSError, ValueError) as exc:
+        raise cannot_load(source, exc) from exc
+    check_config(config, f"base {source!r}")
+    check_no_code(tokenizer_config, f"base {source!r}: tokenizer_config.json")
+    try:
+        model = AutoModel.from_pretrained(source, trust_remote_code=False)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
+    except Exception as exc:  # transformers and tokenizers raise anything, even a bare Exception, on a bad file
+        raise cannot_load(source, exc) from exc
+    stored_as = model.dtype
+    if stored_as != torch.float32:  # adapters train in float32 next to the base; a half-precision base makes NaN losses
+        model = model.float()
+        model.config.dtype = torch.float32
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -56,13 +75,44 @@ def load_checkpoint(source: str) -> Checkpoint:
     weights = files.pop(WEIGHTS_FILE)
     config_bytes = files.pop(CONFIG_FILE)
     return Checkpoint(
-        model_type=model_type,
+        model_type=model.config.model_type,
         parameters=sum(p.numel() for p in model.parameters()),
         config=json.loads(config_bytes),
         weights=weights,
         config_bytes=config_bytes,
         tokenizer_files=files,
+        converted_from=None if stored_as == torch.float32 else str(stored_as).removeprefix("torch."),
     )
+
+
+def cannot_load(source: str, exc: BaseException) -> BaseModelError:
+    """The error for a checkpoint transformers cannot load."""
+    return BaseModelError(f"cannot load base checkpoint {source!r}: {type(exc).__name__}: {db.first_line(exc)}; "
+                          "pass a directory with config.json and weights, or a hub id")
+
+
+def check_config(config: object, where: str) -> None:
+    """Refuse a model config that is not a JSON object, ships its own code, or names an unsupported model type."""
+    if not isinstance(config, dict):
+        raise BaseModelError(f"{where}: config.json is not a JSON object: "
+                             "pass a checkpoint written by `save_pretrained`")
+    check_no_code(config, f"{where}: config.json")
+    model_type = config.get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise BaseModelError(f"{where} is a {model_type!r} model; supported: {', '.join(sorted(ARCHITECTURES))}")
+
+
+def check_no_code(config: object, where: str) -> None:
+    """Refuse a config (model or tokenizer) whose `auto_map` would have transformers import code shipped with it."""
+    if isinstance(config, dict) and "auto_map" in config:
+        raise BaseModelError(f"{where} names code to run (auto_map): the registry never runs code from a checkpoint; "
+                             "use a checkpoint of a supported type without custom code")
+
+
+def max_positions(config: dict) -> int:
+    """How many tokens the base reads at most: its position embeddings (RoBERTa's first two are reserved)."""
+    positions = int(config.get("max_position_embeddings", 512))
+    return positions - 2 if config.get("model_type") in ("roberta", "xlm-roberta") else positions
 
 
 def quiet_transformers() -> None:
@@ -73,8 +123,9 @@ def quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def init(settings: Settings, source: str, name: str | None = None) -> BaseCheckpoint:
-    """Create the registry (schema at head) and register `source` as its frozen base."""
+def init(settings: Settings, source: str, name: str | None = None, *,
+         echo: Callable[[str], None] = lambda line: None) -> BaseCheckpoint:
+    """Create the registry (schema at head) and register `source` as its frozen base (in float32, said in one line)."""
     if database_exists(settings):
         try:
             registry = open_registry(settings)
@@ -86,7 +137,16 @@ def init(settings: Settings, source: str, name: str | None = None) -> BaseCheckp
                     raise AlreadyInitialised(f"the registry at {settings.home} already has a base: use another --home to start a new one")
             registry.close()
     checkpoint = load_checkpoint(source)  # every check that can fail runs before anything is written
-    return create(settings, source, name or default_name(source), checkpoint)
+    if checkpoint.converted_from:
+        echo(f"base {source} is saved in {checkpoint.converted_from}: stored as float32, which adapters train against")
+    before = Before.of(settings)
+    try:
+        return create(settings, source, name or default_name(source), checkpoint)
+    except AlreadyInitialised:  # another init won: the registry is theirs (register removed our files)
+        raise
+    except BaseException:
+        before.restore(settings)
+        raise
 
 
 def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
@@ -105,25 +165,41 @@ def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -
 
 
 def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
-    """Store the checkpoint's files and record the base in one transaction."""
+    """Store the checkpoint's files and record the base in one transaction; AlreadyInitialised if another base won."""
     tokenizer_blob = json.dumps({k: base64.b64encode(v).decode() for k, v in sorted(checkpoint.tokenizer_files.items())}, sort_keys=True).encode()
     blobs = {"base-weights": checkpoint.weights, "base-config": checkpoint.config_bytes, "tokenizer": tokenizer_blob}
+    new = {sha256_of(data) for data in blobs.values() if not registry.store.exists(sha256_of(data))}
     shas = {kind: registry.store.put(data) for kind, data in blobs.items()}
-    with registry.write() as session:
-        for kind, sha in shas.items():
-            if session.get(Artifact, sha) is None:
-                session.add(Artifact(sha256=sha, kind=kind, size=len(blobs[kind])))
-        base = BaseCheckpoint(
-            name=name,
-            source=source,
-            model_type=checkpoint.model_type,
-            sha256=shas["base-weights"],
-            config_sha256=shas["base-config"],
-            tokenizer_sha256=shas["tokenizer"],
-            config=checkpoint.config,
-            parameters=checkpoint.parameters,
-        )
-        session.add(base)
+    try:
+        with registry.write() as session:
+            for kind, sha in shas.items():
+                if session.get(Artifact, sha) is None:
+                    session.add(Artifact(sha256=sha, kind=kind, size=len(blobs[kind])))
+            # A registry has one base and it is row BASE_ID: two `init`s racing on a new home both insert that
+            # id and the primary key lets exactly one commit (no check-then-insert can do that). Every base is
+            # inserted here with this id; PostgreSQL's id sequence is still moved past it, for any later insert.
+            base = BaseCheckpoint(
+                id=BASE_ID,
+                name=name,
+                source=source,
+                model_type=checkpoint.model_type,
+                sha256=shas["base-weights"],
+                config_sha256=shas["base-config"],
+                tokenizer_sha256=shas["tokenizer"],
+                config=checkpoint.config,
+                parameters=checkpoint.parameters,
+            )
+            session.add(base)
+            session.flush()
+            if session.get_bind().dialect.name == "postgresql":
+                session.execute(text("SELECT setval(pg_get_serial_sequence('bases', 'id'), :id)"), {"id": BASE_ID})
+    except IntegrityError:
+        with registry.read() as session:
+            known = set(session.scalars(select(Artifact.sha256).where(Artifact.sha256.in_(new))))
+        for sha in new - known:  # ours alone: the winner's rows do not name them
+            registry.store.delete(sha)
+        raise AlreadyInitialised(f"the registry at {registry.settings.home} already has a base (another `init` won): "
+                                 "use another --home to start a new one") from None
     return base
 
 
@@ -148,3 +224,43 @@ def write_base_files(store: Store, base: Row | BaseCheckpoint, target: Path) -> 
         write_atomic(target / filename, base64.b64decode(encoded))
     write_atomic(target / CONFIG_FILE, store.get(base.config_sha256))
     write_atomic(target / WEIGHTS_FILE, store.get(base.sha256))
+
+
+@dataclass(frozen=True)
+class Before:
+    """What a registry location held before `init` or `import` started a registry there, to put it back if they fail."""
+
+    home: bool
+    database: bool  # the SQLite file existed
+    tables: bool  # the database held the registry's tables
+    store: frozenset[str]
+
+    @classmethod
+    def of(cls, settings: Settings) -> Before:
+        path = db.sqlite_path(settings.db_url)
+        return cls(home=settings.home.exists(), database=path is None or path.exists(),
+                   tables=db.revision_at(settings.db_url) is not None, store=frozenset(Store(settings.store_url).all()))
+
+    def restore(self, settings: Settings) -> None:
+        """Remove the database, tables, rows and store files added since (a registry without a base has no tasks)."""
+        path = db.sqlite_path(settings.db_url)
+        if not self.database:
+            for suffix in ("", "-wal", "-shm", "-journal"):
+                Path(f"{path}{suffix}").unlink(missing_ok=True)
+        else:
+            engine = db.make_engine(settings.db_url)
+            try:
+                with engine.begin() as connection:
+                    if self.tables:  # a registry without a base holds no rows that name it
+                        connection.execute(schema.bases.delete())
+                        connection.execute(schema.artifacts.delete())
+                    else:
+                        schema.metadata.drop_all(connection)
+                        connection.exec_driver_sql("DROP TABLE alembic_version")
+            finally:
+                engine.dispose()
+        store = Store(settings.store_url)
+        for sha in set(store.all()) - self.store:
+            store.delete(sha)
+        if not self.home:
+            shutil.rmtree(settings.home, ignore_errors=True)

@@ -581,6 +581,33 @@ def _load_source(
     )
 
 
+def check_task_fields(text_columns: Sequence[str], label_column: str, task_type: str, labels: Sequence[str] | None,
+                      metric: str | None) -> tuple[tuple[str, ...], str, tuple[str, ...] | None]:
+    """A stored (or imported) task's columns, type, label map and metric, checked as add-task checks its own.
+
+    Returns the text columns, label column and labels as the loaders use them.
+    """
+    text_cols = _validate_text_override(text_columns)
+    if not text_cols:
+        raise DataError("the task records no text column; re-register it")
+    label_column = str(label_column)
+    if label_column in text_cols:
+        raise DataError(f"label column {label_column} is also a text column; re-register the task")
+    if task_type not in TASK_TYPES:
+        raise DataError(f"task type {task_type!r} is not one of: {', '.join(TASK_TYPES)}")
+    if task_type == "classification":
+        if not labels or len(labels) < 2:
+            raise DataError("the task records no label map (it needs two or more classes); re-register it")
+        labels = tuple(str(s) for s in labels)
+        if len(set(labels)) != len(labels):
+            raise DataError("the task's label map names a class twice; re-register it")
+    elif labels is not None:
+        raise DataError("a regression task has no label map; pass labels=None")
+    if metric is not None:
+        _check_metric(metric, task_type, labels)
+    return text_cols, label_column, labels
+
+
 def load_validation(
     source: str,
     *,
@@ -600,23 +627,7 @@ def load_validation(
     it is inferred as in :func:`load`, from the validation rows.
     """
     _check_seed(seed)
-    text_cols = _validate_text_override(text_columns)
-    if not text_cols:
-        raise DataError("the task records no text column; re-register it")
-    label_column = str(label_column)
-    if label_column in text_cols:
-        raise DataError(f"label column {label_column} is also a text column; re-register the task")
-    if task_type not in TASK_TYPES:
-        raise DataError(f"task type {task_type!r} is not one of: {', '.join(TASK_TYPES)}")
-    if task_type == "classification":
-        if not labels or len(labels) < 2:
-            raise DataError("the task records no label map (it needs two or more classes); re-register it")
-        labels = tuple(str(s) for s in labels)
-    elif labels is not None:
-        raise DataError("a regression task has no label map; pass labels=None")
-    if metric is not None:
-        _check_metric(metric, task_type, labels)
-
+    text_cols, label_column, labels = check_task_fields(text_columns, label_column, task_type, labels, metric)
     required = [*text_cols, label_column]
     src = resolve(source, need_train=False)
     table, _, rows, validation_from = _validation_split(src, required, seed, "the task")

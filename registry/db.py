@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -55,13 +57,26 @@ def make_engine(url: str) -> Engine:
 
 
 def enable_wal(engine: Engine) -> None:
-    """Switch a SQLite database to WAL (persistent in the file) so readers never block the writer."""
-    if engine.dialect.name == "sqlite":
-        connection = engine.raw_connection()  # outside any transaction, as SQLite requires
-        try:
-            connection.cursor().execute("PRAGMA journal_mode = WAL")
-        finally:
-            connection.close()
+    """Switch a SQLite database to WAL (persistent in the file) so readers never block the writer.
+
+    The switch needs the database to itself and SQLite does not wait for that: while another process
+    (a second `init`) holds a lock, it is retried for up to the busy timeout.
+    """
+    if engine.dialect.name != "sqlite":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    connection = engine.raw_connection()  # outside any transaction, as SQLite requires
+    try:
+        while True:
+            try:
+                connection.cursor().execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+    finally:
+        connection.close()
 
 
 @contextmanager

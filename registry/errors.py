@@ -1,6 +1,11 @@
 """Errors a user can act on. Every message is one line that says what to do next."""
 
 
+def printable(text: str) -> str:
+    """`text` with control characters, escape sequences and other unprintable characters escaped: one safe line."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text)
+
+
 class RegistryError(Exception):
     """Base class: the CLI prints the message on one line and exits 1."""
 
@@ -63,3 +68,7 @@ class VersionError(RegistryError):
 
 class RetireError(RegistryError):
     """`retire` of a retired task, or `restore` of one that is not retired."""
+
+
+class TrainingError(RegistryError):
+    """Hyper-parameters no run can use, or a run that diverged."""

@@ -6,6 +6,7 @@ import hashlib
 import os
 import uuid
 from collections.abc import Iterator
+from typing import BinaryIO
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
@@ -13,9 +14,21 @@ from fsspec.implementations.local import LocalFileSystem
 from registry.errors import ArtifactError
 
 
+CHUNK = 1 << 20
+
+
 def sha256_of(data: bytes) -> str:
     """The hex sha256 of `data`."""
     return hashlib.sha256(data).hexdigest()
+
+
+def digest(handle: BinaryIO) -> tuple[str, int]:
+    """sha256 and length of everything left in a binary file object, read in chunks."""
+    hashed, length = hashlib.sha256(), 0
+    while chunk := handle.read(CHUNK):
+        hashed.update(chunk)
+        length += len(chunk)
+    return hashed.hexdigest(), length
 
 
 class Store:
@@ -36,10 +49,15 @@ class Store:
         final = self.path(sha)
         if self.fs.exists(final):
             return sha
-        if self.local:
-            write_atomic(final, data)
-        else:
-            self.fs.pipe_file(final, data)  # object stores publish a whole object or nothing
+        try:
+            if self.local:
+                write_atomic(final, data)
+            else:
+                self.fs.pipe_file(final, data)  # object stores publish a whole object or nothing
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise ArtifactError(f"cannot write {exc.filename or final} in the store {self.url}: {reason}: "
+                                "make the store writable and give it free space, then run the command again") from exc
         return sha
 
     def get(self, sha: str) -> bytes:

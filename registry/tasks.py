@@ -26,7 +26,7 @@ from registry import checkpoint, data, encoding, lifecycle, train
 from registry.adapters import AdapterModel, trainable_parameters
 from registry.catalog import find_task, task_row
 from registry.core import Registry
-from registry.errors import InvalidName, RegistryError, TaskExists, UnknownTask, VersionError
+from registry.errors import DataError, InvalidName, RegistryError, TaskExists, UnknownTask, VersionError
 from registry.models import Evaluation, Metric, Run, Task
 from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
@@ -83,6 +83,7 @@ def add_task(
     version on its validation data (both scores are printed); otherwise it is kept as a candidate.
     """
     validate_name(name)
+    train.check_config(config)
     target = pick_device(device)
     sweep_stale_runs(registry)
     with registry.read() as session:
@@ -101,6 +102,7 @@ def add_task(
     elif existing is not None and existing.status != "failed":
         hint = ", or pass --new-version to train its next version" if existing.status == "ready" else ""
         raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name{hint}")
+    check_max_length(config.max_length, base.config)
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
                        max_train_samples=options.max_train_samples, seed=config.seed)
@@ -140,6 +142,7 @@ def add_task(
             if new_version:
                 terms = compare_with_current(registry, name, base, loaded, best[1].best_score, promote, target,
                                              progress, echo)
+            run_id = best[0]  # a failure to publish is recorded on the run being published
             published = publish(registry, task_id, base, source, loaded, *best, **terms)
     except BaseException as exc:
         abandon(registry, task_id, run_id, exc)
@@ -151,6 +154,14 @@ def add_task(
     with registry.read() as session:
         return {**task_row(session.get(Task, task_id), base.parameters), "published_version": published.version,
                 "published_current": published.current, "why": published.why}
+
+
+def check_max_length(max_length: int, base_config: dict) -> None:
+    """Refuse a max_length longer than the base reads (its position embeddings)."""
+    limit = checkpoint.max_positions(base_config)
+    if max_length > limit:
+        raise DataError(f"--max-length {max_length} is more than the base's {limit} positions: "
+                        f"use --max-length {limit} or less")
 
 
 def pick_device(requested: str) -> torch.device:
@@ -194,7 +205,7 @@ def load_tokenizer(base_dir):
     """The base's tokenizer."""
     from transformers import AutoTokenizer
 
-    return AutoTokenizer.from_pretrained(base_dir)
+    return AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
 
 
 def build_model(base_dir, adapter_size: int, head_size: int, seed: int) -> AdapterModel:
@@ -202,7 +213,7 @@ def build_model(base_dir, adapter_size: int, head_size: int, seed: int) -> Adapt
     from transformers import AutoModel
 
     checkpoint.quiet_transformers()
-    encoder = AutoModel.from_pretrained(base_dir)
+    encoder = AutoModel.from_pretrained(base_dir, trust_remote_code=False)
     torch.manual_seed(seed)
     return AdapterModel(encoder, adapter_size, [head_size])
 

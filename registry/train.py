@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from registry import metrics
 from registry.encoding import Encoded, batches
+from registry.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -54,6 +55,14 @@ class FitResult:
     best_score: float
     best_state: dict[str, torch.Tensor]
     epochs: list[EpochResult] = field(default_factory=list)
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse hyper-parameters no run can use: a learning rate not positive and finite, a warm-up outside [0, 1)."""
+    if not (isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0):
+        raise TrainingError(f"--lr {config.lr} is not a positive finite number: pass one like 1e-3")
+    if not (math.isfinite(config.warmup) and 0 <= config.warmup < 1):
+        raise TrainingError(f"warm-up {config.warmup} is not a fraction of the steps in [0, 1)")
 
 
 def pick_device(requested: str = "auto") -> torch.device:
@@ -115,19 +124,26 @@ def fit(
         started = time.perf_counter()
         losses = []
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress, leave=False)
-        for batch in batches(train, config.batch_size, pad_id=pad_id, shuffle=True, seed=config.seed + epoch):
+        epoch_batches = batches(train, config.batch_size, pad_id=pad_id, shuffle=True, seed=config.seed + epoch)
+        for step, batch in enumerate(epoch_batches, start=1):
             with autocast:
                 logits = model(**model_inputs(batch, device))
             loss = loss_fn(logits, batch["labels"].to(device), task_type)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            value = loss.item()
+            if not math.isfinite(value):  # diverged: no later step recovers, and no metric of it can be recorded
+                raise diverged("loss", value, epoch, step, config)
             optimizer.step()
             scheduler.step()
-            losses.append(loss.item())
+            losses.append(value)
             bar.update()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
             on_step()
         bar.close()
+        for parameter in trainable:
+            if not torch.isfinite(parameter).all():  # the epoch's last step broke the weights
+                raise diverged("weights", float("nan"), epoch, step, config)
 
         # --- evaluate on validation, keep the best epoch ---
         scores = evaluate(model, validation, task_type=task_type, metric=metric, pad_id=pad_id, device=device,
@@ -139,6 +155,12 @@ def fit(
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.task_state_dict().items()}
             best = FitResult(best_epoch=epoch, best_score=scores[metric], best_state=state, epochs=history)
     return best
+
+
+def diverged(what: str, value: float, epoch: int, step: int, config: TrainConfig) -> TrainingError:
+    """The error that ends a run whose loss or weights stopped being finite."""
+    return TrainingError(f"{what} became {'NaN' if math.isnan(value) else 'infinite'} at epoch {epoch} step {step}: "
+                         f"lower --lr (it was {config.lr:g})")
 
 
 def predict(model: torch.nn.Module, encoded: Encoded, *, pad_id: int, device: torch.device, batch_size: int = 64,

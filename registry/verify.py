@@ -3,9 +3,11 @@
 What is checked (opening the registry has already checked the schema revision):
 
 * every artifact row: its file is in the store, its bytes hash to its sha256 and have its size;
-* every ready task: it names an adapter and a config artifact, the config parses and names the
-  registry's base, the adapter is a safetensors file; ready positions are exactly 1..N and no
-  task that is not ready holds a position; it carries its current version's artifacts and score;
+* every ready task: it names an adapter and a config artifact, the config parses, names the
+  registry's base and repeats the task's type, labels, columns, metric and adapter size; the adapter
+  is a safetensors file of float32 tensors whose names, shapes and count fit the base, the adapter
+  size and the label count; ready positions are exactly 1..N and no task that is not ready holds a position; it
+  carries its current version's artifacts and score;
 * every file in the store is an artifact the database knows. Unreferenced files (left behind by a
   kill between storing an artifact and committing it) are reported, and removed with `prune`.
 
@@ -14,7 +16,6 @@ Imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import struct
@@ -28,10 +29,11 @@ from registry.core import Registry
 from registry.lifecycle import CURRENT_FIELDS
 from registry.models import Artifact, Evaluation, Run, Task, TaskVersion
 from registry.runs import sweep_stale_runs
+from registry.store import digest
 
 ADAPTER_CONFIG_FORMAT = "adapter-registry/adapter@1"
 SHA_NAME = re.compile(r"[0-9a-f]{64}")
-CHUNK = 1 << 20
+TASK_CONFIG_FIELDS = ("task_type", "labels", "text_columns", "label_column", "metric", "adapter_size")
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,7 @@ def verify(registry: Registry, *, prune: bool = False) -> Report:
     sizes = {artifact.sha256: artifact.size for artifact in artifacts}
 
     intact = check_artifacts(registry, sizes, users, report)
-    check_tasks(registry, base.sha256, tasks, intact, report)
+    check_tasks(registry, base, tasks, intact, report)
     unreferenced, files = check_store(registry, set(sizes), report)
     report.checked = {"artifacts": len(artifacts), "tasks": sum(t.status == "ready" for t in tasks), "files": files}
 
@@ -118,13 +120,13 @@ def check_artifacts(registry: Registry, sizes: dict[str, int], users: dict[str, 
     for sha, size in sizes.items():
         role = f" ({', '.join(users[sha][:3])}{', …' if len(users[sha]) > 3 else ''})" if users.get(sha) else ""
         try:
-            digest, length = hash_file(store, store.path(sha))
+            found, length = hash_file(store, store.path(sha))
         except FileNotFoundError:
             report.problems.append(Problem("missing", sha, (
                 f"artifact {sha[:12]}{role} is missing from the store {store.url}: restore the file or the store "
                 "from a backup, or re-add the task under a new name")))
             continue
-        if digest != sha:
+        if found != sha:
             report.problems.append(Problem("corrupt", sha, (
                 f"artifact {sha[:12]}{role} in {store.url} does not match its sha256 (corrupt or tampered): "
                 "restore the file from a backup, or re-add the task under a new name")))
@@ -138,16 +140,12 @@ def check_artifacts(registry: Registry, sizes: dict[str, int], users: dict[str, 
 
 
 def hash_file(store, path: str) -> tuple[str, int]:
-    """sha256 and length of a store file, read in chunks."""
-    digest, length = hashlib.sha256(), 0
+    """sha256 and length of a store file."""
     with store.fs.open(path, "rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-            length += len(chunk)
-    return digest.hexdigest(), length
+        return digest(handle)
 
 
-def check_tasks(registry: Registry, base_sha: str, tasks: list[Task], intact: set[str], report: Report) -> None:
+def check_tasks(registry: Registry, base, tasks: list[Task], intact: set[str], report: Report) -> None:
     """Ready tasks have intact, well-formed artifacts built on this base; positions are exactly 1..N."""
     ready = [task for task in tasks if task.status == "ready"]
     for task in ready:
@@ -158,13 +156,16 @@ def check_tasks(registry: Registry, base_sha: str, tasks: list[Task], intact: se
                 "the database was altered; restore it from a backup")))
             continue
         if task.config_sha256 in intact:
-            problem = config_problem(registry.store.get(task.config_sha256), base_sha)
+            problem = config_problem(registry.store.get(task.config_sha256), base.sha256, task_facts(task))
             if problem:
                 report.problems.append(Problem("task", task.name, (
                     f"the config of ready {subject} {problem}: restore the database and store from a backup")))
-        if task.adapter_sha256 in intact and not is_safetensors(registry.store.get(task.adapter_sha256)):
-            report.problems.append(Problem("task", task.name, (
-                f"the adapter of ready {subject} is not a safetensors file: restore the database and store from a backup")))
+        if task.adapter_sha256 in intact:
+            problem = adapter_problem(registry.store.get(task.adapter_sha256), base.config, task.adapter_size,
+                                      head_size(task.task_type, task.labels))
+            if problem:
+                report.problems.append(Problem("task", task.name, (
+                    f"the adapter of ready {subject} {problem}: restore the database and store from a backup")))
 
     positions = sorted(task.position for task in ready if task.position is not None)
     unplaced = [task.name for task in ready if task.position is None]
@@ -192,28 +193,96 @@ def check_current_versions(session, tasks: list[Task], report: Report) -> None:
                 f"{task.current_version}: the database was altered; restore it from a backup")))
 
 
-def config_problem(raw: bytes, base_sha: str) -> str | None:
-    """What is wrong with a task's config artifact, or None."""
+def config_problem(raw: bytes, base_sha: str, task: dict[str, Any]) -> str | None:
+    """What is wrong with a task's config artifact, or None: it parses, names `base_sha` and repeats `task`'s fields."""
     try:
         config = json.loads(raw)
-    except ValueError as exc:
-        return f"is not JSON ({exc})"
+    except (ValueError, RecursionError) as exc:
+        return f"is not JSON ({type(exc).__name__})"
     if not isinstance(config, dict) or config.get("format") != ADAPTER_CONFIG_FORMAT:
         return f"is not an {ADAPTER_CONFIG_FORMAT} config"
     if config.get("base_sha256") != base_sha:
         return f"names base {str(config.get('base_sha256'))[:12]}, not this registry's base {base_sha[:12]}"
+    for key, value in task.items():
+        if config.get(key) != value:
+            return f"says {key} is {config.get(key)!r}, but the task's is {value!r}"
     return None
 
 
-def is_safetensors(raw: bytes) -> bool:
-    """Whether `raw` starts with a well-formed safetensors header (8-byte length, then a JSON object)."""
+def tensor_header(raw: bytes) -> dict[str, dict]:
+    """The tensors a safetensors file declares (name: dtype, shape, data_offsets), read without loading them.
+
+    ValueError says what is wrong when `raw` is not a well-formed safetensors file.
+    """
     if len(raw) < 8:
-        return False
+        raise ValueError("shorter than a safetensors header")
     (length,) = struct.unpack("<Q", raw[:8])
+    if 8 + length > len(raw):
+        raise ValueError("its header runs past the end of the file")
     try:
-        return 8 + length <= len(raw) and isinstance(json.loads(raw[8:8 + length]), dict)
-    except ValueError:
-        return False
+        header = json.loads(raw[8:8 + length])
+    except (ValueError, RecursionError):
+        raise ValueError("its header is not JSON") from None
+    if not isinstance(header, dict):
+        raise ValueError("its header is not a JSON object")
+    header.pop("__metadata__", None)
+    body = len(raw) - 8 - length
+    for name, entry in header.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(entry.get("shape"), list)
+                and all(isinstance(n, int) and n >= 0 for n in entry["shape"])
+                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
+                and all(isinstance(n, int) for n in entry["data_offsets"])
+                and 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1] <= body):
+            raise ValueError(f"tensor {name!r} is declared wrongly in its header")
+    return header
+
+
+def adapter_problem(raw: bytes, base_config: dict, adapter_size: int, head_size: int, dtype: str = "F32") -> str | None:
+    """What keeps a task's adapter file from loading on its base, or None.
+
+    Checked from the safetensors header alone (no torch): tensors of `dtype` (float32 in a registry), each of
+    the shape its kind has on a base of this hidden size with this bottleneck and head, and as many as the
+    base's layers need (per layer two adapters of four tensors and two layer norms of two, plus the head's
+    weight and bias).
+    """
+    try:
+        header = tensor_header(raw)
+    except ValueError as exc:
+        return f"is not a safetensors file ({exc})"
+    hidden = base_config.get("hidden_size") or base_config.get("dim")
+    layers = base_config.get("num_hidden_layers") or base_config.get("n_layers")
+    shapes = {".adapter.down_weight": [hidden, adapter_size], ".adapter.down_bias": [adapter_size],
+              ".adapter.up_weight": [adapter_size, hidden], ".adapter.up_bias": [hidden]}
+    counts = {"adapter": 0, "norm": 0, "head": 0}
+    for name, entry in sorted(header.items()):
+        if entry["dtype"] != dtype:
+            return f"holds {entry['dtype']} tensor {name!r}, where {dtype} is expected"
+        suffix = next((s for s in shapes if name.endswith(s)), None)
+        if suffix:
+            kind, want = "adapter", shapes[suffix]
+        elif name in ("head.weight", "head.bias"):
+            kind, want = "head", [head_size, hidden] if name == "head.weight" else [head_size]
+        elif name.endswith((".weight", ".bias")):
+            kind, want = "norm", [hidden]
+        else:
+            return f"holds tensor {name!r}, which no adapter has"
+        if entry["shape"] != want:
+            return f"holds tensor {name!r} of shape {entry['shape']}, where this base and task need {want}"
+        counts[kind] += 1
+    want = {"adapter": 8 * layers, "norm": 4 * layers, "head": 2} if isinstance(layers, int) else counts
+    if counts != want:
+        return f"holds {counts} tensors by kind, where a base of {layers} layers needs {want}"
+    return None
+
+
+def task_facts(task) -> dict[str, Any]:
+    """The fields of a task row its config artifact must repeat."""
+    return {key: getattr(task, key) for key in TASK_CONFIG_FIELDS}
+
+
+def head_size(task_type: str, labels: list | None) -> int:
+    """Outputs of a task's head: one per class, or one for regression."""
+    return 1 if task_type == "regression" else len(labels or ())
 
 
 def check_store(registry: Registry, known: set[str], report: Report) -> tuple[list[str], int]:

@@ -12,6 +12,7 @@ import contextlib
 import os
 import random
 import shutil
+import tarfile
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from cli.main import cli
 from registry import db
 from registry.config import Settings
 from tests.conftest import PG_URL
+from tests.bad_bundles import write_bad_bundles
 from tests.helpers import one_line_error, snapshot
 
 UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
@@ -45,6 +47,46 @@ def case(id, args, problem, todo, setup=None, exit_code=1):
 
 
 NEW = "add-task newtask --data"
+AGAIN = "export the bundle again"
+CODE = "use a checkpoint of a supported type without custom code"
+BAD_BUNDLES = [  # tests.bad_bundles' variants: (name, the problem the line names, what it says to do)
+    ("code-listed", "manifest.json is malformed (it lists 'base/evil.py', which a bundle never holds)", AGAIN),
+    ("code-unlisted", "holds base/evil.py, which manifest.json does not list", "remove it, or export the bundle again"),
+    ("auto-map", "config.json names code to run (auto_map): the registry never runs code from a checkpoint", CODE),
+    ("tokenizer-auto-map", "tokenizer_config.json names code to run (auto_map)", CODE),
+    ("model-type", "is a 'gpt2' model", "supported: bert, distilbert, electra, roberta, xlm-roberta"),
+    ("label-escape", "its columns, labels, type, metric and data source must be printable text", AGAIN),
+    ("metric-unknown", "task 'sentiment': --metric bleu is not a known metric", AGAIN),
+    ("labels-for-regression", "task 'sentiment': a regression task has no label map", AGAIN),
+    ("adapter-size", "adapters/sentiment.safetensors holds tensor", AGAIN),
+    ("label-count",
+     "adapters/sentiment.safetensors holds tensor 'head.bias' of shape [2], where this base and task need [3]", AGAIN),
+    ("config-disagrees", "adapters/sentiment.json says text_columns is ['review'], but the task's is ['sentence']",
+     AGAIN),
+    ("adapter-key", "adapters/sentiment.safetensors does not load on the bundle's base", "1 missing, 1 unexpected"),
+    ("adapter-float16", "adapters/sentiment.safetensors holds F16 tensor", AGAIN),
+    ("adapter-nan", "adapters/sentiment.safetensors holds NaN or infinite values in 'head.bias'", AGAIN),
+    ("base-float16", "base/model.safetensors holds F16 tensors, but manifest.json says float32", AGAIN),
+    ("manifest-not-json", "manifest.json cannot be read (JSONDecodeError)", AGAIN),
+    ("manifest-not-utf8", "manifest.json cannot be read (UnicodeDecodeError)", AGAIN),
+    ("manifest-deep", "manifest.json cannot be read (RecursionError)", AGAIN),
+    ("manifest-types",
+     "task 'sentiment': position, adapter_size, max_length and trainable_params must be positive integers", AGAIN),
+    ("config-not-json", "adapters/sentiment.json is not JSON (JSONDecodeError)", AGAIN),
+    ("config-list", "adapters/sentiment.json is not a JSON object", AGAIN),
+    ("config-deep", "adapters/sentiment.json is not JSON (RecursionError)", AGAIN),
+    ("adapter-garbage", "adapters/sentiment.safetensors is not a safetensors file", AGAIN),
+    ("base-garbage", "base/model.safetensors is not a safetensors file", AGAIN),
+    ("base-config-not-json", "base/config.json is not JSON (UnicodeDecodeError)", AGAIN),
+    ("tokenizer-not-json", "base/tokenizer.json is not JSON (JSONDecodeError)", AGAIN),
+    ("tokenizer-invalid", "base/ cannot be loaded by transformers (KeyError: 'added_tokens')", AGAIN),
+    ("bomb.tar.gz", "bomb.tar.gz is a compressed or damaged tar",
+     "pass the plain .tar `registry export --archive` writes"),
+    ("big-member.tar", "bundle/base/config.json is 4194", AGAIN),
+    ("extra-member.tar", "holds bundle/base/notes.txt, which manifest.json does not list (once)", AGAIN),
+]
+IMPORT_ONLY = {"adapter-key", "adapter-nan"}
+LOAD_ONLY = {"tokenizer-invalid"}  # an import into a registry with this base never reads the bundle's tokenizer  # served as they are; import loads every adapter on the base first
 CASES = [
     # --- add-task: data that cannot be used (nothing is reserved, trained or stored)
     case("data-missing", f"{NEW} {{bad}}/nope.tsv", "no such file or directory: ", "pass a directory with train/dev files"),
@@ -126,6 +168,50 @@ CASES = [
     *(case(f"{args.split()[0]}-retired", args, "task 'second' is retired", "`registry restore second` brings it back", "retired")
       for args in ("export --tasks second --output {fresh}/bundle", "predict --task second hi", "eval second",
                    "promote second --version 1", "add-task second --new-version --data {good}")),
+    # --- bundles that carry code, lie, or are garbage (issue 14): import and predict refuse each, naming the file
+    *(case(f"{command.split()[0]}-{variant}", f"{command} {{bundles}}/{variant}", problem, todo)
+      for variant, problem, todo in BAD_BUNDLES
+      for command in ("import", "predict --task sentiment hello --bundle")[variant in LOAD_ONLY:1 if variant in IMPORT_ONLY else 2]),
+    *(case(f"init-base-{variant}",
+           f"--home {{fresh}} --db sqlite:///{{fresh}}/registry.db --store {{fresh}}/artifacts init "
+           f"--base {{bundles}}/{variant}/base", problem, todo)
+      for variant, problem, todo in (
+          ("code-listed", "/code-listed/base': config.json names code to run (auto_map)", CODE),
+          ("auto-map", "/auto-map/base': config.json names code to run (auto_map)", CODE),
+          ("tokenizer-auto-map", "/tokenizer-auto-map/base': tokenizer_config.json names code to run (auto_map)", CODE),
+          ("model-type", "/model-type/base' is a 'gpt2' model",
+           "supported: bert, distilbert, electra, roberta, xlm-roberta"))),
+    case("import-fresh-home-bad-tokenizer",
+         "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts "
+         "import {bundles}/tokenizer-invalid", "/tokenizer-invalid/base': KeyError: 'added_tokens'", "pass a directory with config.json"),
+    case("import-fresh-home-bad-adapter", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts "
+         "import {bundles}/adapter-key", "adapters/sentiment.safetensors does not load on the bundle's base", "unexpected"),
+    # --- export --force replaces only a previous bundle, never the registry or anything else
+    case("export-force-home", "export --force --output {home}", "is the registry home",
+         "write the bundle outside the registry"),
+    case("export-force-store", "export --force --output {home}/artifacts", "is the artifact store",
+         "outside the registry"),
+    case("export-force-parent", "export --force --output {root}", "holds the registry home", "outside the registry"),
+    case("export-inside-home", "export --output {home}/bundle", "is inside the registry home", "outside the registry"),
+    case("export-force-user-dir", "export --force --output {bad}",
+         "is not a bundle (it holds files no bundle manifest lists)",
+         "--force replaces only a bundle written by `registry export`"),
+    case("export-unwritable", "export --output {good}/bundle", "cannot write the bundle at",
+         "choose a writable --output"),
+    case("export-force-user-file", "export --force --archive --output {bad}/data.txt.tar", "is not a bundle",
+         "choose another --output",
+         "user_tar"),
+    # --- options no run can use, refused before anything is written
+    case("lr-nan", f"{NEW} {{good}} --lr nan", "--lr nan is not a positive finite number", "pass one like 1e-3"),
+    case("lr-inf", f"{NEW} {{good}} --lr inf", "--lr inf is not a positive finite number", "pass one like 1e-3"),
+    case("max-length-over-positions", f"{NEW} {{good}} --max-length 512",
+         "--max-length 512 is more than the base's 128 positions",
+         "use --max-length 128 or less"),
+    case("predict-input-device", "predict --task sentiment --input /dev/zero", "/dev/zero is not a regular file",
+         "pass a file",
+         exit_code=2),
+    case("predict-input-fifo", "predict --task sentiment --input {bad}/fifo", "fifo is not a regular file",
+         "pass a file", exit_code=2),
     # --- init
     case("init-twice", "init --base {base}", "already has a base", "use another --home to start a new one"),
     case("init-base-missing", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}/nope",
@@ -150,6 +236,11 @@ CASES = [
                    "init --base {base}", "db current", "db upgrade", "export --output {fresh}/bundle",
                    "predict --task sentiment hello", "promote sentiment --version 1", "retire sentiment")),
 ]
+
+
+BAD_FILES = sorted(["nothing", "unreadable.tsv", "empty.tsv", "header.tsv", "nolabel.tsv", "notext.tsv", "ragged.tsv",
+                    "nan.tsv",
+                    "blank.tsv", "oneclass.tsv", "words.tsv", "latin1.tsv", "huge.tsv", "data.txt", "config.json", "fifo"])
 
 
 def sentences(n: int, seed: int, labels=(0, 1)) -> list[str]:
@@ -182,6 +273,7 @@ def write_files(bad: Path) -> Path:
     (bad / "huge.tsv").write_text("\n".join([header, *sentences(30, 8), "a" * 300_000 + "\t1"]) + "\n")
     (bad / "data.txt").write_text(good.read_text())
     (bad / "config.json").write_text("{not json")
+    os.mkfifo(bad / "fifo")
     return good
 
 
@@ -207,11 +299,14 @@ def prepared(request, tmp_path_factory, tiny_base, pg_skip_reason):
     for args in (["init", "--base", str(tiny_base)], ["add-task", "sentiment", "--data", str(good), "--epochs", "1"],
                  ["add-task", "sentiment", "--new-version", "--promote", "--data", str(good), "--epochs", "1", "--seed", "1"],
                  ["add-task", "second", "--data", str(good), "--epochs", "1"],
-                 ["eval", "sentiment"]):  # eval once, so the token cache is there before any row runs
+                 ["eval", "sentiment"],  # eval once, so the token cache is there before any row runs
+                 ["export", "--output", str(root / "bundles" / "good")]):
         result = runner.invoke(cli, args, env=env, catch_exceptions=False)
         assert result.exit_code == 0, result.output
-    yield SimpleNamespace(settings=settings, env=env, runner=runner,
-                          paths={"bad": root / "bad", "good": good, "base": tiny_base, "fresh": root / "fresh"})
+    write_bad_bundles(root / "bundles" / "good", root / "bundles", marker=root / "marker")
+    yield SimpleNamespace(settings=settings, env=env, runner=runner, marker=root / "marker",
+                          paths={"bad": root / "bad", "good": good, "base": tiny_base, "fresh": root / "fresh",
+                                 "bundles": root / "bundles", "home": home, "root": root})
     if schema:
         engine = create_engine(PG_URL)
         with engine.begin() as connection:
@@ -303,7 +398,22 @@ def retired(prepared, monkeypatch):
         registry.close()
 
 
-SETUPS = {"retired": retired, "unreadable": unreadable, "no_cuda": no_cuda, "tampered": tampered, "adapter_missing": adapter_missing,
+@contextlib.contextmanager
+def user_tar(prepared, monkeypatch):
+    """A user's own .tar where the bundle would go: --force must not replace it."""
+    path = prepared.paths["bad"] / "data.txt.tar"
+    with tarfile.open(path, "w") as archive:
+        archive.add(prepared.paths["bad"] / "data.txt", arcname="data.txt")
+    before = path.read_bytes()
+    try:
+        yield
+        assert path.read_bytes() == before
+    finally:
+        path.unlink()
+
+
+SETUPS = {"retired": retired, "user_tar": user_tar, "unreadable": unreadable, "no_cuda": no_cuda, "tampered": tampered,
+          "adapter_missing": adapter_missing,
           "newer_schema": newer_schema}
 
 
@@ -322,4 +432,6 @@ def test_bad_input(prepared, row, monkeypatch):
             assert debug.exit_code == 1 and debug.exception is not None and not isinstance(debug.exception, SystemExit)
             assert snapshot(prepared.settings) == before
     assert not fresh.exists()  # rows pointed at another home created nothing there
+    assert not prepared.marker.exists()  # no code shipped in a bundle or checkpoint ran
+    assert sorted(p.name for p in prepared.paths["bad"].iterdir()) == BAD_FILES  # the user's files are all there
     shutil.rmtree(fresh, ignore_errors=True)

@@ -345,7 +345,7 @@ def test_malformed_manifest_is_refused(copy_of):
 
 def test_paths_outside_the_bundle_are_refused(copy_of):
     rewrite_manifest(copy_of, lambda m: m["files"].update({"../escape": {"sha256": "0" * 64, "size": 1}}))
-    with pytest.raises(BundleError, match=r"names a file outside the bundle \(\.\./escape\)"):
+    with pytest.raises(BundleError, match=r"manifest.json is malformed \(it lists '\.\./escape', which a bundle never "):
         bundle.load(copy_of, device="cpu")
 
 
@@ -449,8 +449,14 @@ def test_existing_output_is_refused_unless_force(trained, tmp_path):
     line = one_line_error(invoke("export", "--output", output))
     assert line == f"Error: {output} already exists: pass --force to replace it, or choose another --output"
     assert [p.name for p in output.iterdir()] == ["keep.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    line = one_line_error(invoke("export", "--output", output, "--force"))  # replaces a bundle, not the user's files
+    assert line == (f"Error: {output} is not a bundle (it holds files no bundle manifest lists): "
+                    "--force replaces only a bundle written by `registry export`; choose another --output")
+    assert [p.name for p in output.iterdir()] == ["keep.txt"] and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    (output / "keep.txt").unlink()
+    assert invoke("export", "--output", output, "--force").exit_code == 0  # an empty directory holds nothing to lose
     assert invoke("export", "--output", output, "--force", "--tasks", "similarity,sentiment").exit_code == 0
-    assert not (output / "keep.txt").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert bundle.load(output, device="cpu").tasks == ["sentiment", "similarity"]  # registry order
 
 
