@@ -344,6 +344,7 @@ def test_verify_finds_tasks_that_cannot_load(invoke, settings, bundle):
     with engine.begin() as connection:
         connection.execute(text("UPDATE tasks SET adapter_size = 4, labels = :labels"),
                            {"labels": json.dumps(["a", "b", "c"])})
+        connection.execute(text("UPDATE task_versions SET adapter_size = 4"))  # the version the task row carries
     engine.dispose()
     result = invoke("verify")
     assert result.exit_code == 1
