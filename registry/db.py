@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,13 +12,13 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-import migrations
 from registry.errors import DatabaseUnavailable, NotARegistry, NotInitialised, SchemaMismatch
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+# Found, not imported: migrations/env.py imports this module, so importing the package here would be a cycle.
+MIGRATIONS_PACKAGE = "migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 SCHEMA_REVISION = "0001"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
 
@@ -81,12 +82,19 @@ def reading(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+def migrations_dir() -> Path:
+    """The folder of the Alembic migrations shipped with this package, located without importing it."""
+    spec = importlib.util.find_spec(MIGRATIONS_PACKAGE)
+    assert spec is not None and spec.submodule_search_locations, f"{MIGRATIONS_PACKAGE} is not installed"
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
 def alembic_config(url: str):
     """An Alembic config for the migrations shipped with this package, pointed at `url`."""
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
