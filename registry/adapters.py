@@ -141,6 +141,14 @@ class AdapterModel(nn.Module):
             raise NoMatchingModules(
                 f"found no adapter targets in a '{model_type}' model; use a base model of a supported type: {supported}"
             )
+        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", 0)
+        if len(targets) != 2 * layers or len(norms) != 2 * layers:
+            # A module renamed in some transformers release would otherwise leave part of the model without adapters.
+            raise NoMatchingModules(
+                f"matched {len(targets)} adapter targets and {len(norms)} LayerNorms in a '{model_type}' model of "
+                f"{layers} layers, expected {2 * layers} of each; this transformers version names its modules "
+                "differently: use a supported transformers version"
+            )
 
         reference = encoder.get_input_embeddings().weight
         encoder.requires_grad_(False)
@@ -229,6 +237,11 @@ class AdapterModel(nn.Module):
         with torch.no_grad():
             for key, target in targets.items():
                 target.copy_(tensors[key])
+
+
+def head_size(task_type: str, labels) -> int:
+    """Outputs of a task's head: one per class, or one for regression."""
+    return 1 if task_type == "regression" else len(labels)
 
 
 def trainable_parameters(model: nn.Module) -> int:

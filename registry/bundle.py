@@ -35,7 +35,7 @@ from sqlalchemy import Row, func, select
 from sqlalchemy.exc import IntegrityError
 
 from registry import checkpoint, schema
-from registry.adapters import AdapterModel
+from registry.adapters import AdapterModel, head_size
 from registry.catalog import find_task, task_row
 from registry.config import Settings
 from registry.core import Registry, open_registry
@@ -84,7 +84,7 @@ class TaskSpec:
     @property
     def head_size(self) -> int:
         """Outputs of the head: one per class, or one for regression."""
-        return 1 if self.task_type == "regression" else len(self.labels)
+        return head_size(self.task_type, self.labels)
 
     @property
     def pair(self) -> bool:

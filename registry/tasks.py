@@ -22,13 +22,14 @@ from sqlalchemy import Row, func, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry import checkpoint, data, encoding, train
-from registry.adapters import AdapterModel, trainable_parameters
+from registry.adapters import AdapterModel, head_size, trainable_parameters
 from registry.catalog import find_task, task_row
 from registry.core import Registry
 from registry.errors import InvalidName, RegistryError, TaskExists
 from registry.models import Artifact, Evaluation, Metric, Run, Task
 from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
+from registry.verify import ADAPTER_CONFIG_FORMAT
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256 → we keep 16/64.
@@ -176,11 +177,6 @@ def build_model(base_dir, adapter_size: int, head_size: int, seed: int) -> Adapt
     return AdapterModel(encoder, adapter_size, [head_size])
 
 
-def head_size(loaded_or_task) -> int:
-    """Outputs of the task head: one per class, or one for regression."""
-    return 1 if loaded_or_task.task_type == "regression" else len(loaded_or_task.labels)
-
-
 def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> int:
     """Record a run in state `running`."""
     with registry.write() as session:
@@ -199,7 +195,7 @@ def new_run(task_id: int, config: train.TrainConfig, loaded: data.TaskData, devi
 
 def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress):
     """One run: build, fit, and commit every epoch's metrics as they come (add_task's Heartbeat keeps the run alive)."""
-    model = build_model(base_dir, config.adapter_size, head_size(loaded), config.seed)
+    model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), config.seed)
 
     def record(epoch: train.EpochResult) -> None:
         with registry.write() as session:
@@ -225,7 +221,7 @@ def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig, state:
     """The task's two artifacts: trainable tensors as safetensors, and its JSON config."""
     weights = save_tensors(dict(sorted(state.items())))
     task_config = {
-        "format": "adapter-registry/adapter@1",
+        "format": ADAPTER_CONFIG_FORMAT,
         "model_type": base.model_type,
         "base_sha256": base.sha256,
         "adapter_size": config.adapter_size,
@@ -282,7 +278,7 @@ def abandon(registry: Registry, task_id: int, run_id: int | None, exc: BaseExcep
 def load_task_model(registry: Registry, task: Row, base: Row, device: torch.device) -> tuple[AdapterModel, object]:
     """A stored task's model (verified weights) and the base tokenizer."""
     base_dir = checkpoint.unpack(registry, base)
-    model = build_model(base_dir, task.adapter_size, head_size(task), seed=0)
+    model = build_model(base_dir, task.adapter_size, head_size(task.task_type, task.labels), seed=0)
     model.load_task_state_dict(load_tensors(registry.store.get(task.adapter_sha256)))
     return model.to(device), load_tokenizer(base_dir)
 
