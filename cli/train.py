@@ -15,7 +15,9 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 
 @click.command(name="add-task")
 @click.argument("name")
-@click.option("--data", "source", required=True, help="A directory (train + dev/validation files), one file, or a hub id like glue/cola.")
+@click.option("--data", "source", required=True,
+              help="A directory (train + dev/validation files), one file, or a hub dataset as hf:REPO_ID[:CONFIG], "
+                   "e.g. hf:nyu-mll/glue:cola.")
 @click.option("--text-column", "text_columns", multiple=True, help="Text column (repeat for a pair). Default: inferred.")
 @click.option("--label-column", help="Label column. Default: inferred.")
 @click.option("--task-type", type=click.Choice(["classification", "regression"]), help="Default: inferred from the labels.")
@@ -26,6 +28,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--adapter-size", type=click.IntRange(min=1), default=64, show_default=True, help="Bottleneck size m.")
 @click.option("--max-length", type=click.IntRange(min=8), default=128, show_default=True, help="Tokens per example (truncated).")
 @click.option("--max-train-samples", type=click.IntRange(min=1), help="Train on a seeded random subset.")
+@click.option("--strict", is_flag=True,
+              help="Refuse data with rows that cannot train (empty text, no label) instead of skipping them.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published.")
 @device_option
@@ -34,8 +38,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.pass_obj
 def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str, ...], label_column: str | None,
              task_type: str | None, metric: str | None, epochs: int, lr: float, batch_size: int, adapter_size: int,
-             max_length: int, max_train_samples: int | None, seed: int, sweep: bool, device: str, quiet: bool,
-             as_json: bool) -> None:
+             max_length: int, max_train_samples: int | None, strict: bool, seed: int, sweep: bool, device: str,
+             quiet: bool, as_json: bool) -> None:
     """Train an adapter for a new task on the frozen base and add it as the next task.
 
     Example: registry add-task cola --data ../shared/data/glue/CoLA --epochs 3
@@ -47,7 +51,7 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, adapter_size=adapter_size,
                          max_length=max_length, seed=seed)
     options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
-                          metric=metric, max_train_samples=max_train_samples)
+                          metric=metric, max_train_samples=max_train_samples, strict=strict)
     row = add(registry, name, source, config, options, sweep=sweep, device=device,
               progress=not quiet and sys.stderr.isatty(), echo=lambda line: quiet or click.echo(line, err=True))
     emit(row, as_json, fields)

@@ -38,6 +38,7 @@ __all__ = [
     "resolve",
     "load_dev",
     "to_number",
+    "looks_like_text",
     "norm",
     "FORMATS",
     "LABEL_NAMES",
@@ -213,8 +214,7 @@ def _detect_header(rows: list[list[str]]) -> bool:
         if numeric >= 0.9 * len(values):
             return True  # a word above a column of numbers
         short = sum(len(v.split()) <= 2 for v in values)
-        mean_tokens = sum(len(v.split()) for v in values) / len(values)
-        if mean_tokens >= MIN_TEXT_TOKENS and len(head.split()) <= 2 and short < 0.1 * len(values):
+        if looks_like_text(values) and len(head.split()) <= 2 and short < 0.1 * len(values):
             return True  # a word above a column of sentences
         distinct = set(values)
         if len(distinct) <= 20 and len(values) >= 10 and head not in distinct:
@@ -327,6 +327,14 @@ def to_number(v: Any) -> float | None:
             return None
         return f if math.isfinite(f) else None
     return None
+
+
+def looks_like_text(values: Sequence[str]) -> bool:
+    """The one rule for "this column holds text": its values (a sample, as strings) are mostly not numbers
+    and average MIN_TEXT_TOKENS or more whitespace-separated words."""
+    if not values or sum(to_number(v) is not None for v in values) >= 0.9 * len(values):
+        return False
+    return sum(len(v.split()) for v in values) / len(values) >= MIN_TEXT_TOKENS
 
 
 def norm(name: str) -> str:

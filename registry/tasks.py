@@ -46,6 +46,7 @@ class DataOptions:
     task_type: str | None = None
     metric: str | None = None
     max_train_samples: int | None = None
+    strict: bool = False  # refuse data with rows that cannot train instead of skipping them
 
 
 def validate_name(name: str) -> None:
@@ -84,7 +85,7 @@ def add_task(
             raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name")
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
-                       max_train_samples=options.max_train_samples, seed=config.seed)
+                       max_train_samples=options.max_train_samples, seed=config.seed, strict=options.strict)
     for line in loaded.inferred:
         echo(line)
     grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, SWEEP_SIZES)] if sweep else [config]
@@ -188,7 +189,9 @@ def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded
 
 def new_run(task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> Run:
     """A `running` run of this process (host and pid let the next command tell whether it died)."""
-    return Run(task_id=task_id, status="running", hyperparams=config.as_dict(), seed=config.seed,
+    # The rows skipped because they cannot train go with the hyper-parameters: what this run was trained on.
+    hyperparams = {**config.as_dict(), "skipped_rows": loaded.skipped}
+    return Run(task_id=task_id, status="running", hyperparams=hyperparams, seed=config.seed,
                versions=software_versions(), device=str(device), host=this_host(), pid=os.getpid(),
                data_fingerprint=loaded.fingerprint, validation_from=loaded.validation_from)
 

@@ -45,6 +45,30 @@ def one_line_error(result, exit_code: int = 1) -> str:
     return lines[0]
 
 
+SENTS = [
+    "the film is a quiet triumph of craft",
+    "a dull lifeless and predictable mess",
+    "every scene feels alive and surprising",
+    "i wanted my two hours back after this",
+    "the cast gives it everything they have",
+    "nothing here works not even the music",
+    "warm funny and smart from start to end",
+    "a tedious slog that never finds its feet",
+    "one of the best films of the whole year",
+    "it is loud long and utterly pointless",
+]
+
+
+def sentences(n: int) -> list[str]:
+    """n distinct film-review sentences of 9+ words."""
+    return [f"{SENTS[i % len(SENTS)]} number {i}" for i in range(n)]
+
+
+def col(table, name: str) -> list:
+    """A column of a loaded split (a pyarrow Table) as a python list."""
+    return table.column(name).to_pylist()
+
+
 POSITIVE = "good great love very good film".split()
 NEGATIVE = "bad awful hate not good movie".split()
 

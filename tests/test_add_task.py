@@ -6,6 +6,7 @@ import json
 import random
 
 import pytest
+import torch
 
 from tests.helpers import one_line_error, sentiment_rows, snapshot
 
@@ -75,7 +76,22 @@ def test_trainable_parameters_are_adapters_layernorms_and_head(run_cli, tiny_bas
     shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
     assert shown["text_columns"] == ["sentence"] and shown["labels"] == ["0", "1"]
     assert shown["runs"][0]["hyperparams"]["adapter_size"] == 8
-    assert shown["runs"][0]["status"] == "succeeded" and shown["runs"][0]["versions"]["torch"].startswith("2.13")
+    assert shown["runs"][0]["status"] == "succeeded" and shown["runs"][0]["versions"]["torch"] == torch.__version__
+
+
+def test_rows_that_cannot_train_are_skipped_printed_and_recorded_in_the_run(run_cli, tiny_base, datasets_dir):
+    """A file with one empty text trains on the rest; the line says which, the run records how many."""
+    run_cli("init", "--base", str(tiny_base))
+    rows = sentiment_rows(96, 0)
+    rows[5] = ("", rows[5][1])
+    write_tsv(datasets_dir / "messy" / "train.tsv", ["sentence", "label"], rows)
+    write_tsv(datasets_dir / "messy" / "dev.tsv", ["sentence", "label"], sentiment_rows(32, 1))
+    result = run_cli("add-task", "messy", "--data", str(datasets_dir / "messy"), "--epochs", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert ("skipped 1 of 96 rows of train.tsv that cannot train: empty sentence (line 7) (--strict refuses them)"
+            in result.stderr.splitlines())
+    shown = json.loads(run_cli("show", "messy", "--json").stdout)
+    assert shown["runs"][0]["hyperparams"]["skipped_rows"] == {"train": 1, "validation": 0}
 
 
 def test_same_seed_same_adapter_bytes(tmp_path, tiny_base, datasets_dir):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from registry import data, encoding
-from tests.test_data import col, sentences
+from tests.helpers import col, sentences
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,11 @@ def tokenizer():
 
 
 def _pair_split(n=7, long=False):
-    import datasets
+    import pyarrow as pa
 
     a = sentences(n)
     b = [s[::-1] * (20 if long and i == 0 else 1) for i, s in enumerate(a)]
-    return datasets.Dataset.from_dict({"s1": a, "s2": b, "label": [i % 2 for i in range(n)]})
+    return pa.table({"s1": a, "s2": b, "label": pa.array([i % 2 for i in range(n)], pa.int64())})
 
 
 def test_encode_pairs_match_the_tokenizer(tokenizer):
@@ -46,9 +46,9 @@ def test_encode_pairs_match_the_tokenizer(tokenizer):
 
 
 def test_encode_single_truncates_and_has_no_token_types(tokenizer):
-    import datasets
+    import pyarrow as pa
 
-    split = datasets.Dataset.from_dict({"text": [" ".join(sentences(12))], "y": np.array([1.5], dtype=np.float32)})
+    split = pa.table({"text": [" ".join(sentences(12))], "y": np.array([1.5], dtype=np.float32)})
     enc = encoding.encode(split, ["text"], tokenizer, max_length=16, cache_dir=None, cache_key="k")
     assert enc.input_ids[0].tolist() == tokenizer(col(split, "text")[0], truncation=True, max_length=16)["input_ids"]
     assert len(enc.input_ids[0]) == 16 and enc.token_type_ids is None
@@ -83,7 +83,7 @@ def test_encode_cache(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="needs a tokenizer"):
         encoding.encode(split, ("s1", "s2"), None, max_length=32, cache_dir=cache, cache_key="other")
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        encoding.encode(split.select(range(5)), ("s1", "s2"), None, max_length=32, cache_dir=cache, cache_key="abc")
+        encoding.encode(split.slice(0, 5), ("s1", "s2"), None, max_length=32, cache_dir=cache, cache_key="abc")
 
     # a damaged cache file is re-tokenised and replaced
     files[0].write_bytes(b"garbage")
