@@ -113,8 +113,17 @@ def test_unreachable_postgres(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "none"), "--debug", "list"])
-    assert result.exit_code == 1 and result.exception is not None
+    """The real process: one line without --debug, the traceback of the library's error with it."""
+    def registry(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "cli", "--home", str(tmp_path / "none"), *args], cwd=REPO,
+                              capture_output=True, text=True)
+
+    plain, debug = registry("list"), registry("--debug", "list")
+    assert plain.returncode == debug.returncode == 1
+    assert plain.stderr.startswith("Error: no registry at") and len(plain.stderr.splitlines()) == 1
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    assert 'registry/core.py", line' in debug.stderr and "in open_registry" in debug.stderr  # the frame that raised it
+    assert debug.stderr.strip().splitlines()[-1].startswith("registry.errors.NotInitialised: no registry at")
 
 
 def test_every_command_has_help_with_an_example():
