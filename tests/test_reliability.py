@@ -270,7 +270,9 @@ def test_kill_9_at_any_moment_leaves_the_registry_consistent(run_cli, settings, 
             killed_names.add(name)
         elif outcome == "ready":
             name = f"crash{trial + 1}"
-    assert outcomes["interrupted"] >= 3 and outcomes["ready"], outcomes  # the kills spanned the command's life
+    # How many kills land before or after publishing depends on the machine's load, so no count is asserted
+    # beyond the trial that is never killed; test_kill_9_at_each_step_of_publishing kills at each step on purpose.
+    assert outcomes["ready"] >= 1, outcomes
 
     # the same name can be added after its add-task was killed (once more, should the last trial have published it)
     if name not in killed_names:
@@ -455,11 +457,16 @@ def test_sweep_dead_now_and_silent_after_two_minutes(registry):
 def test_heartbeat_beats_running_runs_from_a_thread(registry):
     task_id = add_rows(registry, "beating", runs=[("succeeded", this_host(), os.getpid(), 600),
                                                   ("running", this_host(), os.getpid(), 600)])
+    def heartbeats():
+        with registry.read() as session:
+            return session.scalars(select(Run).where(Run.task_id == task_id).order_by(Run.id)).all()
+
     with Heartbeat(registry, task_id, every=0.05):
-        time.sleep(0.4)
-    with registry.read() as session:
-        finished, running = session.scalars(select(Run).where(Run.task_id == task_id).order_by(Run.id)).all()
-    assert utcnow() - as_utc(running.heartbeat_at) < timedelta(seconds=5)
+        deadline = time.monotonic() + 60  # waits for a beat, however loaded the machine; fails only if none comes
+        while utcnow() - as_utc(heartbeats()[1].heartbeat_at) > timedelta(seconds=500) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finished, running = heartbeats()
+    assert utcnow() - as_utc(running.heartbeat_at) < timedelta(seconds=120)
     assert utcnow() - as_utc(finished.heartbeat_at) > timedelta(seconds=500)
 
 
