@@ -119,9 +119,9 @@ def write_tiny_bert(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = specials + TINY_WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    vocab = list(dict.fromkeys(specials + TINY_WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits]))
+    # The vocabulary goes in as a dict: transformers 5 ignores `vocab_file=` here and would leave only the specials.
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=37, max_position_embeddings=128)
