@@ -128,3 +128,35 @@ def write_tiny_bert(directory: Path) -> Path:
     BertModel(config).save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def write_tiny_family(directory: Path, family: str) -> Path:
+    """A tiny random RoBERTa (byte-level BPE, no segment ids) or DistilBERT (WordPiece) checkpoint with its tokenizer."""
+    import json
+
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (DistilBertConfig, DistilBertModel, DistilBertTokenizerFast, RobertaConfig, RobertaModel,
+                              RobertaTokenizerFast)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    if family == "roberta":
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([" ".join(TINY_WORDS)] * 20, vocab_size=400, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        trained = json.loads(bpe._tokenizer.to_str())["model"]
+        tokenizer = RobertaTokenizerFast(vocab=trained["vocab"], merges=[tuple(m) for m in trained["merges"]])
+        model = RobertaModel(RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, intermediate_size=37, max_position_embeddings=130,
+                                           type_vocab_size=1, pad_token_id=tokenizer.pad_token_id))
+    elif family == "distilbert":
+        vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *string.ascii_lowercase]))
+        tokenizer = DistilBertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+        model = DistilBertModel(DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=37,
+                                                 max_position_embeddings=128, pad_token_id=0))
+    else:
+        raise ValueError(f"no tiny {family}")
+    model.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
