@@ -178,3 +178,49 @@ def test_real_glue_task_on_minilm(tmp_path, minilm_path, glue_dir, name, directo
     shown = json.loads(runner.invoke(cli, ["--home", home, "show", name, "--json"]).stdout)
     assert shown["text_columns"] == columns
     assert 0.02 < row["trainable_share"] < 0.04
+
+
+def test_eval_on_other_data_scores_and_records_that_data(run_cli, tiny_base, datasets_dir, settings):
+    """eval --data scores the stored task on the file given: the same dev rows give the published score exactly,
+    and the same rows with every label flipped give 1 - accuracy; both are recorded as evaluations."""
+    run_cli("init", "--base", str(tiny_base))
+    added = json.loads(run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "2",
+                               "--json").stdout)
+    same = json.loads(run_cli("eval", "sentiment", "--data", str(datasets_dir / "sentiment"), "--json").stdout)
+    assert same["score"] == added["score"]
+    flipped = datasets_dir / "flipped" / "dev.tsv"
+    write_tsv(flipped, ["sentence", "label"], [(s, 1 - y) for s, y in sentiment_rows(32, 1)])
+    write_tsv(flipped.with_name("train.tsv"), ["sentence", "label"], sentiment_rows(8, 5))
+    other = json.loads(run_cli("eval", "sentiment", "--data", str(flipped.parent), "--json").stdout)
+    assert other["score"] == pytest.approx(1 - added["score"])
+    history = [h for h in json.loads(run_cli("history", "sentiment", "--json").stdout) if h["evaluation"] is not None]
+    assert [h["value"] for h in history if h["metric"] == "accuracy"] == [same["score"], other["score"]]
+
+
+def test_history_plot_draws_a_png(run_cli, tiny_base, datasets_dir, tmp_path):
+    import matplotlib.image
+
+    run_cli("init", "--base", str(tiny_base))
+    run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "2")
+    run_cli("eval", "sentiment")
+    result = run_cli("history", "--plot", str(tmp_path / "history.png"))
+    assert result.exit_code == 0, result.output
+    assert result.stderr.strip() == f"wrote {tmp_path / 'history.png'}"
+    image = matplotlib.image.imread(tmp_path / "history.png")
+    assert image.shape[:2] == (540, 1440)  # 12 x 4.5 inches at 120 dpi
+    assert image[..., :3].std() > 0.05  # something is drawn on it, not a blank canvas
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the CUDA path (bf16 autocast) runs where a GPU is")
+def test_add_task_eval_and_predict_on_cuda(run_cli, tiny_base, datasets_dir):
+    run_cli("init", "--base", str(tiny_base))
+    added = run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "2", "--device", "cuda",
+                    "--json")
+    assert added.exit_code == 0, added.output
+    shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
+    assert shown["runs"][0]["device"].startswith("cuda")
+    on_gpu = json.loads(run_cli("eval", "sentiment", "--device", "cuda", "--json").stdout)
+    on_cpu = json.loads(run_cli("eval", "sentiment", "--device", "cpu", "--json").stdout)
+    assert on_gpu["score"] == pytest.approx(on_cpu["score"], abs=0.07)  # bf16 on the GPU may flip a borderline row
+    rows = json.loads(run_cli("predict", "--task", "sentiment", "--json", "good great film", "awful bad movie").stdout)
+    assert [row["label"] for row in rows] != [None, None]
