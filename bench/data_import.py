@@ -44,8 +44,11 @@ def main(argv: list[str] | None = None) -> dict:
             "before: the same + `import datasets`": [sys.executable, "-c", f"{load}; import datasets"],
         }
         env = offline_env()
-        times = interleave({name: (lambda argv=argv: run_command(argv, env=env, cwd=REPO)) for name, argv in sides.items()},
-                           runs, warmup=1)
+        times = interleave(
+            {name: (lambda argv=argv: run_command(argv, env=env, cwd=REPO)) for name, argv in sides.items()},
+            runs,
+            warmup=1,
+        )
     now, before = (times[name] for name in sides)
     saved = median(before) - median(now)
     body = markdown_table([f"process (fresh, {runs} runs a side, alternated)", "wall time (median, min–max)"],

@@ -18,20 +18,36 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--data", "source", required=True,
               help="A directory (train + dev/validation files), one file, or a hub dataset as hf:REPO_ID[:CONFIG], "
                    "e.g. hf:nyu-mll/glue:cola.")
-@click.option("--text-column", "text_columns", multiple=True, help="Text column (repeat for a pair). Default: inferred.")
+@click.option(
+    "--text-column", "text_columns", multiple=True, help="Text column (repeat for a pair). Default: inferred."
+)
 @click.option("--label-column", help="Label column. Default: inferred.")
-@click.option("--task-type", type=click.Choice(["classification", "regression"]), help="Default: inferred from the labels.")
-@click.option("--metric", type=click.Choice(["accuracy", "f1", "mcc", "spearman", "pearson"]), help="Default: inferred (GLUE's).")
+@click.option(
+    "--task-type", type=click.Choice(["classification", "regression"]), help="Default: inferred from the labels."
+)
+@click.option(
+    "--metric", type=click.Choice(["accuracy", "f1", "mcc", "spearman", "pearson"]), help="Default: inferred (GLUE's)."
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (Adam).")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Peak learning rate (Adam).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--adapter-size", type=click.IntRange(min=1), default=64, show_default=True, help="Bottleneck size m.")
-@click.option("--max-length", type=click.IntRange(min=8), default=128, show_default=True, help="Tokens per example (truncated).")
+@click.option(
+    "--max-length", type=click.IntRange(min=8), default=128, show_default=True, help="Tokens per example (truncated)."
+)
 @click.option("--max-train-samples", type=click.IntRange(min=1), help="Train on a seeded random subset.")
 @click.option("--strict", is_flag=True,
               help="Refuse data with rows that cannot train (empty text, no label) instead of skipping them.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published.")
+@click.option(
+    "--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published."
+)
 @device_option
 @quiet_option
 @json_option
@@ -73,7 +89,13 @@ def eval_(settings: Settings, name: str, source: str | None, device: str, quiet:
 
     registry = open_registry(settings)
     result = evaluate_task(registry, name, source, device=device, progress=not quiet and sys.stderr.isatty())
-    emit(result, as_json, lambda r: click.echo(f"{r['task']}: {r['metric']} = {r['score']:.4f} ({r['tasks_present']} tasks in the registry)"))
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"{r['task']}: {r['metric']} = {r['score']:.4f} ({r['tasks_present']} tasks in the registry)"
+        ),
+    )
 
 
 COMMANDS = [add_task, eval_]

@@ -93,7 +93,9 @@ def _text_columns_option(text_columns: Sequence[str] | str | None) -> tuple[str,
         return None
     given = (text_columns,) if isinstance(text_columns, str) else tuple(str(c) for c in text_columns)
     if not 1 <= len(given) <= 2:
-        raise DataError(f"--text-column was given {len(given)} times; give one column (single sentence) or two (a pair)")
+        raise DataError(
+            f"--text-column was given {len(given)} times; give one column (single sentence) or two (a pair)"
+        )
     if len(set(given)) != len(given):
         raise DataError(f"--text-column {given[0]} was given twice; a pair needs two different columns")
     return given
@@ -106,7 +108,9 @@ def _check_metric(metric: str, task_type: str | None, labels: Sequence[str] | No
     if task_type == "regression" and metric not in metrics.REGRESSION_METRICS:
         raise DataError(f"--metric {metric} needs class labels but the task is regression; use spearman or pearson")
     if task_type == "classification" and metric not in metrics.CLASSIFICATION_METRICS:
-        raise DataError(f"--metric {metric} needs numeric targets but the task is classification; use accuracy, f1 or mcc")
+        raise DataError(
+            f"--metric {metric} needs numeric targets but the task is classification; use accuracy, f1 or mcc"
+        )
     if metric == "f1" and labels is not None and len(labels) != 2:
         raise DataError(f"--metric f1 is binary F1 but the task has {len(labels)} classes; use accuracy or mcc")
 
@@ -123,7 +127,9 @@ def _check_columns(table: Table, given: Sequence[str], flag: str) -> None:
 
 def _holdout(n: int, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     if n < 2:
-        raise DataError(f"{name} has only {n} example; holding out validation rows needs at least 2 (10 or more to be useful)")
+        raise DataError(
+            f"{name} has only {n} example; holding out validation rows needs at least 2 (10 or more to be useful)"
+        )
     n_val = max(1, math.ceil(n * HOLDOUT_FRACTION))
     perm = np.random.default_rng([seed, 0]).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
@@ -177,6 +183,13 @@ def _unusable(table: Table, text_columns: Sequence[str], label: str, numeric_lab
     return reasons
 
 
+def _first_places(table: Table, rows: list[int]) -> str:
+    """`line 5`, `lines 5, 9, 12, ...`: where the first rows are, in the file's terms."""
+    unit = "line" if table.lines is not None else "row"
+    shown = ", ".join(table.where(i).split()[1] for i in rows[:_SHOWN_LINES])
+    return f"{unit}{'s' if len(rows) > 1 else ''} {shown}{', ...' if len(rows) > _SHOWN_LINES else ''}"
+
+
 def _usable_rows(table: Table, text_columns: Sequence[str], label: str, numeric_labels: bool,
                  strict: bool) -> tuple[np.ndarray, str | None]:
     """A mask of the rows of ``table`` that can train and the line that reports the others.
@@ -190,11 +203,7 @@ def _usable_rows(table: Table, text_columns: Sequence[str], label: str, numeric_
     bad = int(table.n - usable.sum())
     if not bad:
         return usable, None
-    what = "; ".join(
-        f"{reason} ({'line' if table.lines is not None else 'row'}{'s' if len(rows) > 1 else ''} "
-        f"{', '.join(table.where(i).split()[1] for i in rows[:_SHOWN_LINES])}{', ...' if len(rows) > _SHOWN_LINES else ''})"
-        for reason, rows in reasons.items()
-    )
+    what = "; ".join(f"{reason} ({_first_places(table, rows)})" for reason, rows in reasons.items())
     share = bad / table.n
     if strict:
         raise DataError(f"{table.name} has {bad} of {table.n} rows that cannot train: {what}; "
@@ -274,7 +283,9 @@ def _build_table(split: _Split, text_columns: Sequence[str], label: str, targets
     data: dict[str, Any] = {}
     for column in text_columns:
         values = split.table.columns[column]
-        data[column] = pa.array([v if isinstance(v, str) else str(v) for v in (values[i] for i in split.rows)], pa.string())
+        data[column] = pa.array(
+            [v if isinstance(v, str) else str(v) for v in (values[i] for i in split.rows)], pa.string()
+        )
     data[label] = pa.array(targets, pa.int64() if targets.dtype == np.int64 else pa.float32())
     return pa.table(data)
 
@@ -316,13 +327,23 @@ def load(
     if task_type is not None and task_type not in TASK_TYPES:
         raise DataError(f"--task-type {task_type} is not one of: {', '.join(TASK_TYPES)}")
     if max_train_samples is not None and (
-        isinstance(max_train_samples, bool) or not isinstance(max_train_samples, (int, np.integer)) or max_train_samples < 1
+        isinstance(max_train_samples, bool)
+        or not isinstance(max_train_samples, (int, np.integer))
+        or max_train_samples < 1
     ):
         raise DataError(f"--max-train-samples must be a positive integer, got {max_train_samples!r}")
     if metric is not None:
         _check_metric(metric, None, None)
-    return _load_source(resolve(source, need_train=True), text_columns=text_columns, label_column=label_column,
-                        task_type=task_type, metric=metric, max_train_samples=max_train_samples, seed=seed, strict=strict)
+    return _load_source(
+        resolve(source, need_train=True),
+        text_columns=text_columns,
+        label_column=label_column,
+        task_type=task_type,
+        metric=metric,
+        max_train_samples=max_train_samples,
+        seed=seed,
+        strict=strict,
+    )
 
 
 def _choose_columns(train: Table, text_columns: tuple[str, ...] | None, label_column: str | None,
@@ -375,12 +396,16 @@ def _check_learnable(train: _Split, label: str, labels: tuple[str, ...] | None, 
     if not targets.size:
         raise DataError(f"{train.table.name} has no training row left that can train; fix the file")
     if labels is None and float(np.ptp(targets)) == 0.0:
-        raise DataError(f"label column {label} of {train.table.name} has the same value ({float(targets[0]):g}) in every "
-                        "training row; nothing to learn — check --label-column or the data")
+        raise DataError(
+            f"label column {label} of {train.table.name} has the same value ({float(targets[0]):g}) in every "
+            "training row; nothing to learn — check --label-column or the data"
+        )
     present = np.unique(targets)
     if labels is not None and len(present) < 2:
-        raise DataError(f"label column {label} of {train.table.name} has one class ({labels[int(present[0])]!r}) in all "
-                        f"{targets.size} training rows; a classifier needs at least two — check --label-column or the data")
+        raise DataError(
+            f"label column {label} of {train.table.name} has one class ({labels[int(present[0])]!r}) in all "
+            f"{targets.size} training rows; a classifier needs at least two — check --label-column or the data"
+        )
 
 
 def _subset(train: _Split, targets: np.ndarray, labels: tuple[str, ...] | None, max_train_samples: int | None,
@@ -394,7 +419,9 @@ def _subset(train: _Split, targets: np.ndarray, labels: tuple[str, ...] | None, 
         return train, targets
     pick = np.sort(np.random.default_rng([seed, 1]).choice(n, size=int(max_train_samples), replace=False))
     if labels is not None and len(np.unique(targets[pick])) < 2:
-        raise DataError(f"--max-train-samples {max_train_samples} leaves a single class in the training subset; raise it")
+        raise DataError(
+            f"--max-train-samples {max_train_samples} leaves a single class in the training subset; raise it"
+        )
     notes.append(f"training subset: {max_train_samples} of {n} rows, drawn at random (seed {seed})")
     return _Split(train.table, train.rows[pick]), targets[pick]
 

@@ -121,18 +121,30 @@ def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as connection:
             tables = set(inspect(connection).get_table_names())
-            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar() if "alembic_version" in tables else None
+            revision = (
+                connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if "alembic_version" in tables
+                else None
+            )
             if revision is None and tables - {"alembic_version"}:
-                raise NotARegistry(f"{describe(engine)} holds tables but no registry schema: point --home or REGISTRY_DB_URL at a registry")
+                raise NotARegistry(
+                    f"{describe(engine)} holds tables but no registry schema: "
+                    "point --home or REGISTRY_DB_URL at a registry"
+                )
             return revision
     except OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot open database {describe(engine)}: {first_line(exc.orig)}; check --db / REGISTRY_DB_URL") from exc
+        raise DatabaseUnavailable(
+            f"cannot open database {describe(engine)}: {first_line(exc.orig)}; check --db / REGISTRY_DB_URL"
+        ) from exc
     except DatabaseError as exc:
-        raise NotARegistry(f"{describe(engine)} is not a registry database ({first_line(exc.orig)}): point --home or REGISTRY_DB_URL at a registry") from exc
+        raise NotARegistry(
+            f"{describe(engine)} is not a registry database ({first_line(exc.orig)}): "
+            "point --home or REGISTRY_DB_URL at a registry"
+        ) from exc
 
 
 def revision_at(url: str) -> str | None:
-    """The revision of the database at `url`; None when empty or (SQLite) when the file is absent, which is not created."""
+    """The revision of the database at `url`; None when empty or (SQLite) when the file is absent (not created)."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return None
@@ -167,9 +179,14 @@ def upgrade_registry(url: str) -> str:
     """`registry db upgrade`: migrate an existing registry to head; refuse empty, foreign or newer databases."""
     revision = revision_at(url)
     if revision is None:
-        raise NotInitialised(f"no registry at {make_url(url).render_as_string(hide_password=True)}: run `registry init --base PATH_OR_HUB_ID` first")
+        raise NotInitialised(
+            f"no registry at {make_url(url).render_as_string(hide_password=True)}: "
+            "run `registry init --base PATH_OR_HUB_ID` first"
+        )
     if revision not in known_revisions():
-        raise SchemaMismatch(f"registry schema is at {revision}, newer than this code ({head_revision()}): upgrade adapter-registry")
+        raise SchemaMismatch(
+            f"registry schema is at {revision}, newer than this code ({head_revision()}): upgrade adapter-registry"
+        )
     upgrade(url)
     return head_revision()
 

@@ -248,7 +248,9 @@ def _read_json(name: str, text: str, ext: str) -> Table:
                     raise DataError(f"{name} has columns ({', '.join(cols)}) but no examples; add examples")
                 return Table(name=name, columns={str(k): list(v) for k, v in cols.items()})
             if not isinstance(data, list):
-                raise DataError(f"{name} holds a JSON {type(data).__name__}, not a list of examples; use a list of objects")
+                raise DataError(
+                    f"{name} holds a JSON {type(data).__name__}, not a list of examples; use a list of objects"
+                )
             records = data
     if records is None:
         records, lines = [], []
@@ -258,7 +260,9 @@ def _read_json(name: str, text: str, ext: str) -> Table:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"{name} line {ln} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise DataError(
+                    f"{name} line {ln} is not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
             lines.append(ln)
     if not records:
         raise DataError(f"{name} holds no examples; add one JSON object per example")
@@ -266,7 +270,9 @@ def _read_json(name: str, text: str, ext: str) -> Table:
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             where = f"line {lines[i]}" if lines else f"item {i + 1}"
-            raise DataError(f"{name} {where} is a JSON {type(rec).__name__}, not an object; write one object per example")
+            raise DataError(
+                f"{name} {where} is a JSON {type(rec).__name__}, not an object; write one object per example"
+            )
         for k in rec:
             keys.setdefault(k, None)
     columns = {str(k): [rec.get(k) for rec in records] for k in keys}
@@ -405,7 +411,9 @@ def _load_hub(source: str) -> tuple[Any, str]:
 def _source_from_datasetdict(dsd: Any, label: str, fingerprint: str, *, need_train: bool = True) -> Source:
     splits = list(dsd)
     if "train" not in dsd:
-        raise DataError(f"{label} has no 'train' split (splits: {', '.join(splits)}); pass a local directory or file with --data")
+        raise DataError(
+            f"{label} has no 'train' split (splits: {', '.join(splits)}); pass a local directory or file with --data"
+        )
     val_split = next((s for s in _HUB_VALIDATION_SPLITS if s in dsd), None)
     train = _table_from_dataset(dsd["train"], f"train split of {label}")
     if val_split is None:

@@ -92,7 +92,9 @@ def make_settings(root: Path, dialect: str) -> tuple[Settings, Callable[[], None
     """A registry location on SQLite, or on a fresh PostgreSQL schema; returns (settings, cleanup)."""
     home = root / "home"
     if dialect == "sqlite":
-        return Settings(home=home, db_url=f"sqlite:///{home / 'registry.db'}", store_url=str(home / "artifacts")), lambda: None
+        return Settings(
+            home=home, db_url=f"sqlite:///{home / 'registry.db'}", store_url=str(home / "artifacts")
+        ), lambda: None
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL)
     with admin.begin() as connection:
@@ -119,7 +121,9 @@ def write_tiny_bert(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = list(dict.fromkeys(specials + TINY_WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits]))
+    vocab = list(
+        dict.fromkeys(specials + TINY_WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits])
+    )
     # The vocabulary goes in as a dict: transformers 5 ignores `vocab_file=` here and would leave only the specials.
     tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     torch.manual_seed(0)
@@ -131,7 +135,7 @@ def write_tiny_bert(directory: Path) -> Path:
 
 
 def write_tiny_family(directory: Path, family: str) -> Path:
-    """A tiny random RoBERTa (byte-level BPE, no segment ids) or DistilBERT (WordPiece) checkpoint with its tokenizer."""
+    """A tiny random RoBERTa (byte-level BPE, no segment ids) or DistilBERT (WordPiece) checkpoint and tokenizer."""
     import json
 
     import torch
@@ -151,7 +155,9 @@ def write_tiny_family(directory: Path, family: str) -> Path:
                                            num_attention_heads=2, intermediate_size=37, max_position_embeddings=130,
                                            type_vocab_size=1, pad_token_id=tokenizer.pad_token_id))
     elif family == "distilbert":
-        vocab = list(dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *string.ascii_lowercase]))
+        vocab = list(
+            dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *string.ascii_lowercase])
+        )
         tokenizer = DistilBertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
         model = DistilBertModel(DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=37,
                                                  max_position_embeddings=128, pad_token_id=0))

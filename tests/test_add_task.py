@@ -21,10 +21,15 @@ def datasets_dir(tmp_path):
     root = tmp_path / "data"
     for split, n, seed in (("train", 96, 0), ("dev", 32, 1)):
         write_tsv(root / "sentiment" / f"{split}.tsv", ["sentence", "label"], sentiment_rows(n, seed))
-        pairs = [(a, b, int(la == lb)) for (a, la), (b, lb) in zip(sentiment_rows(n, seed + 10), sentiment_rows(n, seed + 20))]
+        pairs = [
+            (a, b, int(la == lb))
+            for (a, la), (b, lb) in zip(sentiment_rows(n, seed + 10), sentiment_rows(n, seed + 20))
+        ]
         write_tsv(root / "pairs" / f"{split}.tsv", ["sentence1", "sentence2", "label"], pairs)
-        scores = [(a, b, round(random.Random(i).uniform(0, 5) if la != lb else 4.0 + la, 2))
-                  for i, ((a, la), (b, lb)) in enumerate(zip(sentiment_rows(n, seed + 30), sentiment_rows(n, seed + 40)))]
+        scores = [
+            (a, b, round(random.Random(i).uniform(0, 5) if la != lb else 4.0 + la, 2))
+            for i, ((a, la), (b, lb)) in enumerate(zip(sentiment_rows(n, seed + 30), sentiment_rows(n, seed + 40)))
+        ]
         write_tsv(root / "similarity" / f"{split}.tsv", ["sentence1", "sentence2", "score"], scores)
     return root
 
@@ -58,9 +63,25 @@ def test_three_tasks_in_sequence_leave_earlier_ones_untouched(run_cli, tiny_base
     printed = run_cli("history", "sentiment", "--json").stdout
     history = json.loads(printed)
     assert len(printed.splitlines()) == len(history)  # one row per line
-    assert set(history[0]) == {"task", "run", "evaluation", "tasks_present", "split", "epoch", "step", "metric", "value", "recorded_at"}
+    assert set(history[0]) == {
+        "task",
+        "run",
+        "evaluation",
+        "tasks_present",
+        "split",
+        "epoch",
+        "step",
+        "metric",
+        "value",
+        "recorded_at",
+    }
     per_epoch = [(h["epoch"], h["split"], h["metric"]) for h in history if h["run"] is not None]
-    assert per_epoch == [(1, "train", "loss"), (1, "validation", "accuracy"), (2, "train", "loss"), (2, "validation", "accuracy")]
+    assert per_epoch == [
+        (1, "train", "loss"),
+        (1, "validation", "accuracy"),
+        (2, "train", "loss"),
+        (2, "validation", "accuracy"),
+    ]
     assert history[-1]["evaluation"] is not None and history[-1]["tasks_present"] == 3
     assert history[-1]["value"] == added["sentiment"]["score"]
     assert max(h["value"] for h in history if h["metric"] == "accuracy" and h["run"]) == added["sentiment"]["score"]
@@ -113,7 +134,9 @@ def test_same_seed_same_adapter_bytes(tmp_path, tiny_base, datasets_dir):
 
 def test_sweep_records_every_run_and_publishes_the_best(run_cli, tiny_base, datasets_dir):
     run_cli("init", "--base", str(tiny_base))
-    result = run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "1", "--sweep", "--json")
+    result = run_cli(
+        "add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "1", "--sweep", "--json"
+    )
     assert result.exit_code == 0, result.output
     shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
     runs = shown["runs"]
@@ -211,11 +234,22 @@ def test_history_plot_draws_a_png(run_cli, tiny_base, datasets_dir, tmp_path):
     assert image[..., :3].std() > 0.05  # something is drawn on it, not a blank canvas
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the CUDA path (bf16 autocast) runs where a GPU is")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="no CUDA device here: the CUDA path (bf16 autocast) runs where a GPU is"
+)
 def test_add_task_eval_and_predict_on_cuda(run_cli, tiny_base, datasets_dir):
     run_cli("init", "--base", str(tiny_base))
-    added = run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "2", "--device", "cuda",
-                    "--json")
+    added = run_cli(
+        "add-task",
+        "sentiment",
+        "--data",
+        str(datasets_dir / "sentiment"),
+        "--epochs",
+        "2",
+        "--device",
+        "cuda",
+        "--json",
+    )
     assert added.exit_code == 0, added.output
     shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
     assert shown["runs"][0]["device"].startswith("cuda")

@@ -20,7 +20,8 @@ from tests.helpers import SENTS, col, sentences
 
 GLUE_DIR = Path(os.environ.get("GLUE_DIR") or Path(__file__).resolve().parents[2] / "shared/data/glue")
 needs_glue = pytest.mark.skipif(
-    not GLUE_DIR.is_dir(), reason=f"GLUE data not found at {GLUE_DIR} (set GLUE_DIR to the folder holding CoLA/, SST-2/, ...)"
+    not GLUE_DIR.is_dir(),
+    reason=f"GLUE data not found at {GLUE_DIR} (set GLUE_DIR to the folder holding CoLA/, SST-2/, ...)",
 )
 
 
@@ -43,7 +44,15 @@ GLUE = {
     # the README and the GLUE paper say 3,668, but this train.tsv holds 3,667 examples below its header
     "MRPC": (("#1 String", "#2 String"), "Quality", "classification", ("0", "1"), "f1", 3667, 408),
     "STS-B": (("sentence1", "sentence2"), "score", "regression", None, "spearman", 5749, 1500),
-    "RTE": (("sentence1", "sentence2"), "label", "classification", ("entailment", "not_entailment"), "accuracy", 2490, 277),
+    "RTE": (
+        ("sentence1", "sentence2"),
+        "label",
+        "classification",
+        ("entailment", "not_entailment"),
+        "accuracy",
+        2490,
+        277,
+    ),
     "WNLI": (("sentence1", "sentence2"), "label", "classification", ("0", "1"), "accuracy", 635, 71),
 }
 
@@ -161,7 +170,9 @@ def test_glue_load_validation_matches_load(glue):
     )
     assert val.validation.to_pydict() == cola.validation.to_pydict()
     assert val.metric == "mcc"  # inferred from the dev rows when not given
-    with pytest.raises(DataError, match=r"label column label of dev.tsv has labels .*'not_entailment' \(131 rows\), first at line 2"):
+    with pytest.raises(
+        DataError, match=r"label column label of dev.tsv has labels .*'not_entailment' \(131 rows\), first at line 2"
+    ):
         data.load_validation(
             str(GLUE_DIR / "RTE"), text_columns=rte.text_columns, label_column="label",
             task_type="classification", labels=("entailment", "neutral"),
@@ -384,7 +395,9 @@ def test_missing_path(tmp_path):
 
 def test_empty_file(tmp_path):
     write(tmp_path / "empty.tsv", "")
-    assert _err(data.load, str(tmp_path / "empty.tsv")) == f"{tmp_path / 'empty.tsv'} is empty; it needs labelled examples"
+    assert (
+        _err(data.load, str(tmp_path / "empty.tsv")) == f"{tmp_path / 'empty.tsv'} is empty; it needs labelled examples"
+    )
     write(tmp_path / "blank.csv", "\n \n")
     assert "is empty" in _err(data.load, str(tmp_path / "blank.csv"))
 
@@ -394,7 +407,9 @@ def test_header_only_file(tmp_path):
     assert _err(data.load, str(tmp_path / "h.tsv")) == (
         "h.tsv has a header row (sentence, label) but no examples; add labelled rows below it"
     )
-    write(tmp_path / "d/train.tsv", "sentence\tlabel\n" + "\n".join(f"{t}\t{i % 2}" for i, t in enumerate(sentences(8))))
+    write(
+        tmp_path / "d/train.tsv", "sentence\tlabel\n" + "\n".join(f"{t}\t{i % 2}" for i, t in enumerate(sentences(8)))
+    )
     write(tmp_path / "d/dev.tsv", "sentence\tlabel")
     assert "dev.tsv has a header row (sentence, label) but no examples" in _err(data.load, str(tmp_path / "d"))
 
@@ -480,7 +495,10 @@ def test_more_bad_inputs(tmp_path):
     write(tmp_path / "x.xlsx", "whatever")
     assert "unsupported file type '.xlsx'" in _err(data.load, str(tmp_path / "x.xlsx"))
 
-    write(tmp_path / "s.csv", "text,label\n" + "\n".join(f"{t},{'high' if i % 2 else 'low'}" for i, t in enumerate(sentences(20))))
+    write(
+        tmp_path / "s.csv",
+        "text,label\n" + "\n".join(f"{t},{'high' if i % 2 else 'low'}" for i, t in enumerate(sentences(20))),
+    )
     assert "has a non-numeric value 'low' (line 2), so it cannot be a regression target" in _err(
         data.load, str(tmp_path / "s.csv"), task_type="regression"
     )
@@ -491,7 +509,10 @@ def test_more_bad_inputs(tmp_path):
         "--metric f1 is binary F1 but the task has 3 classes"
     )
 
-    write(tmp_path / "rag.tsv", "text\tlabel\n" + "\n".join(f"{t}\t{i % 2}" for i, t in enumerate(sentences(5))) + "\nextra\tfield\there\n")
+    write(
+        tmp_path / "rag.tsv",
+        "text\tlabel\n" + "\n".join(f"{t}\t{i % 2}" for i, t in enumerate(sentences(5))) + "\nextra\tfield\there\n",
+    )
     assert _err(data.load, str(tmp_path / "rag.tsv")).startswith("rag.tsv line 7 has 3 fields but line 1 has 2")
 
     write(tmp_path / "bad.jsonl", '{"text": "a b c", "label": 1}\n{"text": oops}\n')
@@ -500,7 +521,10 @@ def test_more_bad_inputs(tmp_path):
     write(tmp_path / "bad.parquet", "not parquet at all")
     assert _err(data.load, str(tmp_path / "bad.parquet")).startswith("bad.parquet is not a readable Parquet file")
 
-    write(tmp_path / "emptytext.csv", "text,label\n" + "\n".join(f"{'' if i == 3 else t},{i % 2}" for i, t in enumerate(sentences(20))))
+    write(
+        tmp_path / "emptytext.csv",
+        "text,label\n" + "\n".join(f"{'' if i == 3 else t},{i % 2}" for i, t in enumerate(sentences(20))),
+    )
     assert _err(data.load, str(tmp_path / "emptytext.csv"), text_columns=["text"], strict=True).startswith(
         "emptytext.csv has 1 of 20 rows that cannot train: empty text (line 5); fix or drop those rows"
     )
@@ -516,10 +540,15 @@ def test_dev_file_problems(tmp_path):
     )
     write(tmp_path / "b/train.csv", train)
     write(tmp_path / "b/dev.csv", "sentence,label\n" + f"{SENTS[0]},pos\n")
-    assert _err(data.load, str(tmp_path / "b")).startswith("dev.csv's first row (sentence, label) is not a header naming 'text', 'label'")
+    assert _err(data.load, str(tmp_path / "b")).startswith(
+        "dev.csv's first row (sentence, label) is not a header naming 'text', 'label'"
+    )
     write(tmp_path / "c/train.csv", train)
     write(tmp_path / "c/train.tsv", train)
-    assert _err(data.load, str(tmp_path / "c")) == f"{tmp_path / 'c'} has several train files (train.csv, train.tsv); keep one"
+    assert (
+        _err(data.load, str(tmp_path / "c"))
+        == f"{tmp_path / 'c'} has several train files (train.csv, train.tsv); keep one"
+    )
     write(tmp_path / "e/notes.txt", "hello")
     assert _err(data.load, str(tmp_path / "e")).startswith(f"{tmp_path / 'e'} has no train file")
 
@@ -567,7 +596,9 @@ def _load_messy_hub(strict: bool) -> data.TaskData:
         {"text": [r["text"] for r in records], "label": [-1 if r["label"] is None else r["label"] for r in records]},
         features=features)
     validation = datasets.Dataset.from_dict({"text": sentences(6), "label": [0, 1] * 3}, features=features)
-    src = sources._source_from_datasetdict(datasets.DatasetDict({"train": train, "validation": validation}), "hf:x/y", "fp")
+    src = sources._source_from_datasetdict(
+        datasets.DatasetDict({"train": train, "validation": validation}), "hf:x/y", "fp"
+    )
     return data._load_source(src, text_columns=None, label_column=None, task_type=None, metric=None,
                              max_train_samples=None, seed=0, strict=strict)
 
@@ -582,7 +613,9 @@ MESSY_WHERE = {  # how each reader names the two rows
 def test_rows_that_cannot_train_are_skipped_counted_and_named(tmp_path, reader):
     (kind, text_at), (_, label_at) = (w.split() for w in MESSY_WHERE[reader])
     name = "train split of hf:x/y" if reader == "hub" else f"messy.{reader}"
-    load = _load_messy_hub if reader == "hub" else lambda strict: data.load(_write_messy(tmp_path, reader), strict=strict)
+    load = (
+        _load_messy_hub if reader == "hub" else lambda strict: data.load(_write_messy(tmp_path, reader), strict=strict)
+    )
     td = load(False)
     skipped = [line for line in td.inferred if line.startswith("skipped")]
     assert skipped == [f"skipped 2 of 60 rows of {name} that cannot train: empty text ({kind} {text_at}); "

@@ -53,7 +53,9 @@ def test_encode_single_truncates_and_has_no_token_types(tokenizer):
     assert enc.input_ids[0].tolist() == tokenizer(col(split, "text")[0], truncation=True, max_length=16)["input_ids"]
     assert len(enc.input_ids[0]) == 16 and enc.token_type_ids is None
     assert enc.labels.dtype == np.float32 and enc.labels.tolist() == [1.5]
-    long_pair = encoding.encode(_pair_split(long=True), ("s1", "s2"), tokenizer, max_length=20, cache_dir=None, cache_key="k")
+    long_pair = encoding.encode(
+        _pair_split(long=True), ("s1", "s2"), tokenizer, max_length=20, cache_dir=None, cache_key="k"
+    )
     assert max(len(x) for x in long_pair.input_ids) == 20
 
 
@@ -62,7 +64,9 @@ def test_encode_cache(tokenizer, tmp_path):
 
     split = _pair_split(9)
     cache = tmp_path / "cache"
-    first = encoding.encode(split, ("s1", "s2"), tokenizer, max_length=32, cache_dir=cache, cache_key="abc", progress=True)
+    first = encoding.encode(
+        split, ("s1", "s2"), tokenizer, max_length=32, cache_dir=cache, cache_key="abc", progress=True
+    )
     files = sorted(cache.iterdir())
     assert len(files) == 1 and files[0].suffix == ".safetensors"  # one file, no temp leftovers
     stored = load_file(str(files[0]))
@@ -152,7 +156,9 @@ def test_batches_deterministic_per_seed_and_length_grouped():
 
 def test_encode_real_pair_task(glue_dir, tokenizer, tmp_path):
     mrpc = data.load(str(glue_dir / "MRPC"))
-    enc = encoding.encode(mrpc.validation, mrpc.text_columns, tokenizer, max_length=128, cache_dir=tmp_path, cache_key="m")
+    enc = encoding.encode(
+        mrpc.validation, mrpc.text_columns, tokenizer, max_length=128, cache_dir=tmp_path, cache_key="m"
+    )
     assert len(enc.input_ids) == 408
     a, b = col(mrpc.validation, "#1 String")[0], col(mrpc.validation, "#2 String")[0]
     assert enc.input_ids[0].tolist() == tokenizer(a, b, truncation=True, max_length=128)["input_ids"]

@@ -1,4 +1,4 @@
-"""A RoBERTa- and a DistilBERT-family base (tiny, random) through init, add-task, export and predict, on both dialects."""
+"""A RoBERTa- and a DistilBERT-family base (tiny, random) through init, add-task, export and predict; both dialects."""
 
 from __future__ import annotations
 
@@ -20,7 +20,9 @@ def test_a_base_of_another_family_adds_exports_and_predicts(run_cli, family_base
     data.mkdir()
     for split, n, seed in (("train", 64, 0), ("dev", 16, 1)):
         rows = [(a, b, int(x == y)) for (a, x), (b, y) in zip(sentiment_rows(n, seed), sentiment_rows(n, seed + 10))]
-        (data / f"{split}.tsv").write_text("sentence1\tsentence2\tlabel\n" + "\n".join("\t".join(map(str, r)) for r in rows))
+        (data / f"{split}.tsv").write_text(
+            "sentence1\tsentence2\tlabel\n" + "\n".join("\t".join(map(str, r)) for r in rows)
+        )
     initialised = run_cli("init", "--base", str(base), "--json")
     assert initialised.exit_code == 0, initialised.output
     assert json.loads(initialised.stdout)["model_type"] == family
@@ -31,7 +33,9 @@ def test_a_base_of_another_family_adds_exports_and_predicts(run_cli, family_base
 
     texts = ["good film", "great movie", "bad", "love it"]
     from_registry = json.loads(run_cli("predict", "--task", "pairs", "--json", *texts).stdout)
-    from_bundle = json.loads(run_cli("predict", "--bundle", str(tmp_path / "bundle"), "--task", "pairs", "--json", *texts).stdout)
+    from_bundle = json.loads(
+        run_cli("predict", "--bundle", str(tmp_path / "bundle"), "--task", "pairs", "--json", *texts).stdout
+    )
     assert [row["label"] for row in from_registry] == [row["label"] for row in from_bundle]
     for served, stored in zip(from_bundle, from_registry):
         assert served["probabilities"] == pytest.approx(stored["probabilities"], abs=1e-5)

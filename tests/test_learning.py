@@ -85,7 +85,8 @@ def test_training_lowers_the_loss_and_beats_chance_by_far_on_a_separable_task(ti
 
 def test_score_matrix_acc_and_bwt_arithmetic(run_cli, settings, tiny_base, tmp_path):
     """Three tasks with chosen scores: R[i][j] is task j's latest score with i+1 tasks present (the diagonal
-    falls back to the published score); ACC is the mean of the last row; BWT the mean of R[T-1][j] - R[j][j], j < T-1."""
+    falls back to the published score); ACC is the mean of the last row; BWT the mean of R[T-1][j] - R[j][j], j < T-1.
+    """
     from registry.catalog import score_matrix
 
     data = tmp_path / "data.tsv"
@@ -100,9 +101,13 @@ def test_score_matrix_acc_and_bwt_arithmetic(run_cli, settings, tiny_base, tmp_p
         for name, score in published.items():
             session.execute(text("UPDATE tasks SET score = :score WHERE name = :name"), {"score": score, "name": name})
         for name, present, score in evaluations:
-            session.execute(text("INSERT INTO evaluations (task_id, adapter_sha256, tasks_present, score, created_at) "
-                                 "SELECT id, adapter_sha256, :present, :score, created_at FROM tasks WHERE name = :name"),
-                            {"present": present, "score": score, "name": name})
+            session.execute(
+                text(
+                    "INSERT INTO evaluations (task_id, adapter_sha256, tasks_present, score, created_at) "
+                    "SELECT id, adapter_sha256, :present, :score, created_at FROM tasks WHERE name = :name"
+                ),
+                {"present": present, "score": score, "name": name},
+            )
     result = score_matrix(registry)
     registry.close()
     assert result["tasks"] == ["a", "b", "c"]

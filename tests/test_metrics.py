@@ -1,4 +1,4 @@
-"""GLUE metrics against hand-computed values, ties and degenerate inputs, and against scipy / scikit-learn as oracles."""
+"""GLUE metrics against hand-computed values, ties and degenerate inputs, and against scipy / scikit-learn (oracles)."""
 
 import math
 
