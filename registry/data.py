@@ -334,16 +334,9 @@ def load(
         raise DataError(f"--max-train-samples must be a positive integer, got {max_train_samples!r}")
     if metric is not None:
         _check_metric(metric, None, None)
-    return _load_source(
-        resolve(source, need_train=True),
-        text_columns=text_columns,
-        label_column=label_column,
-        task_type=task_type,
-        metric=metric,
-        max_train_samples=max_train_samples,
-        seed=seed,
-        strict=strict,
-    )
+    return _load_source(resolve(source, need_train=True), text_columns=text_columns, label_column=label_column,
+                        task_type=task_type, metric=metric, max_train_samples=max_train_samples, seed=seed,
+                        strict=strict)
 
 
 def _choose_columns(train: Table, text_columns: tuple[str, ...] | None, label_column: str | None,
@@ -526,16 +519,6 @@ def load_validation(
                                              len(text_columns) == 2, "the validation rows")
         notes.append(note)
     table = _build_table(validation, text_columns, label_column, targets)
-    return TaskData(
-        train=table.slice(0, 0),
-        validation=table,
-        text_columns=text_columns,
-        label_column=label_column,
-        task_type=task_type,
-        labels=labels,
-        metric=metric,
-        validation_from=validation_from,
-        fingerprint=src.fingerprint,
-        inferred=tuple(notes),
-        skipped={"train": 0, "validation": lost},
-    )
+    return TaskData(train=table.slice(0, 0), validation=table, text_columns=text_columns, label_column=label_column,
+                    task_type=task_type, labels=labels, metric=metric, validation_from=validation_from,
+                    fingerprint=src.fingerprint, inferred=tuple(notes), skipped={"train": 0, "validation": lost})
