@@ -85,6 +85,7 @@ def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
     return rows
 
 
+REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("REGISTRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 

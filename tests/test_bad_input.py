@@ -24,8 +24,7 @@ from sqlalchemy import create_engine, text
 from cli.main import cli
 from registry import db
 from registry.config import Settings
-from tests.conftest import PG_URL
-from tests.helpers import one_line_error, snapshot
+from tests.helpers import PG_URL, one_line_error, snapshot
 
 UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
 

@@ -13,8 +13,7 @@ from click.testing import CliRunner
 
 from cli.main import cli
 from registry import db
-from tests.conftest import REPO
-from tests.helpers import one_line_error, snapshot
+from tests.helpers import REPO, one_line_error, snapshot
 
 
 def test_init_then_list_is_empty(run_cli, tiny_base, settings):

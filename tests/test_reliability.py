@@ -28,7 +28,7 @@ from registry.core import open_registry
 from registry.models import Artifact, Run, Task
 from registry.schema import utcnow
 from registry.runs import Heartbeat, as_utc, sweep_stale_runs, this_host
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 LAUNCHER = r"""
 import json, os, signal, sys, traceback
