@@ -173,9 +173,11 @@ def test_unavailable_device_is_refused_before_anything_changes(run_cli, tiny_bas
 
 
 # task, directory, inferred text columns, metric, and a floor that 400 rows × 1 epoch clears by a margin
-# (the full-data scores are in docs/benchmarks.md)
+# (the full-data scores are in docs/benchmarks.md). CoLA is not here: after 400 rows × 1 epoch, and after
+# 1,000 rows × 2 epochs (measured), the adapters still predict the majority class (MCC 0.0), so no floor above
+# what a constant predictor scores could hold; CoLA's inference is tested in test_data.py and its training
+# measured by bench.cola (10 epochs of the full data).
 GLUE_TASKS = [
-    ("cola", "CoLA", ["3"], "mcc", -1.0),
     ("sst2", "SST-2", ["sentence"], "accuracy", 0.5),
     ("mrpc", "MRPC", ["#1 String", "#2 String"], "f1", 0.5),
     ("stsb", "STS-B", ["sentence1", "sentence2"], "spearman", 0.05),
