@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.output import device_option, emit, fields, json_option
+from registry.cli.output import device_option, emit, fields, json_option
 from registry.config import Settings
 from registry.core import open_registry
 

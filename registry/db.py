@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
 # Found, not imported: migrations/env.py imports this module, so importing the package here would be a cycle.
-MIGRATIONS_PACKAGE = "migrations"
+MIGRATIONS_PACKAGE = "registry.migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 SCHEMA_REVISION = "0001"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
 

@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from cli.main import cli
+from registry.cli.main import cli
 from registry.config import Settings
 from tests.helpers import PG_URL, REPO, make_settings, write_tiny_bert
 

@@ -118,7 +118,7 @@ def test_rows_that_cannot_train_are_skipped_printed_and_recorded_in_the_run(run_
 def test_same_seed_same_adapter_bytes(tmp_path, tiny_base, datasets_dir):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from registry.cli.main import cli
 
     shas = []
     for attempt in range(2):
@@ -190,7 +190,7 @@ GLUE_TASKS = [
 def test_real_glue_task_on_minilm(tmp_path, minilm_path, glue_dir, name, directory, columns, metric, floor):
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from registry.cli.main import cli
 
     home = str(tmp_path / "home")
     runner = CliRunner()

@@ -21,7 +21,7 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from cli.main import cli
+from registry.cli.main import cli
 from registry import db
 from registry.config import Settings
 from tests.helpers import PG_URL, one_line_error, snapshot

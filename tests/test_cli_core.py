@@ -11,7 +11,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from registry.cli.main import cli
 from registry import db
 from tests.helpers import REPO, one_line_error, snapshot
 
@@ -114,7 +114,7 @@ def test_unreachable_postgres(tmp_path):
 def test_debug_shows_the_traceback(tmp_path):
     """The real process: one line without --debug, the traceback of the library's error with it."""
     def registry(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cli", "--home", str(tmp_path / "none"), *args], cwd=REPO,
+        return subprocess.run([sys.executable, "-m", "registry.cli", "--home", str(tmp_path / "none"), *args], cwd=REPO,
                               capture_output=True, text=True)
 
     plain, debug = registry("list"), registry("--debug", "list")

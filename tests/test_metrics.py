@@ -9,7 +9,7 @@ from registry import metrics
 
 
 def test_every_metric_is_offered_by_the_cli_and_belongs_to_one_task_type():
-    from cli.train import add_task
+    from registry.cli.train import add_task
 
     offered = next(p for p in add_task.params if p.name == "metric").type.choices
     assert tuple(offered) == metrics.METRICS

@@ -32,7 +32,7 @@ from tests.helpers import REPO
 
 LAUNCHER = r"""
 import json, os, signal, sys, traceback
-import cli.main, registry.tasks, registry.data, datasets  # the slow imports, once
+import registry.cli.main, registry.tasks, registry.data, datasets  # the slow imports, once
 from transformers import AutoModel, AutoTokenizer  # noqa: F401
 
 def die(*args, **kwargs):
@@ -103,7 +103,7 @@ for line in sys.stdin:
             kill_point(request.get("kill_point"))
             sys.argv = ["registry", *request["args"]]
             try:
-                cli.main.main()
+                registry.cli.main.main()
                 code = 0
             except SystemExit as exc:
                 code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
@@ -352,7 +352,7 @@ def test_concurrent_adds_get_distinct_consecutive_positions(run_cli, settings, t
 
 def console_script() -> list[str]:
     script = Path(sys.executable).with_name("registry")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from cli.main import main; main()"]
+    return [str(script)] if script.exists() else [sys.executable, "-c", "from registry.cli.main import main; main()"]
 
 
 def test_readers_work_while_a_task_trains_and_a_kill_is_swept_at_once(run_cli, settings, registry, tmp_path):
