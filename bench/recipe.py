@@ -6,8 +6,9 @@
 Each variant changes one thing from ours and trains the same subset with the same seeds on all-MiniLM-L6-v2
 (one worker process per seed, through `registry.train.fit`):
 
-* ours: adapters initialised with std 1e-2; the embeddings' LayerNorm frozen; Adam, no weight decay, no clipping;
-* init 1e-3: the reference's adapter init scale (truncated normal, std 1e-3);
+* ours: adapters initialised with std 1e-3 (truncated normal, as the reference); the embeddings' LayerNorm
+  frozen; Adam, no weight decay, no clipping;
+* init 1e-2: our init scale before this comparison (1e-3 won it, 2 seeds of 2, and was adopted);
 * embeddings LayerNorm trained: the reference trains every LayerNorm, the embeddings' too;
 * decay 0.01 + clip 1.0: the reference's optimizer (BERT's AdamW, weight decay 0.01 except LayerNorms and
   biases, gradients clipped to global norm 1.0).
@@ -29,7 +30,8 @@ from bench.common import REPO, add_docs_options, machine, markdown_table, publis
 HEADING = "The recipe against the reference (google-research/adapter-bert)"
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 VALIDATION_ROWS = 256
-VARIANTS = ("ours", "init 1e-3", "embeddings LayerNorm trained", "decay 0.01 + clip 1.0")
+OUR_INIT_STD = 1e-3  # registry.adapters.INIT_STD, restated so a variant's change never leaks into the next
+VARIANTS = ("ours", "init 1e-2", "embeddings LayerNorm trained", "decay 0.01 + clip 1.0")
 
 
 class ReferenceAdamW(torch.optim.AdamW):
@@ -55,7 +57,7 @@ def run(variant: str, base: str, loaded, train_set, validation_set, pad_id: int,
     from registry import adapters, train
 
     config = train.TrainConfig(epochs=epochs, seed=seed, max_length=64)
-    adapters.INIT_STD = 1e-3 if variant == "init 1e-3" else 1e-2
+    adapters.INIT_STD = 1e-2 if variant == "init 1e-2" else OUR_INIT_STD
     torch.manual_seed(seed)
     model = adapters.AdapterModel(AutoModel.from_pretrained(base), config.adapter_size,
                                   [adapters.head_size(loaded.task_type, loaded.labels)])
