@@ -86,7 +86,7 @@ def sample_items(registry, names: list[str], per_task: int) -> list[tuple[str, o
             task = find_task(session, name, ready=True)
         loaded = data.load_validation(task.data_source, text_columns=task.text_columns, label_column=task.label_column,
                                       task_type=task.task_type, labels=task.labels, metric=task.metric)
-        split = loaded.validation.select(range(min(per_task, loaded.validation.num_rows)))
+        split = loaded.validation.slice(0, per_task)
         columns = [split[column] for column in task.text_columns]
         items += [(name, texts[0] if len(texts) == 1 else tuple(texts)) for texts in zip(*columns)]
     return items

@@ -61,9 +61,9 @@ def machine() -> dict[str, str]:
 
 
 def registry_command() -> list[str]:
-    """The real `registry` CLI of this environment: its console script, else `python -m cli`."""
+    """The real `registry` CLI of this environment: its console script, else `python -m registry.cli`."""
     script = Path(sys.executable).with_name("registry")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "cli"]
+    return [str(script)] if script.exists() else [sys.executable, "-m", "registry.cli"]
 
 
 def offline_env(**extra: str) -> dict[str, str]:

@@ -175,7 +175,7 @@ def populate(settings, n_tasks: int, metrics_per_task: int, seed: int = 0) -> No
 def bench_reads(work: Path, n_tasks: int, metrics_per_task: int, runs: int) -> dict:
     base = write_tiny_bert(work / "tiny-base")
     homes = {"1 task": work / "one", f"{n_tasks:,} tasks": work / "many"}
-    for (label, home), n in zip(homes.items(), (1, n_tasks)):
+    for home, n in zip(homes.values(), (1, n_tasks)):
         populate(init_registry(home, base), n, metrics_per_task)
     registry = common.registry_command()
     middle = f"task-{(n_tasks + 1) // 2:04d}"

@@ -1,5 +1,5 @@
-"""`python -m cli` runs the registry command."""
+"""`python -m registry.cli` runs the registry command."""
 
-from cli.main import main
+from registry.cli.main import main
 
 main()

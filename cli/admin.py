@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.output import emit, json_option, table
+from registry.cli.output import emit, json_option, table
 from registry.config import Settings
 from registry.core import open_registry
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from cli.output import device_option, emit, fields, json_option, regular_file, table
-from cli.read import LIST_COLUMNS
+from registry.cli.output import device_option, emit, fields, json_option, regular_file, table
+from registry.cli.read import LIST_COLUMNS
 from registry.config import Settings
 from registry.core import open_registry
 

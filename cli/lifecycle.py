@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import click
 
-from cli.output import emit, fields, json_option
+from registry.cli.output import emit, fields, json_option
 from registry.config import Settings
 from registry.core import open_registry
 

@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli import admin, bundle, lifecycle, read, setup, train
+from registry.cli import admin, bundle, lifecycle, read, setup, train
 from registry.config import resolve
 from registry.errors import RegistryError, printable
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.output import emit, fields, fmt, json_option, table
+from registry.cli.output import emit, fields, fmt, json_option, table
 from registry import catalog
 from registry.config import Settings
 from registry.core import open_registry

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from cli.output import emit, fields, json_option
+from registry.cli.output import emit, fields, json_option
 from registry import db as registry_db
 from registry.config import Settings
 

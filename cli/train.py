@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from cli.output import device_option, emit, fields, json_option
+from registry.cli.output import device_option, emit, fields, json_option
 from registry.config import Settings
 from registry.core import open_registry
 
@@ -15,19 +15,39 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 
 @click.command(name="add-task")
 @click.argument("name")
-@click.option("--data", "source", required=True, help="A directory (train + dev/validation files), one file, or a hub id like glue/cola.")
-@click.option("--text-column", "text_columns", multiple=True, help="Text column (repeat for a pair). Default: inferred.")
+@click.option("--data", "source", required=True,
+              help="A directory (train + dev/validation files), one file, or a hub dataset as hf:REPO_ID[:CONFIG], "
+                   "e.g. hf:nyu-mll/glue:cola.")
+@click.option(
+    "--text-column", "text_columns", multiple=True, help="Text column (repeat for a pair). Default: inferred."
+)
 @click.option("--label-column", help="Label column. Default: inferred.")
-@click.option("--task-type", type=click.Choice(["classification", "regression"]), help="Default: inferred from the labels.")
-@click.option("--metric", type=click.Choice(["accuracy", "f1", "mcc", "spearman", "pearson"]), help="Default: inferred (GLUE's).")
+@click.option(
+    "--task-type", type=click.Choice(["classification", "regression"]), help="Default: inferred from the labels."
+)
+@click.option(
+    "--metric", type=click.Choice(["accuracy", "f1", "mcc", "spearman", "pearson"]), help="Default: inferred (GLUE's)."
+)
 @click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=1e-3, show_default=True, help="Peak learning rate (Adam).")
+@click.option(
+    "--lr",
+    type=click.FloatRange(min=0, min_open=True),
+    default=1e-3,
+    show_default=True,
+    help="Peak learning rate (Adam).",
+)
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
 @click.option("--adapter-size", type=click.IntRange(min=1), default=64, show_default=True, help="Bottleneck size m.")
-@click.option("--max-length", type=click.IntRange(min=8), default=128, show_default=True, help="Tokens per example (truncated).")
+@click.option(
+    "--max-length", type=click.IntRange(min=8), default=128, show_default=True, help="Tokens per example (truncated)."
+)
 @click.option("--max-train-samples", type=click.IntRange(min=1), help="Train on a seeded random subset.")
+@click.option("--strict", is_flag=True,
+              help="Refuse data with rows that cannot train (empty text, no label) instead of skipping them.")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published.")
+@click.option(
+    "--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published."
+)
 @click.option("--new-version", is_flag=True,
               help="Train the next version of an existing task (same task type and labels).")
 @click.option("--promote", is_flag=True, help="With --new-version: make it current whatever it scores.")
@@ -37,8 +57,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.pass_obj
 def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str, ...], label_column: str | None,
              task_type: str | None, metric: str | None, epochs: int, lr: float, batch_size: int, adapter_size: int,
-             max_length: int, max_train_samples: int | None, seed: int, sweep: bool, new_version: bool, promote: bool,
-             device: str, quiet: bool, as_json: bool) -> None:
+             max_length: int, max_train_samples: int | None, strict: bool, seed: int, sweep: bool, new_version: bool,
+             promote: bool, device: str, quiet: bool, as_json: bool) -> None:
     """Train an adapter for a new task on the frozen base and add it as the next task, or train a task's next version.
 
     A new version becomes current when it scores at least as well as the current one on its validation
@@ -55,7 +75,7 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, adapter_size=adapter_size,
                          max_length=max_length, seed=seed)
     options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
-                          metric=metric, max_train_samples=max_train_samples)
+                          metric=metric, max_train_samples=max_train_samples, strict=strict)
     row = add(registry, name, source, config, options, new_version=new_version, promote=promote, sweep=sweep,
               device=device, progress=not quiet and sys.stderr.isatty(),
               echo=lambda line: quiet or click.echo(line, err=True))
@@ -78,7 +98,13 @@ def eval_(settings: Settings, name: str, source: str | None, device: str, quiet:
 
     registry = open_registry(settings)
     result = evaluate_task(registry, name, source, device=device, progress=not quiet and sys.stderr.isatty())
-    emit(result, as_json, lambda r: click.echo(f"{r['task']}: {r['metric']} = {r['score']:.4f} ({r['tasks_present']} tasks in the registry)"))
+    emit(
+        result,
+        as_json,
+        lambda r: click.echo(
+            f"{r['task']}: {r['metric']} = {r['score']:.4f} ({r['tasks_present']} tasks in the registry)"
+        ),
+    )
 
 
 COMMANDS = [add_task, eval_]

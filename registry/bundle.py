@@ -35,6 +35,7 @@ from sqlalchemy import Row, select
 
 from registry import checkpoint, lifecycle, schema
 from registry.adapters import AdapterModel
+from registry.data import head_size
 from registry.catalog import find_task, task_row
 from registry.config import Settings
 from registry.core import Registry, open_registry
@@ -44,7 +45,7 @@ from registry.errors import (AlreadyInitialised, ArtifactError, BundleError, Dat
 from registry.models import Task
 from registry.schema import utcnow
 from registry.store import digest, sha256_of, write_atomic
-from registry.verify import TASK_CONFIG_FIELDS, adapter_problem, config_problem, head_size, tensor_header
+from registry.verify import TASK_CONFIG_FIELDS, adapter_problem, config_problem, tensor_header
 
 FORMAT = "adapter-registry/bundle@1"
 MANIFEST = "manifest.json"
@@ -90,7 +91,7 @@ class TaskSpec:
     @property
     def head_size(self) -> int:
         """Outputs of the head: one per class, or one for regression."""
-        return 1 if self.task_type == "regression" else len(self.labels)
+        return head_size(self.task_type, self.labels)
 
     @property
     def pair(self) -> bool:

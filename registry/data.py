@@ -11,8 +11,16 @@ Sources (`load(source)`):
   training and its ``validation`` (or ``validation_matched`` / ``dev`` / ``valid``) split for
   validation; ``test`` is never used. Offline, this fails with a DataError.
 
-Reading the files (formats, header detection, the hub) is :mod:`registry.sources`; tokenising and
-batching a loaded split is :mod:`registry.encoding`.
+Rows that cannot train — an empty text, no label, or a stray value in a label column of numbers
+(see :mod:`registry.inference`) — are skipped, counted and named (reason and first line numbers) in
+one of the ``inferred`` lines, up to :data:`MAX_SKIPPED_SHARE` of a file. More than that, or any
+with ``strict=True``, is a DataError. The hold-out is drawn before skipping, so the same rows are
+validation rows whatever is skipped.
+
+Reading the files (formats, header detection, the hub) is :mod:`registry.sources`; the inference
+rules are :mod:`registry.inference`; tokenising and batching a loaded split is
+:mod:`registry.encoding`. Splits are held as ``pyarrow.Table`` (``datasets`` is imported only for a
+hub source).
 
 Every problem with the data raises :class:`registry.errors.DataError` with a one-line message that
 names the file, column or row and says what to do.
@@ -20,9 +28,7 @@ names the file, column or row and says what to do.
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,13 +36,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from registry import metrics as _metrics
+from registry import inference, metrics
 from registry.errors import DataError
-from registry.sources import (LABEL_NAMES, MIN_TEXT_TOKENS, SAMPLE, Source, Table, load_dev, norm, resolve,
-                              to_number)
+from registry.inference import MAX_SKIPPED_SHARE, canonical_label, hashable, is_missing, is_missing_label
+from registry.sources import Source, Table, load_dev, resolve, to_number
 
-if TYPE_CHECKING:  # imported lazily at run time: `datasets` is slow to import
-    import datasets
+if TYPE_CHECKING:  # imported lazily at run time, with the first split built
+    import pyarrow as pa
 
 __all__ = [
     "TaskData",
@@ -44,30 +50,29 @@ __all__ = [
     "load_validation",
     "TASK_TYPES",
     "HOLDOUT_FRACTION",
+    "MAX_SKIPPED_SHARE",
 ]
 
 TASK_TYPES = ("classification", "regression")
 HOLDOUT_FRACTION = 0.1
-
-# Text columns recognised by name once digits, '#', '_' and spaces are removed ("#1 String" -> "string").
-_TEXT_NAME_RE = re.compile(
-    r"^(sentence|text|texta|textb|question|premise|hypothesis|string|passage|context|query|"
-    r"document|review|content|utterance|title|body|abstract|summary|claim|evidence)$"
-)
-_MAX_CLASSES = 100              # more distinct integer labels than this -> regression
-_MINORITY_FOR_MCC_F1 = 0.40     # binary tasks whose minority class is rarer use mcc / f1
+_SHOWN_LINES = 3                # line numbers shown per reason a row is skipped
 
 
-# --------------------------------------------------------------------------------------------
-# public types
+def head_size(task_type: str, labels: Sequence[str] | None) -> int:
+    """Outputs of a task's head: one per class, or one for regression."""
+    return 1 if task_type == "regression" else len(labels or ())
 
 
 @dataclass(frozen=True)
 class TaskData:
-    """A task's data, validated, with labels mapped (int class index or float target)."""
+    """A task's data, validated, with labels mapped (int class index or float target).
 
-    train: datasets.Dataset
-    validation: datasets.Dataset
+    ``train`` and ``validation`` hold the text columns, then the label column (int64 class index or
+    float32 target). ``skipped`` counts the rows left out because they cannot train, per split.
+    """
+
+    train: pa.Table
+    validation: pa.Table
     text_columns: tuple[str, ...]
     label_column: str
     task_type: str
@@ -76,269 +81,11 @@ class TaskData:
     validation_from: str
     fingerprint: str
     inferred: tuple[str, ...]
+    skipped: dict[str, int]
 
 
 # --------------------------------------------------------------------------------------------
-# values
-
-
-def _is_missing(v: Any) -> bool:
-    """None, NaN, or a blank string (an empty TSV/CSV field)."""
-    if type(v) is str:
-        return not v or v.isspace()
-    return v is None or (isinstance(v, float) and math.isnan(v))
-
-
-def _canon_label(v: Any) -> str:
-    """The label map's string for a raw label: numbers canonically ("1.0" -> "1"), strings stripped."""
-    num = to_number(v)
-    if num is not None:
-        return str(int(num)) if num.is_integer() and abs(num) < 2**53 else repr(num)
-    if isinstance(v, str):
-        return v.strip()
-    return str(v)
-
-
-def _label_sort_key(s: str) -> tuple:
-    num = to_number(s)
-    return (0, num, "") if num is not None else (1, 0.0, s)
-
-
-def _missing_rows(values: list) -> list[int]:
-    return [i for i, v in enumerate(values) if _is_missing(v)]
-
-
-@dataclass
-class _ColStats:
-    missing: int
-    distinct: int
-    numeric: bool          # every present value is a number
-    integer: bool          # ... and an integer
-    mean_tokens: float     # over a sample of present values
-    mean_chars: float
-
-    @property
-    def text_like(self) -> bool:
-        return not self.numeric and self.mean_tokens >= MIN_TEXT_TOKENS
-
-
-def _stats(values: list) -> _ColStats:
-    present = [v for v in values if not _is_missing(v)]
-    try:
-        uniq = set(present)
-    except TypeError:  # lists/dicts from JSON
-        uniq = set(map(_hashable, present))
-    step = max(1, len(present) // SAMPLE)
-    sample = present[::step]
-    numeric = (
-        bool(present)
-        and all(to_number(v) is not None for v in sample[:200])
-        and all(to_number(v) is not None for v in uniq)
-    )
-    if numeric:
-        distinct = len({_canon_label(v) for v in uniq})
-        integer = all(to_number(v).is_integer() for v in uniq)  # type: ignore[union-attr]
-    else:
-        distinct = len(uniq)
-        integer = False
-    strs = [v if isinstance(v, str) else str(v) for v in sample]
-    return _ColStats(
-        missing=len(values) - len(present),
-        distinct=distinct,
-        numeric=numeric,
-        integer=integer,
-        mean_tokens=(sum(len(s.split()) for s in strs) / len(strs)) if strs else 0.0,
-        mean_chars=(sum(len(s) for s in strs) / len(strs)) if strs else 0.0,
-    )
-
-
-def _hashable(v: Any) -> Any:
-    return json.dumps(v, sort_keys=True) if isinstance(v, (list, dict)) else v
-
-
-# --------------------------------------------------------------------------------------------
-# inference
-
-
-def _check_columns(table: Table, given: Sequence[str], flag: str) -> None:
-    for c in given:
-        if c not in table.columns:
-            raise DataError(f"{flag} {c} names no column of {table.name}; columns are: {table.names()}")
-
-
-def _infer_label_column(table: Table, stats: dict[str, _ColStats], exclude: Sequence[str]) -> tuple[str, str]:
-    by_norm = {}
-    for c in table.columns:
-        if c not in exclude:
-            by_norm.setdefault(norm(c), c)
-    for nm in LABEL_NAMES:
-        if nm in by_norm:
-            return by_norm[nm], f"label column: {by_norm[nm]} (by its name)"
-    n = table.n
-    cands = []
-    for c, st in stats.items():
-        if c in exclude or st.missing or st.text_like or st.distinct < 2:
-            continue
-        few = st.distinct <= _MAX_CLASSES and (st.distinct <= 2 or 2 * st.distinct <= n)
-        if few or (st.numeric and not st.integer):
-            cands.append((not few, not st.numeric, st.distinct, list(table.columns).index(c), c))
-    if not cands:
-        raise DataError(
-            f"cannot tell which column of {table.name} holds the labels (none is named label/score/... or has "
-            f"a few distinct values in every row); columns are: {table.names()}; pass --label-column NAME"
-        )
-    cands.sort()
-    chosen = cands[0][-1]
-    others = [c[-1] for c in cands[1:]]
-    note = f"label column: {chosen} ({stats[chosen].distinct} distinct values in every row"
-    note += f"; also possible: {', '.join(others)})" if others else ")"
-    return chosen, note
-
-
-def _infer_text_columns(table: Table, stats: dict[str, _ColStats], label: str) -> tuple[tuple[str, ...], str]:
-    cands = [c for c, st in stats.items() if c != label and st.text_like]
-    if not cands:
-        raise DataError(
-            f"no column of {table.name} looks like text (a mean of {MIN_TEXT_TOKENS:g}+ words); columns are: "
-            f"{table.names()}; pass --text-column NAME (twice for a sentence pair)"
-        )
-    extra = ""
-    if len(cands) > 2:
-        named = [c for c in cands if _TEXT_NAME_RE.match(re.sub(r"[\d#_\s-]+", "", c.lower()))]
-        if 1 <= len(named) <= 2:
-            chosen = named
-            extra = f"; chosen by name from {', '.join(cands)}"
-        else:
-            pool = named or cands
-            longest = sorted(pool, key=lambda c: -stats[c].mean_chars)[:2]
-            chosen = [c for c in cands if c in longest]
-            extra = f"; the two longest of {', '.join(pool)} — pass --text-column to choose"
-        cands = chosen
-    if len(cands) == 1:
-        return (cands[0],), f"text column: {cands[0]} (single sentence{extra})"
-    return (cands[0], cands[1]), f"text columns: {cands[0]} + {cands[1]} (a sentence pair{extra})"
-
-
-def _check_text(table: Table, text_columns: Sequence[str]) -> None:
-    for c in text_columns:
-        bad = _missing_rows(table.columns[c])
-        if bad:
-            raise DataError(
-                f"text column {c} of {table.name} is empty in {len(bad)} of {table.n} rows "
-                f"(first: {table.where(bad[0])}); fill in or drop those rows"
-            )
-
-
-def _check_labels_present(table: Table, label: str) -> None:
-    bad = _missing_rows(table.columns[label])
-    if bad:
-        raise DataError(
-            f"label column {label} of {table.name} is empty in {len(bad)} of {table.n} rows "
-            f"(first: {table.where(bad[0])}); fill in or drop those rows"
-        )
-    nan = [i for i, v in enumerate(table.columns[label]) if isinstance(v, str) and v.strip().lower() == "nan"]
-    if nan:  # a missing value as pandas writes it, not a class called "nan"
-        raise DataError(
-            f"label column {label} of {table.name} is NaN in {len(nan)} of {table.n} rows "
-            f"(first: {table.where(nan[0])}); fill in or drop those rows"
-        )
-
-
-def _regression_targets(table: Table, label: str, hint: str) -> np.ndarray:
-    values = table.columns[label]
-    out = np.empty(len(values), dtype=np.float32)
-    for i, v in enumerate(values):
-        x = to_number(v)
-        if x is None:
-            raise DataError(
-                f"label column {label} of {table.name} has a non-numeric value {v!r} ({table.where(i)}), "
-                f"so it cannot be a regression target; {hint}"
-            )
-        out[i] = x
-    return out
-
-
-def _class_indices(table: Table, label: str, index: dict[str, int], known_from: str) -> np.ndarray:
-    values = table.columns[label]
-    cache: dict[Any, str] = {}
-    out = np.empty(len(values), dtype=np.int64)
-    unknown: Counter = Counter()
-    first_bad: int | None = None
-    for i, v in enumerate(values):
-        key = _hashable(v)
-        s = cache.get(key)
-        if s is None:
-            s = cache[key] = _canon_label(v)
-        j = index.get(s)
-        if j is None:
-            unknown[s] += 1
-            first_bad = i if first_bad is None else first_bad
-            continue
-        out[i] = j
-    if unknown:
-        shown = ", ".join(f"{k!r} ({n} rows)" for k, n in unknown.most_common(5))
-        raise DataError(
-            f"label column {label} of {table.name} has labels {known_from} never uses: {shown}, first at "
-            f"{table.where(first_bad)}; known labels: {', '.join(index)}; fix those rows"
-        )
-    return out
-
-
-def _pick_metric(task_type: str, label_idx: np.ndarray | None, labels: tuple[str, ...] | None,
-                 n_text: int, where: str) -> tuple[str, str]:
-    if task_type == "regression":
-        return "spearman", "metric: spearman (regression)"
-    assert labels is not None and label_idx is not None
-    if len(labels) == 2 and label_idx.size:
-        counts = np.bincount(label_idx, minlength=2)
-        minority = int(np.argmin(counts))
-        share = counts[minority] / label_idx.size
-        if share < _MINORITY_FOR_MCC_F1:
-            m = "mcc" if n_text == 1 else "f1"
-            kind = "single sentence" if n_text == 1 else "sentence pair; F1 of class 1 = " + repr(labels[1])
-            return m, (f"metric: {m} (binary labels; the minority class {labels[minority]!r} is "
-                       f"{share:.1%} of {where} < {_MINORITY_FOR_MCC_F1:.0%}; {kind})")
-        return "accuracy", (f"metric: accuracy (binary labels, balanced: the minority class {labels[minority]!r} "
-                            f"is {share:.1%} of {where})")
-    return "accuracy", f"metric: accuracy ({len(labels)} classes)"
-
-
-def _check_metric_name(metric: str) -> None:
-    if metric not in _metrics.METRICS:
-        raise DataError(f"--metric {metric} is not a known metric; choose one of: {', '.join(_metrics.METRICS)}")
-
-
-def _check_metric(metric: str, task_type: str, labels: tuple[str, ...] | None) -> None:
-    _check_metric_name(metric)
-    if task_type == "regression" and metric not in _metrics.REGRESSION_METRICS:
-        raise DataError(f"--metric {metric} needs class labels but the task is regression; use spearman or pearson")
-    if task_type == "classification" and metric not in _metrics.CLASSIFICATION_METRICS:
-        raise DataError(f"--metric {metric} needs numeric targets but the task is classification; use accuracy, f1 or mcc")
-    if metric == "f1" and labels is not None and len(labels) != 2:
-        raise DataError(f"--metric f1 is binary F1 but the task has {len(labels)} classes; use accuracy or mcc")
-
-
-def _build_dataset(table: Table, rows: np.ndarray | None, text_columns: Sequence[str], label: str,
-                   targets: np.ndarray) -> datasets.Dataset:
-    import datasets as hf
-    import pyarrow as pa
-
-    data: dict[str, Any] = {}
-    feats: dict[str, Any] = {}
-    for c in text_columns:
-        vals = table.columns[c]
-        if rows is not None:
-            vals = [vals[i] for i in rows]
-        data[c] = pa.array([v if isinstance(v, str) else str(v) for v in vals], pa.string())
-        feats[c] = hf.Value("string")
-    y = targets if rows is None else targets[rows]
-    if y.dtype == np.int64:
-        data[label] = pa.array(y, pa.int64())
-        feats[label] = hf.Value("int64")
-    else:
-        data[label] = pa.array(y.astype(np.float32), pa.float32())
-        feats[label] = hf.Value("float32")
-    return hf.Dataset.from_dict(data, features=hf.Features(feats))
+# options: checked once, the same way for load and load_validation
 
 
 def _check_seed(seed: int) -> None:
@@ -346,57 +93,210 @@ def _check_seed(seed: int) -> None:
         raise DataError(f"--seed must be a non-negative integer, got {seed!r}")
 
 
+def _text_columns_option(text_columns: Sequence[str] | str | None) -> tuple[str, ...] | None:
+    if text_columns is None:
+        return None
+    given = (text_columns,) if isinstance(text_columns, str) else tuple(str(c) for c in text_columns)
+    if not 1 <= len(given) <= 2:
+        raise DataError(
+            f"--text-column was given {len(given)} times; give one column (single sentence) or two (a pair)"
+        )
+    if len(set(given)) != len(given):
+        raise DataError(f"--text-column {given[0]} was given twice; a pair needs two different columns")
+    return given
+
+
+def _check_metric(metric: str, task_type: str | None, labels: Sequence[str] | None) -> None:
+    """A known metric that suits the task type (when known) and the number of classes (when known)."""
+    if metric not in metrics.METRICS:
+        raise DataError(f"--metric {metric} is not a known metric; choose one of: {', '.join(metrics.METRICS)}")
+    if task_type == "regression" and metric not in metrics.REGRESSION_METRICS:
+        raise DataError(f"--metric {metric} needs class labels but the task is regression; use spearman or pearson")
+    if task_type == "classification" and metric not in metrics.CLASSIFICATION_METRICS:
+        raise DataError(
+            f"--metric {metric} needs numeric targets but the task is classification; use accuracy, f1 or mcc"
+        )
+    if metric == "f1" and labels is not None and len(labels) != 2:
+        raise DataError(f"--metric f1 is binary F1 but the task has {len(labels)} classes; use accuracy or mcc")
+
+
+def _check_columns(table: Table, given: Sequence[str], flag: str) -> None:
+    for column in given:
+        if column not in table.columns:
+            raise DataError(f"{flag} {column} names no column of {table.name}; columns are: {table.names()}")
+
+
+# --------------------------------------------------------------------------------------------
+# rows: the hold-out, and the rows that cannot train
+
+
 def _holdout(n: int, seed: int, name: str) -> tuple[np.ndarray, np.ndarray]:
     if n < 2:
-        raise DataError(f"{name} has only {n} example; holding out validation rows needs at least 2 (10 or more to be useful)")
+        raise DataError(
+            f"{name} has only {n} example; holding out validation rows needs at least 2 (10 or more to be useful)"
+        )
     n_val = max(1, math.ceil(n * HOLDOUT_FRACTION))
     perm = np.random.default_rng([seed, 0]).permutation(n)
     return np.sort(perm[n_val:]), np.sort(perm[:n_val])
 
 
-def _validate_text_override(text_columns: Sequence[str] | None) -> tuple[str, ...] | None:
-    if text_columns is None:
-        return None
-    if isinstance(text_columns, str):
-        text_columns = (text_columns,)
-    tc = tuple(str(c) for c in text_columns)
-    if not 1 <= len(tc) <= 2:
-        raise DataError(f"--text-column was given {len(tc)} times; give one column (single sentence) or two (a pair)")
-    if len(set(tc)) != len(tc):
-        raise DataError(f"--text-column {tc[0]} was given twice; a pair needs two different columns")
-    return tc
+@dataclass(frozen=True)
+class _Split:
+    """Rows of one table (indices into it, file order) that make up a split."""
+
+    table: Table
+    rows: np.ndarray
 
 
-def _check_validation_columns(val: Table, required: Sequence[str], user: str) -> None:
-    for c in required:
-        if c not in val.columns:
-            raise DataError(
-                f"{val.name} has no column {c}, which {user} uses; its columns are: {val.names()}; "
-                "give it the same columns"
-            )
-
-
-def _validation_split(src: Source, required: Sequence[str], seed: int,
-                      user: str) -> tuple[Table, np.ndarray | None, np.ndarray | None, str]:
-    """The validation table (columns checked), the hold-out's train and validation rows, and where it came from."""
+def _validation_split(src: Source, required: Sequence[str], seed: int, user: str) -> tuple[_Split, _Split | None, str]:
+    """The validation rows, the train rows when they come from the same file (a hold-out), and where they came from."""
     if src.holdout_of is not None:
         table = src.train
         assert table is not None
         _check_validation_columns(table, required, user)
         train_rows, validation_rows = _holdout(table.n, seed, table.name)
-        return table, train_rows, validation_rows, f"{HOLDOUT_FRACTION:.0%} of {src.holdout_of} held out (seed {seed})"
+        return (_Split(table, validation_rows), _Split(table, train_rows),
+                f"{HOLDOUT_FRACTION:.0%} of {src.holdout_of} held out (seed {seed})")
     table = src.validation if src.validation is not None else load_dev(src, required)
     _check_validation_columns(table, required, user)
-    return table, None, None, src.validation_from
+    return _Split(table, np.arange(table.n)), None, src.validation_from
 
 
-def _label_map_note(labels: tuple[str, ...]) -> str:
-    shown = ", ".join(f"{i} -> {s!r}" for i, s in enumerate(labels[:10]))
-    return shown + (f", ... ({len(labels)} in all)" if len(labels) > 10 else "")
+def _check_validation_columns(table: Table, required: Sequence[str], user: str) -> None:
+    for column in required:
+        if column not in table.columns:
+            raise DataError(
+                f"{table.name} has no column {column}, which {user} uses; its columns are: {table.names()}; "
+                "give it the same columns"
+            )
+
+
+def _unusable(table: Table, text_columns: Sequence[str], label: str, numeric_labels: bool) -> dict[str, list[int]]:
+    """Rows of ``table`` that cannot train, by reason (each in file order)."""
+    reasons: dict[str, list[int]] = {}
+    for column in text_columns:
+        if rows := [i for i, v in enumerate(table.columns[column]) if is_missing(v)]:
+            reasons[f"empty {column}"] = rows
+    values = table.columns[label]
+    if rows := [i for i, v in enumerate(values) if is_missing_label(v)]:
+        reasons[f"no {label}"] = rows
+    if numeric_labels:
+        stray = [i for i, v in enumerate(values) if not is_missing_label(v) and to_number(v) is None]
+        if stray:
+            shown = ", ".join(repr(canonical_label(v)) for v in dict.fromkeys(hashable(values[i]) for i in stray))
+            reasons[f"{label} not a number ({shown[:80]})"] = stray
+    return reasons
+
+
+def _first_places(table: Table, rows: list[int]) -> str:
+    """`line 5`, `lines 5, 9, 12, ...`: where the first rows are, in the file's terms."""
+    unit = "line" if table.lines is not None else "row"
+    shown = ", ".join(table.where(i).split()[1] for i in rows[:_SHOWN_LINES])
+    return f"{unit}{'s' if len(rows) > 1 else ''} {shown}{', ...' if len(rows) > _SHOWN_LINES else ''}"
+
+
+def _usable_rows(table: Table, text_columns: Sequence[str], label: str, numeric_labels: bool,
+                 strict: bool) -> tuple[np.ndarray, str | None]:
+    """A mask of the rows of ``table`` that can train and the line that reports the others.
+
+    Refuses any row that cannot train with ``strict``, and more than MAX_SKIPPED_SHARE of the table without.
+    """
+    reasons = _unusable(table, text_columns, label, numeric_labels)
+    usable = np.ones(table.n, dtype=bool)
+    for rows in reasons.values():
+        usable[rows] = False
+    bad = int(table.n - usable.sum())
+    if not bad:
+        return usable, None
+    what = "; ".join(f"{reason} ({_first_places(table, rows)})" for reason, rows in reasons.items())
+    share = bad / table.n
+    if strict:
+        raise DataError(f"{table.name} has {bad} of {table.n} rows that cannot train: {what}; "
+                        "fix or drop those rows, or leave out --strict to skip them")
+    if share > MAX_SKIPPED_SHARE:
+        raise DataError(f"{table.name} has {bad} of {table.n} rows ({share:.1%}) that cannot train: {what}; more than "
+                        f"the {MAX_SKIPPED_SHARE:.0%} that may be skipped: fix those rows, or check --text-column, "
+                        "--label-column and --task-type")
+    return usable, f"skipped {bad} of {table.n} rows of {table.name} that cannot train: {what} (--strict refuses them)"
+
+
+def _keep_usable(splits: Sequence[_Split | None], text_columns: Sequence[str], label: str, numeric_labels: bool,
+                 strict: bool, notes: list[str]) -> tuple[list[_Split | None], list[int]]:
+    """Each split without its rows that cannot train (checked once per table), and how many each lost."""
+    masks: dict[int, np.ndarray] = {}
+    kept: list[_Split | None] = []
+    lost: list[int] = []
+    for split in splits:
+        if split is None:
+            kept.append(None)
+            lost.append(0)
+            continue
+        if id(split.table) not in masks:
+            masks[id(split.table)], note = _usable_rows(split.table, text_columns, label, numeric_labels, strict)
+            if note:
+                notes.append(note)
+        rows = split.rows[masks[id(split.table)][split.rows]]
+        kept.append(_Split(split.table, rows))
+        lost.append(int(split.rows.size - rows.size))
+    return kept, lost
 
 
 # --------------------------------------------------------------------------------------------
-# public loading API
+# targets
+
+
+def _regression_targets(split: _Split, label: str) -> np.ndarray:
+    values = split.table.columns[label]
+    return np.array([to_number(values[i]) for i in split.rows], dtype=np.float32)
+
+
+def _class_indices(split: _Split, label: str, index: dict[str, int], known_from: str) -> np.ndarray:
+    values = split.table.columns[label]
+    canonical: dict[Any, str] = {}
+    out = np.empty(split.rows.size, dtype=np.int64)
+    unknown: Counter = Counter()
+    first_bad: int | None = None
+    for k, i in enumerate(split.rows):
+        key = hashable(values[i])
+        name = canonical.get(key)
+        if name is None:
+            name = canonical[key] = canonical_label(values[i])
+        j = index.get(name)
+        if j is None:
+            unknown[name] += 1
+            first_bad = int(i) if first_bad is None else first_bad
+            continue
+        out[k] = j
+    if unknown:
+        shown = ", ".join(f"{k!r} ({n} rows)" for k, n in unknown.most_common(5))
+        raise DataError(
+            f"label column {label} of {split.table.name} has labels {known_from} never uses: {shown}, first at "
+            f"{split.table.where(first_bad)}; known labels: {', '.join(index)}; fix those rows"
+        )
+    return out
+
+
+def _targets(split: _Split, label: str, labels: tuple[str, ...] | None, known_from: str) -> np.ndarray:
+    if labels is None:
+        return _regression_targets(split, label)
+    return _class_indices(split, label, {s: i for i, s in enumerate(labels)}, known_from)
+
+
+def _build_table(split: _Split, text_columns: Sequence[str], label: str, targets: np.ndarray) -> pa.Table:
+    import pyarrow as pa
+
+    data: dict[str, Any] = {}
+    for column in text_columns:
+        values = split.table.columns[column]
+        data[column] = pa.array(
+            [v if isinstance(v, str) else str(v) for v in (values[i] for i in split.rows)], pa.string()
+        )
+    data[label] = pa.array(targets, pa.int64() if targets.dtype == np.int64 else pa.float32())
+    return pa.table(data)
+
+
+# --------------------------------------------------------------------------------------------
+# load: a task's train and validation data
 
 
 def load(
@@ -408,6 +308,7 @@ def load(
     metric: str | None = None,
     max_train_samples: int | None = None,
     seed: int = 0,
+    strict: bool = False,
 ) -> TaskData:
     """Load and validate a task's train and validation data, inferring what is not given.
 
@@ -417,7 +318,8 @@ def load(
     * ``text_columns`` — one column (single sentence) or two (a pair, in that order);
     * ``label_column``; ``task_type`` — "classification" or "regression";
     * ``metric`` — one of :data:`registry.metrics.METRICS`, checked against the task type;
-    * ``max_train_samples`` — keep a random subset of that many training rows (seeded).
+    * ``max_train_samples`` — keep a random subset of that many training rows (seeded);
+    * ``strict`` — refuse data with any row that cannot train instead of skipping it.
 
     ``seed`` drives the 10% hold-out of a single file (or of a directory without a dev file) and the
     training subset. The label map and the metric come from all training rows, before subsetting;
@@ -425,9 +327,8 @@ def load(
     held-out rows is still a known class.
     """
     _check_seed(seed)
-    tc_given = _validate_text_override(text_columns)
-    if label_column is not None:
-        label_column = str(label_column)
+    text_columns = _text_columns_option(text_columns)
+    label_column = None if label_column is None else str(label_column)
     if task_type is not None and task_type not in TASK_TYPES:
         raise DataError(f"--task-type {task_type} is not one of: {', '.join(TASK_TYPES)}")
     if max_train_samples is not None and (
@@ -437,140 +338,125 @@ def load(
     ):
         raise DataError(f"--max-train-samples must be a positive integer, got {max_train_samples!r}")
     if metric is not None:
-        _check_metric_name(metric)
-
-    src = resolve(source, need_train=True)
-    return _load_source(
-        src, text_columns=tc_given, label_column=label_column, task_type=task_type, metric=metric,
-        max_train_samples=max_train_samples, seed=seed,
-    )
+        _check_metric(metric, None, None)
+    return _load_source(resolve(source, need_train=True), text_columns=text_columns, label_column=label_column,
+                        task_type=task_type, metric=metric, max_train_samples=max_train_samples, seed=seed,
+                        strict=strict)
 
 
-def _load_source(
-    src: Source,
-    *,
-    text_columns: tuple[str, ...] | None,
-    label_column: str | None,
-    task_type: str | None,
-    metric: str | None,
-    max_train_samples: int | None,
-    seed: int,
-) -> TaskData:
-    """load() once the source is read: inference, validation, splits."""
-    tc_given = text_columns
-    train = src.train
-    assert train is not None
-    notes: list[str] = []
-    if train.header is False:
-        notes.append(f"{train.name} has no header row: columns are named by position: {train.names()}")
-
-    # ---- columns
+def _choose_columns(train: Table, text_columns: tuple[str, ...] | None, label_column: str | None,
+                    notes: list[str]) -> tuple[tuple[str, ...], str, dict[str, inference.ColumnProfile]]:
+    """The text and label columns, given or inferred, and every column's profile."""
     if label_column is not None:
         _check_columns(train, [label_column], "--label-column")
-    if tc_given is not None:
-        _check_columns(train, tc_given, "--text-column")
-        if label_column is not None and label_column in tc_given:
+    if text_columns is not None:
+        _check_columns(train, text_columns, "--text-column")
+        if label_column in text_columns:
             raise DataError(f"--label-column {label_column} is also a --text-column; pick different columns")
-    stats = {c: _stats(v) for c, v in train.columns.items()}
+    profiles = {column: inference.profile(values) for column, values in train.columns.items()}
     if label_column is None:
-        label_column, note = _infer_label_column(train, stats, exclude=tc_given or ())
+        label_column, note = inference.infer_label_column(train, profiles, exclude=text_columns or ())
         notes.append(note)
-    if tc_given is None:
-        tc_given, note = _infer_text_columns(train, stats, label_column)
+    if text_columns is None:
+        text_columns, note = inference.infer_text_columns(train, profiles, label_column)
         notes.append(note)
-    text_cols: tuple[str, ...] = tc_given
-    _check_text(train, text_cols)
-    _check_labels_present(train, label_column)
+    return text_columns, label_column, profiles
 
-    # ---- validation rows
-    val_table, tr_rows, va_rows, validation_from = _validation_split(src, [*text_cols, label_column], seed, train.name)
-    if val_table is not train:
-        _check_text(val_table, text_cols)
-        _check_labels_present(val_table, label_column)
-    notes.insert(0, f"validation: {validation_from}")
 
-    # ---- task type, targets, label map
-    lstats = stats[label_column]
-    class_label = label_column in train.class_names
+def _label_space(train: Table, label: str, column: inference.ColumnProfile, task_type: str | None,
+                 notes: list[str]) -> tuple[str, tuple[str, ...] | None]:
+    """The task type (given or inferred) and, for classification, the label map."""
+    class_names = train.class_names.get(label)
     type_inferred = task_type is None
     if task_type is None:
-        if class_label or not lstats.numeric:
-            task_type = "classification"
-        elif not lstats.integer:
-            task_type = "regression"
-            notes.append(f"task type: regression (numeric, non-integer labels in {label_column})")
-        elif lstats.distinct > _MAX_CLASSES:
-            task_type = "regression"
-            notes.append(
-                f"task type: regression ({lstats.distinct} distinct integer labels, more than {_MAX_CLASSES}; "
-                "pass --task-type classification to change that)"
-            )
-        else:
-            task_type = "classification"
-
-    labels: tuple[str, ...] | None
+        task_type, note = inference.infer_task_type(column, label, class_names is not None)
+        if note:
+            notes.append(note)
     if task_type == "regression":
-        if class_label:
-            raise DataError(
-                f"label column {label_column} of {train.name} holds class names, so it cannot be a regression "
-                "target; pass --task-type classification"
-            )
-        hint = "pass --task-type classification or fix those rows"
-        targets = _regression_targets(train, label_column, hint)
-        labels = None
-        fit = targets if tr_rows is None else targets[tr_rows]
-        if float(np.ptp(fit)) == 0.0:
-            raise DataError(
-                f"label column {label_column} of {train.name} has the same value ({float(fit[0]):g}) in every "
-                "training row; nothing to learn — check --label-column or the data"
-            )
-        val_targets = targets if val_table is train else _regression_targets(val_table, label_column, hint)
-    else:
-        if class_label:
-            labels = train.class_names[label_column]
-        else:
-            distinct = {_canon_label(v) for v in set(map(_hashable, train.columns[label_column]))}
-            labels = tuple(sorted(distinct, key=_label_sort_key))
-        index = {s: i for i, s in enumerate(labels)}
-        targets = _class_indices(train, label_column, index, train.name)
-        fit = targets if tr_rows is None else targets[tr_rows]
-        present = np.unique(fit)
-        if len(present) < 2:
-            raise DataError(
-                f"label column {label_column} of {train.name} has one class ({labels[int(present[0])]!r}) in all "
-                f"{fit.size} training rows; a classifier needs at least two — check --label-column or the data"
-            )
-        if type_inferred:
-            notes.append(f"task type: classification ({len(labels)} classes: {_label_map_note(labels)})")
-        else:
-            notes.append(f"label map: {_label_map_note(labels)}")
-        val_targets = targets if val_table is train else _class_indices(val_table, label_column, index, train.name)
+        if class_names is not None:
+            raise DataError(f"label column {label} of {train.name} holds class names, so it cannot be a regression "
+                            "target; pass --task-type classification")
+        if not column.numeric:
+            values = train.columns[label]
+            i = next(i for i, v in enumerate(values) if not is_missing_label(v) and to_number(v) is None)
+            raise DataError(f"label column {label} of {train.name} has a non-numeric value {values[i]!r} "
+                            f"({train.where(i)}), so it cannot be a regression target; "
+                            "pass --task-type classification or fix those rows")
+        return task_type, None
+    labels = class_names or inference.label_map(train.columns[label], numbers_only=column.numeric)
+    lead = f"task type: classification ({len(labels)} classes: " if type_inferred else "label map: "
+    notes.append(lead + inference.describe_label_map(labels) + (")" if type_inferred else ""))
+    return task_type, labels
 
-    # ---- metric
-    if metric is None:
-        metric, note = _pick_metric(task_type, None if labels is None else fit, labels, len(text_cols), "train")
-        notes.append(note)
-    else:
+
+def _check_learnable(train: _Split, label: str, labels: tuple[str, ...] | None, targets: np.ndarray) -> None:
+    """Two classes, or two different targets, among the training rows."""
+    if not targets.size:
+        raise DataError(f"{train.table.name} has no training row left that can train; fix the file")
+    if labels is None and float(np.ptp(targets)) == 0.0:
+        raise DataError(
+            f"label column {label} of {train.table.name} has the same value ({float(targets[0]):g}) in every "
+            "training row; nothing to learn — check --label-column or the data"
+        )
+    present = np.unique(targets)
+    if labels is not None and len(present) < 2:
+        raise DataError(
+            f"label column {label} of {train.table.name} has one class ({labels[int(present[0])]!r}) in all "
+            f"{targets.size} training rows; a classifier needs at least two — check --label-column or the data"
+        )
+
+
+def _subset(train: _Split, targets: np.ndarray, labels: tuple[str, ...] | None, max_train_samples: int | None,
+            seed: int, notes: list[str]) -> tuple[_Split, np.ndarray]:
+    """A seeded random subset of the training rows (file order kept), when ``max_train_samples`` asks for one."""
+    n = train.rows.size
+    if max_train_samples is None:
+        return train, targets
+    if max_train_samples >= n:
+        notes.append(f"training subset: all {n} rows (--max-train-samples {max_train_samples} is not fewer)")
+        return train, targets
+    pick = np.sort(np.random.default_rng([seed, 1]).choice(n, size=int(max_train_samples), replace=False))
+    if labels is not None and len(np.unique(targets[pick])) < 2:
+        raise DataError(
+            f"--max-train-samples {max_train_samples} leaves a single class in the training subset; raise it"
+        )
+    notes.append(f"training subset: {max_train_samples} of {n} rows, drawn at random (seed {seed})")
+    return _Split(train.table, train.rows[pick]), targets[pick]
+
+
+def _load_source(src: Source, *, text_columns: tuple[str, ...] | None, label_column: str | None, task_type: str | None,
+                 metric: str | None, max_train_samples: int | None, seed: int, strict: bool = False) -> TaskData:
+    """load() once the source is read: columns, label space, rows, metric, subset."""
+    train_table = src.train
+    assert train_table is not None
+    notes: list[str] = []
+    if train_table.header is False:
+        notes.append(f"{train_table.name} has no header row: columns are named by position: {train_table.names()}")
+    text_columns, label_column, profiles = _choose_columns(train_table, text_columns, label_column, notes)
+    column = profiles[label_column]
+    task_type, labels = _label_space(train_table, label_column, column, task_type, notes)
+    if metric is not None:
         _check_metric(metric, task_type, labels)
 
-    # ---- training subset
-    n_train = fit.size
-    if max_train_samples is not None and max_train_samples < n_train:
-        base = np.arange(train.n) if tr_rows is None else tr_rows
-        pick = np.sort(np.random.default_rng([seed, 1]).choice(n_train, size=int(max_train_samples), replace=False))
-        tr_rows = base[pick]
-        if labels is not None and len(np.unique(targets[tr_rows])) < 2:
-            raise DataError(
-                f"--max-train-samples {max_train_samples} leaves a single class in the training subset; raise it"
-            )
-        notes.append(f"training subset: {max_train_samples} of {n_train} rows, drawn at random (seed {seed})")
-    elif max_train_samples is not None:
-        notes.append(f"training subset: all {n_train} rows (--max-train-samples {max_train_samples} is not fewer)")
-
+    validation, train, validation_from = _validation_split(src, [*text_columns, label_column], seed, train_table.name)
+    notes.insert(0, f"validation: {validation_from}")
+    numeric_labels = task_type == "regression" or column.numeric
+    (train, validation), (train_lost, validation_lost) = _keep_usable(
+        [train or _Split(train_table, np.arange(train_table.n)), validation], text_columns, label_column,
+        numeric_labels, strict, notes)
+    assert train is not None and validation is not None
+    train_targets = _targets(train, label_column, labels, train_table.name)
+    _check_learnable(train, label_column, labels, train_targets)
+    validation_targets = _targets(validation, label_column, labels, train_table.name)
+    if metric is None:
+        metric, note = inference.pick_metric(task_type, None if labels is None else train_targets, labels,
+                                             len(text_columns) == 2, "train")
+        notes.append(note)
+    train, train_targets = _subset(train, train_targets, labels, max_train_samples, seed, notes)
     return TaskData(
-        train=_build_dataset(train, tr_rows, text_cols, label_column, targets),
-        validation=_build_dataset(val_table, va_rows, text_cols, label_column, val_targets),
-        text_columns=text_cols,
+        train=_build_table(train, text_columns, label_column, train_targets),
+        validation=_build_table(validation, text_columns, label_column, validation_targets),
+        text_columns=text_columns,
         label_column=label_column,
         task_type=task_type,
         labels=labels,
@@ -578,6 +464,7 @@ def _load_source(
         validation_from=validation_from,
         fingerprint=src.fingerprint,
         inferred=tuple(src.notes + notes),
+        skipped={"train": train_lost, "validation": validation_lost},
     )
 
 
@@ -587,7 +474,7 @@ def check_task_fields(text_columns: Sequence[str], label_column: str, task_type:
 
     Returns the text columns, label column and labels as the loaders use them.
     """
-    text_cols = _validate_text_override(text_columns)
+    text_cols = _text_columns_option(text_columns)
     if not text_cols:
         raise DataError("the task records no text column; re-register it")
     label_column = str(label_column)
@@ -608,6 +495,10 @@ def check_task_fields(text_columns: Sequence[str], label_column: str, task_type:
     return text_cols, label_column, labels
 
 
+# --------------------------------------------------------------------------------------------
+# load_validation: a stored task's validation rows
+
+
 def load_validation(
     source: str,
     *,
@@ -617,45 +508,33 @@ def load_validation(
     labels: Sequence[str] | None,
     metric: str | None = None,
     seed: int = 0,
+    strict: bool = False,
 ) -> TaskData:
     """Load only the validation rows of ``source`` with a stored task's columns and label map.
 
     The validation rows are the ones :func:`load` would pick for the same source and ``seed``: the
-    directory's dev file, the hub's validation split, or the seeded 10% hold-out of a single file.
-    A label outside ``labels`` is a DataError. The returned ``train`` is empty (zero rows, same
-    columns); ``fingerprint`` equals what :func:`load` gives for the same files. Without ``metric``
-    it is inferred as in :func:`load`, from the validation rows.
+    directory's dev file, the hub's validation split, or the seeded 10% hold-out of a single file,
+    less the rows that cannot train (skipped or refused as in :func:`load`). A label outside
+    ``labels`` is a DataError. The returned ``train`` is empty (zero rows, same columns);
+    ``fingerprint`` equals what :func:`load` gives for the same files. Without ``metric`` it is
+    inferred as in :func:`load`, from the validation rows.
     """
     _check_seed(seed)
-    text_cols, label_column, labels = check_task_fields(text_columns, label_column, task_type, labels, metric)
-    required = [*text_cols, label_column]
+    text_columns, label_column, labels = check_task_fields(text_columns, label_column, task_type, labels, metric)
     src = resolve(source, need_train=False)
-    table, _, rows, validation_from = _validation_split(src, required, seed, "the task")
-    sub = table if rows is None else Table(
-        name=table.name,
-        columns={c: [table.columns[c][i] for i in rows] for c in required},
-        lines=None if table.lines is None else [table.lines[i] for i in rows],
-    )
-    _check_text(sub, text_cols)
-    _check_labels_present(sub, label_column)
+    validation, _, validation_from = _validation_split(src, [*text_columns, label_column], seed, "the task")
     notes = [f"validation: {validation_from}"]
-    if task_type == "regression":
-        targets = _regression_targets(sub, label_column, "the task is regression; fix those rows")
-    else:
-        targets = _class_indices(sub, label_column, {s: i for i, s in enumerate(labels)}, "the task's training data")
+    # As in load: a stray value is one among numbers, in a file whose labels are numbers.
+    numeric_labels = labels is None or (all(to_number(s) is not None for s in labels)
+                                        and inference.profile(validation.table.columns[label_column]).numeric)
+    (validation,), (lost,) = _keep_usable([validation], text_columns, label_column, numeric_labels, strict, notes)
+    assert validation is not None
+    targets = _targets(validation, label_column, labels, "the task's training data")
     if metric is None:
-        metric, note = _pick_metric(task_type, None if labels is None else targets, labels, len(text_cols),
-                                    "the validation rows")
+        metric, note = inference.pick_metric(task_type, None if labels is None else targets, labels,
+                                             len(text_columns) == 2, "the validation rows")
         notes.append(note)
-    return TaskData(
-        train=_build_dataset(sub, np.zeros(0, dtype=np.int64), text_cols, label_column, targets),
-        validation=_build_dataset(sub, None, text_cols, label_column, targets),
-        text_columns=text_cols,
-        label_column=label_column,
-        task_type=task_type,
-        labels=labels,
-        metric=metric,
-        validation_from=validation_from,
-        fingerprint=src.fingerprint,
-        inferred=tuple(notes),
-    )
+    table = _build_table(validation, text_columns, label_column, targets)
+    return TaskData(train=table.slice(0, 0), validation=table, text_columns=text_columns, label_column=label_column,
+                    task_type=task_type, labels=labels, metric=metric, validation_from=validation_from,
+                    fingerprint=src.fingerprint, inferred=tuple(notes), skipped={"train": 0, "validation": lost})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -13,13 +14,13 @@ from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DatabaseError, OperationalError
 
-import migrations
 from registry.errors import DatabaseUnavailable, NotARegistry, NotInitialised, SchemaMismatch
 
 if TYPE_CHECKING:
     from sqlalchemy.orm import Session
 
-MIGRATIONS_DIR = Path(migrations.__file__).resolve().parent
+# Found, not imported: migrations/env.py imports this module, so importing the package here would be a cycle.
+MIGRATIONS_PACKAGE = "registry.migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 SCHEMA_REVISION = "0002"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
 
@@ -96,12 +97,19 @@ def reading(engine: Engine) -> Iterator[Connection]:
         yield connection
 
 
+def migrations_dir() -> Path:
+    """The folder of the Alembic migrations shipped with this package, located without importing it."""
+    spec = importlib.util.find_spec(MIGRATIONS_PACKAGE)
+    assert spec is not None and spec.submodule_search_locations, f"{MIGRATIONS_PACKAGE} is not installed"
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
 def alembic_config(url: str):
     """An Alembic config for the migrations shipped with this package, pointed at `url`."""
     from alembic.config import Config
 
     config = Config()
-    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    config.set_main_option("script_location", str(migrations_dir()))
     config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     return config
 
@@ -128,18 +136,30 @@ def current_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as connection:
             tables = set(inspect(connection).get_table_names())
-            revision = connection.execute(text("SELECT version_num FROM alembic_version")).scalar() if "alembic_version" in tables else None
+            revision = (
+                connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+                if "alembic_version" in tables
+                else None
+            )
             if revision is None and tables - {"alembic_version"}:
-                raise NotARegistry(f"{describe(engine)} holds tables but no registry schema: point --home or REGISTRY_DB_URL at a registry")
+                raise NotARegistry(
+                    f"{describe(engine)} holds tables but no registry schema: "
+                    "point --home or REGISTRY_DB_URL at a registry"
+                )
             return revision
     except OperationalError as exc:
-        raise DatabaseUnavailable(f"cannot open database {describe(engine)}: {first_line(exc.orig)}; check --db / REGISTRY_DB_URL") from exc
+        raise DatabaseUnavailable(
+            f"cannot open database {describe(engine)}: {first_line(exc.orig)}; check --db / REGISTRY_DB_URL"
+        ) from exc
     except DatabaseError as exc:
-        raise NotARegistry(f"{describe(engine)} is not a registry database ({first_line(exc.orig)}): point --home or REGISTRY_DB_URL at a registry") from exc
+        raise NotARegistry(
+            f"{describe(engine)} is not a registry database ({first_line(exc.orig)}): "
+            "point --home or REGISTRY_DB_URL at a registry"
+        ) from exc
 
 
 def revision_at(url: str) -> str | None:
-    """The revision of the database at `url`; None when empty or (SQLite) when the file is absent, which is not created."""
+    """The revision of the database at `url`; None when empty or (SQLite) when the file is absent (not created)."""
     path = sqlite_path(url)
     if path is not None and not path.exists():
         return None
@@ -174,9 +194,14 @@ def upgrade_registry(url: str) -> str:
     """`registry db upgrade`: migrate an existing registry to head; refuse empty, foreign or newer databases."""
     revision = revision_at(url)
     if revision is None:
-        raise NotInitialised(f"no registry at {make_url(url).render_as_string(hide_password=True)}: run `registry init --base PATH_OR_HUB_ID` first")
+        raise NotInitialised(
+            f"no registry at {make_url(url).render_as_string(hide_password=True)}: "
+            "run `registry init --base PATH_OR_HUB_ID` first"
+        )
     if revision not in known_revisions():
-        raise SchemaMismatch(f"registry schema is at {revision}, newer than this code ({head_revision()}): upgrade adapter-registry")
+        raise SchemaMismatch(
+            f"registry schema is at {revision}, newer than this code ({head_revision()}): upgrade adapter-registry"
+        )
     upgrade(url)
     return head_revision()
 

@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-if TYPE_CHECKING:  # imported lazily at run time: `datasets` and `torch` are slow to import
-    import datasets
+if TYPE_CHECKING:  # imported lazily at run time: `pyarrow` and `torch` are slow to import
+    import pyarrow as pa
     import torch
 
 __all__ = [
@@ -47,12 +47,12 @@ _CACHE_FORMAT = "adapter-registry-encoded/1"
 _ENCODE_CHUNK = 2048
 
 
-def _column_list(split: datasets.Dataset, column: str) -> list:
-    return split.with_format("arrow")[column].to_pylist()
+def _column_list(split: pa.Table, column: str) -> list:
+    return split.column(column).to_pylist()
 
 
-def _label_array(split: datasets.Dataset, column: str) -> np.ndarray:
-    arr = split.with_format("arrow")[column].to_numpy()
+def _label_array(split: pa.Table, column: str) -> np.ndarray:
+    arr = split.column(column).to_numpy()
     return arr.astype(np.float32) if arr.dtype.kind == "f" else arr.astype(np.int64)
 
 
@@ -108,7 +108,7 @@ def _write_cache(path: Path, tensors: dict[str, np.ndarray], cache_key: str) -> 
 
 
 def encode(
-    split: datasets.Dataset,
+    split: pa.Table,
     text_columns: Sequence[str],
     tokenizer: Any,
     *,

@@ -38,6 +38,7 @@ __all__ = [
     "resolve",
     "load_dev",
     "to_number",
+    "looks_like_text",
     "norm",
     "FORMATS",
     "LABEL_NAMES",
@@ -213,8 +214,7 @@ def _detect_header(rows: list[list[str]]) -> bool:
         if numeric >= 0.9 * len(values):
             return True  # a word above a column of numbers
         short = sum(len(v.split()) <= 2 for v in values)
-        mean_tokens = sum(len(v.split()) for v in values) / len(values)
-        if mean_tokens >= MIN_TEXT_TOKENS and len(head.split()) <= 2 and short < 0.1 * len(values):
+        if looks_like_text(values) and len(head.split()) <= 2 and short < 0.1 * len(values):
             return True  # a word above a column of sentences
         distinct = set(values)
         if len(distinct) <= 20 and len(values) >= 10 and head not in distinct:
@@ -248,7 +248,9 @@ def _read_json(name: str, text: str, ext: str) -> Table:
                     raise DataError(f"{name} has columns ({', '.join(cols)}) but no examples; add examples")
                 return Table(name=name, columns={str(k): list(v) for k, v in cols.items()})
             if not isinstance(data, list):
-                raise DataError(f"{name} holds a JSON {type(data).__name__}, not a list of examples; use a list of objects")
+                raise DataError(
+                    f"{name} holds a JSON {type(data).__name__}, not a list of examples; use a list of objects"
+                )
             records = data
     if records is None:
         records, lines = [], []
@@ -258,7 +260,9 @@ def _read_json(name: str, text: str, ext: str) -> Table:
             try:
                 records.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise DataError(f"{name} line {ln} is not valid JSON ({e.msg}); each line must be one JSON object") from None
+                raise DataError(
+                    f"{name} line {ln} is not valid JSON ({e.msg}); each line must be one JSON object"
+                ) from None
             lines.append(ln)
     if not records:
         raise DataError(f"{name} holds no examples; add one JSON object per example")
@@ -266,7 +270,9 @@ def _read_json(name: str, text: str, ext: str) -> Table:
     for i, rec in enumerate(records):
         if not isinstance(rec, dict):
             where = f"line {lines[i]}" if lines else f"item {i + 1}"
-            raise DataError(f"{name} {where} is a JSON {type(rec).__name__}, not an object; write one object per example")
+            raise DataError(
+                f"{name} {where} is a JSON {type(rec).__name__}, not an object; write one object per example"
+            )
         for k in rec:
             keys.setdefault(k, None)
     columns = {str(k): [rec.get(k) for rec in records] for k in keys}
@@ -327,6 +333,14 @@ def to_number(v: Any) -> float | None:
             return None
         return f if math.isfinite(f) else None
     return None
+
+
+def looks_like_text(values: Sequence[str]) -> bool:
+    """The one rule for "this column holds text": its values (a sample, as strings) are mostly not numbers
+    and average MIN_TEXT_TOKENS or more whitespace-separated words."""
+    if not values or sum(to_number(v) is not None for v in values) >= 0.9 * len(values):
+        return False
+    return sum(len(v.split()) for v in values) / len(values) >= MIN_TEXT_TOKENS
 
 
 def norm(name: str) -> str:
@@ -397,7 +411,9 @@ def _load_hub(source: str) -> tuple[Any, str]:
 def _source_from_datasetdict(dsd: Any, label: str, fingerprint: str, *, need_train: bool = True) -> Source:
     splits = list(dsd)
     if "train" not in dsd:
-        raise DataError(f"{label} has no 'train' split (splits: {', '.join(splits)}); pass a local directory or file with --data")
+        raise DataError(
+            f"{label} has no 'train' split (splits: {', '.join(splits)}); pass a local directory or file with --data"
+        )
     val_split = next((s for s in _HUB_VALIDATION_SPLITS if s in dsd), None)
     train = _table_from_dataset(dsd["train"], f"train split of {label}")
     if val_split is None:

@@ -24,12 +24,14 @@ from sqlalchemy import Row, func, select, update
 
 from registry import checkpoint, data, encoding, lifecycle, train
 from registry.adapters import AdapterModel, trainable_parameters
+from registry.data import head_size
 from registry.catalog import find_task, task_row
 from registry.core import Registry
 from registry.errors import DataError, InvalidName, RegistryError, TaskExists, UnknownTask, VersionError
 from registry.models import Evaluation, Metric, Run, Task
 from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
+from registry.verify import ADAPTER_CONFIG_FORMAT
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256
@@ -47,6 +49,7 @@ class DataOptions:
     task_type: str | None = None
     metric: str | None = None
     max_train_samples: int | None = None
+    strict: bool = False  # refuse data with rows that cannot train instead of skipping them
 
 
 def validate_name(name: str) -> None:
@@ -105,7 +108,7 @@ def add_task(
     check_max_length(config.max_length, base.config)
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
-                       max_train_samples=options.max_train_samples, seed=config.seed)
+                       max_train_samples=options.max_train_samples, seed=config.seed, strict=options.strict)
     if new_version:
         check_fits(existing, loaded)
     for line in loaded.inferred:
@@ -218,11 +221,6 @@ def build_model(base_dir, adapter_size: int, head_size: int, seed: int) -> Adapt
     return AdapterModel(encoder, adapter_size, [head_size])
 
 
-def head_size(loaded_or_task) -> int:
-    """Outputs of the task head: one per class, or one for regression."""
-    return 1 if loaded_or_task.task_type == "regression" else len(loaded_or_task.labels)
-
-
 def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded: data.TaskData,
              device: torch.device) -> int:
     """Record a run in state `running`."""
@@ -240,14 +238,16 @@ def new_run(task_id: int, config: train.TrainConfig, loaded: data.TaskData, devi
 
 def run_fields(config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> dict:
     """A run's fields; host and pid let the next command tell whether its process died."""
-    return dict(status="running", hyperparams=config.as_dict(), seed=config.seed, versions=software_versions(),
+    # The rows skipped because they cannot train go with the hyper-parameters: what this run was trained on.
+    hyperparams = {**config.as_dict(), "skipped_rows": loaded.skipped}
+    return dict(status="running", hyperparams=hyperparams, seed=config.seed, versions=software_versions(),
                 device=str(device), host=this_host(), pid=os.getpid(), data_fingerprint=loaded.fingerprint,
                 validation_from=loaded.validation_from)
 
 
 def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress):
     """One run: build, fit, and commit every epoch's metrics as they come (add_task's Heartbeat keeps the run alive)."""
-    model = build_model(base_dir, config.adapter_size, head_size(loaded), config.seed)
+    model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), config.seed)
 
     def record(epoch: train.EpochResult) -> None:
         with registry.write() as session:
@@ -274,7 +274,7 @@ def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig,
     """The task's two artifacts: trainable tensors as safetensors, and its JSON config."""
     weights = save_tensors(dict(sorted(state.items())))
     task_config = {
-        "format": "adapter-registry/adapter@1",
+        "format": ADAPTER_CONFIG_FORMAT,
         "model_type": base.model_type,
         "base_sha256": base.sha256,
         "adapter_size": config.adapter_size,
@@ -323,7 +323,7 @@ def abandon(registry: Registry, task_id: int, run_id: int | None, exc: BaseExcep
 def load_task_model(registry: Registry, task: Row, base: Row, device: torch.device) -> tuple[AdapterModel, object]:
     """A stored task's model (verified weights) and the base tokenizer."""
     base_dir = checkpoint.unpack(registry, base)
-    model = build_model(base_dir, task.adapter_size, head_size(task), seed=0)
+    model = build_model(base_dir, task.adapter_size, head_size(task.task_type, task.labels), seed=0)
     model.load_task_state_dict(load_tensors(registry.store.get(task.adapter_sha256)))
     return model.to(device), load_tokenizer(base_dir)
 

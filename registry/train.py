@@ -106,11 +106,16 @@ def fit(
     on_epoch: Callable[[EpochResult], None] = lambda result: None,
     on_step: Callable[[], None] = lambda: None,
     progress: bool = False,
+    make_optimizer: Callable[[torch.nn.Module, float], torch.optim.Optimizer] | None = None,
 ) -> FitResult:
-    """Train the model's trainable parameters; evaluate after every epoch; return the best epoch's weights."""
+    """Train the model's trainable parameters; evaluate after every epoch; return the best epoch's weights.
+
+    The optimizer is Adam at ``config.lr``, without weight decay or gradient clipping (docs/benchmarks.md,
+    "The recipe against the reference"); ``make_optimizer(model, lr)`` replaces it (bench.recipe does).
+    """
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.Adam(trainable, lr=config.lr)
+    optimizer = make_optimizer(model, config.lr) if make_optimizer else torch.optim.Adam(trainable, lr=config.lr)
     steps_per_epoch = math.ceil(len(train.labels) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step, total_steps, config.warmup))
@@ -123,7 +128,13 @@ def fit(
         model.train()
         started = time.perf_counter()
         losses = []
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{config.epochs}", unit="batch", disable=not progress, leave=False)
+        bar = tqdm(
+            total=steps_per_epoch,
+            desc=f"epoch {epoch}/{config.epochs}",
+            unit="batch",
+            disable=not progress,
+            leave=False,
+        )
         epoch_batches = batches(train, config.batch_size, pad_id=pad_id, shuffle=True, seed=config.seed + epoch)
         for step, batch in enumerate(epoch_batches, start=1):
             with autocast:

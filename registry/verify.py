@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 
 from registry.core import Registry
+from registry.data import head_size
 from registry.lifecycle import CURRENT_FIELDS
 from registry.models import Artifact, Evaluation, Run, Task, TaskVersion
 from registry.runs import sweep_stale_runs
@@ -278,11 +279,6 @@ def adapter_problem(raw: bytes, base_config: dict, adapter_size: int, head_size:
 def task_facts(task) -> dict[str, Any]:
     """The fields of a task row its config artifact must repeat."""
     return {key: getattr(task, key) for key in TASK_CONFIG_FIELDS}
-
-
-def head_size(task_type: str, labels: list | None) -> int:
-    """Outputs of a task's head: one per class, or one for regression."""
-    return 1 if task_type == "regression" else len(labels or ())
 
 
 def check_store(registry: Registry, known: set[str], report: Report) -> tuple[list[str], int]:

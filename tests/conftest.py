@@ -9,9 +9,9 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from cli.main import cli
+from registry.cli.main import cli
 from registry.config import Settings
-from tests.helpers import PG_URL, make_settings, write_tiny_bert
+from tests.helpers import PG_URL, REPO, make_settings, write_tiny_bert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -19,7 +19,6 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # train 3-30x faster than with threads spinning against each other on a busy 2-core machine.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 
 

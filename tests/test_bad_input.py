@@ -22,12 +22,11 @@ import pytest
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from cli.main import cli
+from registry.cli.main import cli
 from registry import db
 from registry.config import Settings
-from tests.conftest import PG_URL
 from tests.bad_bundles import write_bad_bundles
-from tests.helpers import one_line_error, snapshot
+from tests.helpers import PG_URL, one_line_error, snapshot
 
 UNREACHABLE = "postgresql+psycopg://nobody@127.0.0.1:1/none"
 
@@ -102,8 +101,16 @@ CASES = [
          "columns are: sentence, label"),
     case("data-no-text-column", f"{NEW} {{bad}}/notext.tsv", "no column of notext.tsv looks like text", "pass --text-column NAME"),
     case("data-ragged-row", f"{NEW} {{bad}}/ragged.tsv", "ragged.tsv line 32 has 3 fields but line 1 has 2", "fix that line"),
-    case("labels-nan", f"{NEW} {{bad}}/nan.tsv", "label column label of nan.tsv is NaN in 15 of 30 rows", "fill in or drop those rows"),
-    case("labels-empty", f"{NEW} {{bad}}/blank.tsv", "label column label of blank.tsv is empty in 1 of 30 rows", "fill in or drop"),
+    case("labels-nan", f"{NEW} {{bad}}/nan.tsv", "nan.tsv has 15 of 30 rows (50.0%) that cannot train: no label (lines 2, 4, 6, ...)",
+         "more than the 5% that may be skipped: fix those rows"),
+    case("labels-empty-strict", f"{NEW} {{bad}}/blank.tsv --strict", "blank.tsv has 1 of 30 rows that cannot train: no label (line 9)",
+         "fix or drop those rows, or leave out --strict to skip them"),
+    case("text-empty-strict", f"{NEW} {{bad}}/hole.tsv --strict", "hole.tsv has 1 of 30 rows that cannot train: empty sentence (line 4)",
+         "leave out --strict to skip them"),
+    case("labels-stray-strict", f"{NEW} {{bad}}/stray.tsv --strict",
+         "stray.tsv has 1 of 30 rows that cannot train: label not a number ('inf') (line 6)", "leave out --strict"),
+    case("text-empty-too-many", f"{NEW} {{bad}}/holes.tsv", "holes.tsv has 3 of 30 rows (10.0%) that cannot train: empty sentence",
+         "fix those rows, or check --text-column, --label-column and --task-type"),
     case("labels-single-class", f"{NEW} {{bad}}/oneclass.tsv", "has one class ('1')", "a classifier needs at least two"),
     case("labels-not-numbers", f"{NEW} {{bad}}/words.tsv --task-type regression", "non-numeric value 'pos'",
          "pass --task-type classification"),
@@ -267,6 +274,16 @@ def write_files(bad: Path) -> Path:
     blank = sentences(30, 4)
     blank[7] = blank[7].split("\t")[0] + "\t"
     (bad / "blank.tsv").write_text("\n".join([header, *blank]) + "\n")
+    hole = sentences(30, 9)
+    hole[2] = "\t" + hole[2].split("\t")[1]
+    (bad / "hole.tsv").write_text("\n".join([header, *hole]) + "\n")
+    holes = sentences(30, 10)
+    for i in (0, 10, 20):
+        holes[i] = "\t" + holes[i].split("\t")[1]
+    (bad / "holes.tsv").write_text("\n".join([header, *holes]) + "\n")
+    stray = sentences(30, 11)
+    stray[4] = stray[4].split("\t")[0] + "\tinf"
+    (bad / "stray.tsv").write_text("\n".join([header, *stray]) + "\n")
     (bad / "oneclass.tsv").write_text("\n".join([header, *sentences(30, 5, labels=(1,))]) + "\n")
     (bad / "words.tsv").write_text("\n".join([header, *sentences(30, 6, labels=("pos", "neg"))]) + "\n")
     (bad / "latin1.tsv").write_bytes(("\n".join([header, *sentences(30, 7), "un film très bon\t1"]) + "\n").encode("latin-1"))

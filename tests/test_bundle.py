@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
-from cli.main import cli
+from registry.cli.main import cli
 from registry import bundle
 from registry.config import Settings
 from registry.core import open_registry

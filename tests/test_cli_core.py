@@ -11,10 +11,9 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from registry.cli.main import cli
 from registry import db
-from tests.conftest import REPO
-from tests.helpers import one_line_error, snapshot
+from tests.helpers import REPO, one_line_error, snapshot
 
 
 def test_init_then_list_is_empty(run_cli, tiny_base, settings):
@@ -113,8 +112,17 @@ def test_unreachable_postgres(tmp_path):
 
 
 def test_debug_shows_the_traceback(tmp_path):
-    result = CliRunner().invoke(cli, ["--home", str(tmp_path / "none"), "--debug", "list"])
-    assert result.exit_code == 1 and result.exception is not None
+    """The real process: one line without --debug, the traceback of the library's error with it."""
+    def registry(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "registry.cli", "--home", str(tmp_path / "none"), *args], cwd=REPO,
+                              capture_output=True, text=True)
+
+    plain, debug = registry("list"), registry("--debug", "list")
+    assert plain.returncode == debug.returncode == 1
+    assert plain.stderr.startswith("Error: no registry at") and len(plain.stderr.splitlines()) == 1
+    assert debug.stderr.startswith("Traceback (most recent call last):")
+    assert 'registry/core.py", line' in debug.stderr and "in open_registry" in debug.stderr  # the frame that raised it
+    assert debug.stderr.strip().splitlines()[-1].startswith("registry.errors.NotInitialised: no registry at")
 
 
 def test_every_command_has_help_with_an_example():
@@ -124,7 +132,7 @@ def test_every_command_has_help_with_an_example():
             if isinstance(command, click.Group):
                 yield from walk(command, f"{prefix} {name}")
 
-    for path, command in walk(cli, "registry"):
+    for path, _command in walk(cli, "registry"):
         result = CliRunner().invoke(cli, [*path.split()[1:], "--help"])
         assert result.exit_code == 0, path
         assert "Example:" in result.output, f"{path} --help has no Example"
@@ -134,9 +142,10 @@ def test_every_command_has_help_with_an_example():
 def test_read_commands_import_neither_torch_nor_the_orm(command, tmp_path, tiny_base):
     assert CliRunner().invoke(cli, ["--home", str(tmp_path), "init", "--base", str(tiny_base)]).exit_code == 0
     code = (
-        "import sys\nfrom cli.main import cli\n"
+        "import sys\nfrom registry.cli.main import cli\n"
         f"try:\n    cli({command!r}, prog_name='registry')\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'alembic', 'fsspec', 'sqlalchemy.orm') if m in sys.modules]\n"
+        "heavy = ('torch', 'transformers', 'datasets', 'alembic', 'fsspec', 'sqlalchemy.orm')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     env = {"REGISTRY_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}

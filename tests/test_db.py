@@ -15,8 +15,7 @@ from sqlalchemy import inspect, text
 from registry import db
 from registry.errors import NotARegistry, NotInitialised, SchemaMismatch
 from registry.schema import metadata
-
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def test_single_head_is_the_revision_the_code_expects():

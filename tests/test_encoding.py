@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from registry import data, encoding
-from tests.test_data import col, sentences
+from tests.helpers import col, sentences
 
 
 @pytest.fixture(scope="module")
@@ -25,11 +25,11 @@ def tokenizer():
 
 
 def _pair_split(n=7, long=False):
-    import datasets
+    import pyarrow as pa
 
     a = sentences(n)
     b = [s[::-1] * (20 if long and i == 0 else 1) for i, s in enumerate(a)]
-    return datasets.Dataset.from_dict({"s1": a, "s2": b, "label": [i % 2 for i in range(n)]})
+    return pa.table({"s1": a, "s2": b, "label": pa.array([i % 2 for i in range(n)], pa.int64())})
 
 
 def test_encode_pairs_match_the_tokenizer(tokenizer):
@@ -46,14 +46,16 @@ def test_encode_pairs_match_the_tokenizer(tokenizer):
 
 
 def test_encode_single_truncates_and_has_no_token_types(tokenizer):
-    import datasets
+    import pyarrow as pa
 
-    split = datasets.Dataset.from_dict({"text": [" ".join(sentences(12))], "y": np.array([1.5], dtype=np.float32)})
+    split = pa.table({"text": [" ".join(sentences(12))], "y": np.array([1.5], dtype=np.float32)})
     enc = encoding.encode(split, ["text"], tokenizer, max_length=16, cache_dir=None, cache_key="k")
     assert enc.input_ids[0].tolist() == tokenizer(col(split, "text")[0], truncation=True, max_length=16)["input_ids"]
     assert len(enc.input_ids[0]) == 16 and enc.token_type_ids is None
     assert enc.labels.dtype == np.float32 and enc.labels.tolist() == [1.5]
-    long_pair = encoding.encode(_pair_split(long=True), ("s1", "s2"), tokenizer, max_length=20, cache_dir=None, cache_key="k")
+    long_pair = encoding.encode(
+        _pair_split(long=True), ("s1", "s2"), tokenizer, max_length=20, cache_dir=None, cache_key="k"
+    )
     assert max(len(x) for x in long_pair.input_ids) == 20
 
 
@@ -62,7 +64,9 @@ def test_encode_cache(tokenizer, tmp_path):
 
     split = _pair_split(9)
     cache = tmp_path / "cache"
-    first = encoding.encode(split, ("s1", "s2"), tokenizer, max_length=32, cache_dir=cache, cache_key="abc", progress=True)
+    first = encoding.encode(
+        split, ("s1", "s2"), tokenizer, max_length=32, cache_dir=cache, cache_key="abc", progress=True
+    )
     files = sorted(cache.iterdir())
     assert len(files) == 1 and files[0].suffix == ".safetensors"  # one file, no temp leftovers
     stored = load_file(str(files[0]))
@@ -83,7 +87,7 @@ def test_encode_cache(tokenizer, tmp_path):
     with pytest.raises(ValueError, match="needs a tokenizer"):
         encoding.encode(split, ("s1", "s2"), None, max_length=32, cache_dir=cache, cache_key="other")
     with pytest.raises(ValueError, match="needs a tokenizer"):
-        encoding.encode(split.select(range(5)), ("s1", "s2"), None, max_length=32, cache_dir=cache, cache_key="abc")
+        encoding.encode(split.slice(0, 5), ("s1", "s2"), None, max_length=32, cache_dir=cache, cache_key="abc")
 
     # a damaged cache file is re-tokenised and replaced
     files[0].write_bytes(b"garbage")
@@ -152,7 +156,9 @@ def test_batches_deterministic_per_seed_and_length_grouped():
 
 def test_encode_real_pair_task(glue_dir, tokenizer, tmp_path):
     mrpc = data.load(str(glue_dir / "MRPC"))
-    enc = encoding.encode(mrpc.validation, mrpc.text_columns, tokenizer, max_length=128, cache_dir=tmp_path, cache_key="m")
+    enc = encoding.encode(
+        mrpc.validation, mrpc.text_columns, tokenizer, max_length=128, cache_dir=tmp_path, cache_key="m"
+    )
     assert len(enc.input_ids) == 408
     a, b = col(mrpc.validation, "#1 String")[0], col(mrpc.validation, "#2 String")[0]
     assert enc.input_ids[0].tolist() == tokenizer(a, b, truncation=True, max_length=128)["input_ids"]

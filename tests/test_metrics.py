@@ -1,4 +1,4 @@
-"""GLUE metrics against hand-computed values, ties and degenerate inputs."""
+"""GLUE metrics against hand-computed values, ties and degenerate inputs, and against scipy / scikit-learn (oracles)."""
 
 import math
 
@@ -8,8 +8,13 @@ import pytest
 from registry import metrics
 
 
-def test_metric_names():
-    assert metrics.METRICS == ("accuracy", "f1", "mcc", "spearman", "pearson")
+def test_every_metric_is_offered_by_the_cli_and_belongs_to_one_task_type():
+    from registry.cli.train import add_task
+
+    offered = next(p for p in add_task.params if p.name == "metric").type.choices
+    assert tuple(offered) == metrics.METRICS
+    assert set(metrics.CLASSIFICATION_METRICS) | set(metrics.REGRESSION_METRICS) == set(metrics.METRICS)
+    assert not set(metrics.CLASSIFICATION_METRICS) & set(metrics.REGRESSION_METRICS)
 
 
 @pytest.mark.parametrize(
@@ -112,11 +117,47 @@ def test_constant_predictions_give_zero_correlations_not_nan():
 
 
 def test_float32_and_numpy_inputs():
-    pred = np.array([0.1, 0.4, 0.35, 0.8], dtype=np.float32)
-    ref = np.array([0, 0, 1, 1], dtype=np.int64)
+    """float32 predictions score as their float64 values do (scipy's oracle, in float64)."""
+    from scipy import stats
+
+    pred = np.array([0.1, 0.4, 0.35, 0.8, 0.2, 0.65], dtype=np.float32)
+    ref = np.array([0, 0, 1, 1, 0, 1], dtype=np.int64)
     out = metrics.compute("pearson", pred, ref)
-    assert -1.0 <= out["pearson"] <= 1.0
-    assert out["spearman"] == pytest.approx(metrics.compute("spearman", pred.astype(np.float64), ref)["spearman"])
+    assert out["pearson"] == pytest.approx(stats.pearsonr(pred.astype(np.float64), ref).statistic, abs=1e-6)
+    assert out["spearman"] == pytest.approx(stats.spearmanr(pred.astype(np.float64), ref).statistic, abs=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# scipy and scikit-learn as oracles, on random inputs with ties and every class count
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_classification_metrics_match_scikit_learn(seed):
+    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+
+    rng = np.random.default_rng(seed)
+    n, classes = int(rng.integers(5, 200)), int(rng.integers(2, 6))
+    ref = rng.integers(0, classes, size=n)
+    pred = np.where(rng.random(n) < rng.random(), ref, rng.integers(0, classes, size=n))  # partly right
+    assert metrics.compute("accuracy", pred, ref)["accuracy"] == pytest.approx(accuracy_score(ref, pred), abs=1e-12)
+    assert metrics.compute("mcc", pred, ref)["mcc"] == pytest.approx(matthews_corrcoef(ref, pred), abs=1e-9)
+    binary_ref, binary_pred = ref % 2, pred % 2
+    assert metrics.compute("f1", binary_pred, binary_ref)["f1"] == pytest.approx(
+        f1_score(binary_ref, binary_pred, pos_label=1, zero_division=0.0), abs=1e-12)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_correlations_match_scipy(seed):
+    from scipy import stats
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(3, 300))
+    ref = np.round(rng.uniform(0, 5, size=n), int(rng.integers(0, 2)))  # rounding makes ties
+    pred = ref * rng.uniform(-1, 1) + rng.normal(size=n)
+    pred = np.round(pred, 1) if seed % 2 else pred
+    out = metrics.compute("spearman", pred, ref)
+    assert out["spearman"] == pytest.approx(stats.spearmanr(pred, ref).statistic, abs=1e-9)
+    assert out["pearson"] == pytest.approx(stats.pearsonr(pred, ref).statistic, abs=1e-9)
 
 
 @pytest.mark.parametrize(
