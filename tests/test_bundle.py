@@ -26,7 +26,7 @@ from registry.core import open_registry
 from registry.errors import BundleError, DataError, UnknownTask
 from registry.models import Base
 from registry.predictor import Prediction, Predictor, pad_adapters
-from tests.helpers import make_settings, one_line_error, sentiment_rows, snapshot
+from tests.helpers import make_settings, one_line_error, snapshot, write_task_data
 
 TASKS = {  # name: add-task options; sizes and lengths differ so padding and per-task max_length are exercised
     "sentiment": ("--adapter-size", "8", "--max-length", "12"),
@@ -41,23 +41,9 @@ INPUTS = {  # the last inputs run past their task's max_length
 }
 ITEMS = [(task, text) for group in zip(*(([(t, x) for x in INPUTS[t]]) for t in NAMES)) for task, text in group]
 ITEMS += [(task, text) for task in NAMES for text in INPUTS[task][3:]]
-def write_tsv(path: Path, header: list[str], rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join("\t".join(map(str, row)) for row in [header, *rows]) + "\n")
-
-
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
-        write_tsv(root / "sentiment" / f"{split}.tsv", ["sentence", "label"],
-                  [(s, "positive" if label else "negative") for s, label in sentiment_rows(n, seed)])
-        pairs = zip(sentiment_rows(n, seed + 10), sentiment_rows(n, seed + 20))
-        write_tsv(root / "pairs" / f"{split}.tsv", ["sentence1", "sentence2", "label"], [(a, b, int(x == y)) for (a, x), (b, y) in pairs])
-        pairs = zip(sentiment_rows(n, seed + 30), sentiment_rows(n, seed + 40))
-        write_tsv(root / "similarity" / f"{split}.tsv", ["sentence1", "sentence2", "score"],
-                  [(a, b, 1.0 + 2.5 * x + 1.5 * y) for (a, x), (b, y) in pairs])
-    return root
+    return write_task_data(tmp_path_factory.mktemp("data"))
 
 
 def cli_for(settings: Settings):
