@@ -136,7 +136,8 @@ def test_read_commands_import_neither_torch_nor_the_orm(command, tmp_path, tiny_
     code = (
         "import sys\nfrom cli.main import cli\n"
         f"try:\n    cli({command!r}, prog_name='registry')\nexcept SystemExit:\n    pass\n"
-        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'alembic', 'fsspec', 'sqlalchemy.orm') if m in sys.modules]\n"
+        "heavy = [m for m in ('torch', 'transformers', 'datasets', 'alembic', 'fsspec', 'sqlalchemy.orm', 'fastapi', 'uvicorn',"
+        " 'prometheus_client') if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )
     env = {"REGISTRY_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"}
