@@ -23,7 +23,6 @@ import asyncio
 import json
 import re
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ from pathlib import Path
 
 from bench import common
 from bench.bundle import TASKS, build_registry, sample_items
+from tests.helpers import stop
 
 HEADING = "Serving: dynamic batching, one base for many tasks, memory, hot-add"
 GLUE = common.REPO.parent / "shared" / "data" / "glue"
@@ -74,12 +74,7 @@ def serving(home: Path, *args: str):
         asyncio.run(wait_ready(server))
         yield server
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=60)
+        stop(process, 60)
 
 
 async def wait_ready(server: Server, seconds: float = 300) -> None:

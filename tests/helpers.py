@@ -122,3 +122,17 @@ def write_task_data(root: Path) -> Path:
         write_tsv(root / "similarity" / f"{split}.tsv", ["sentence1", "sentence2", "score"],
                   [(a, b, 1.0 + 2.5 * x + 1.5 * y) for (a, x), (b, y) in pairs])
     return root
+
+
+def stop(process, seconds: float = 30) -> None:
+    """Stop a server process: SIGTERM (it drains), then SIGKILL if it is still there after `seconds`."""
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=seconds)

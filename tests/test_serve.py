@@ -26,7 +26,7 @@ import pytest
 from sqlalchemy import create_engine, text
 
 from registry.config import Settings
-from tests.helpers import make_settings, write_task_data
+from tests.helpers import make_settings, stop, write_task_data
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = {  # name: add-task options
@@ -107,13 +107,7 @@ def serving(settings: Settings, *args):
             time.sleep(0.1)
         yield server
     finally:
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=30)
+        stop(process)
 
 
 def predicted(settings: Settings, rows: list[dict], *extra) -> list[dict]:
