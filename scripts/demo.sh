@@ -39,8 +39,9 @@ for _ in $(seq 600); do
   sleep 0.2
 done
 cat demo-out/serve.log
-step curl -sS "$URL/v1/predict" -H 'content-type: application/json' \
-  -d '{"inputs": [{"task": "sst2", "text": "a gripping, beautifully made film"}, {"task": "cola", "text": "The more you eat, the more you want it the."}]}'
+BODY='{"inputs": [{"task": "sst2", "text": "a gripping, beautifully made film"}, {"task": "cola", "text": "The more you eat, the more you want it the."}]}'
+printf "\n\$ curl -sS %s/v1/predict -H 'content-type: application/json' -d '%s'\n" "$URL" "$BODY"
+curl -sS "$URL/v1/predict" -H 'content-type: application/json' -d "$BODY"
 echo
 step curl -sS "$URL/metrics" -o demo-out/metrics.txt
 grep -E '^registry_serve_(requests_total|tasks_loaded)' demo-out/metrics.txt
