@@ -27,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from contextlib import ExitStack, contextmanager
 from datetime import timezone
@@ -48,11 +49,16 @@ class Server:
 
     def __init__(self, process: subprocess.Popen) -> None:
         self.process = process
-        line = process.stderr.readline()
-        found = re.search(r"on http://([\d.]+):(\d+)", line)
-        if not found:
-            raise RuntimeError(f"the server did not start: {line}{process.stderr.read()[-2000:]}")
+        seen = []
+        for line in process.stderr:  # until it says where it listens (it exits, closing stderr, if it cannot)
+            seen.append(line)
+            found = re.search(r"on http://([\d.]+):(\d+)", line)
+            if found:
+                break
+        else:
+            raise RuntimeError(f"the server did not start: {''.join(seen)[-2000:]}")
         self.host, self.port = found.group(1), int(found.group(2))
+        threading.Thread(target=lambda: sum(1 for _ in process.stderr), daemon=True).start()  # keep its stderr flowing
 
     def rss(self) -> int:
         """Resident bytes now (VmRSS)."""
