@@ -66,7 +66,7 @@ def load(path: str | os.PathLike, tasks: Sequence[str] | None = None, *, device:
         manifest = verify(root, path)
         entries = _pick(manifest["tasks"], tasks, f"bundle {path}")
         specs = [TaskSpec.from_config(entry["name"], json.loads((root / entry["config"]).read_bytes())) for entry in entries]
-        states = [load_tensors((root / entry["adapter"]).read_bytes()) for entry in entries]
+        states = (load_tensors((root / entry["adapter"]).read_bytes()) for entry in entries)
         target = pick_device(device)
         if dtype is None:
             dtype = manifest["dtype"] if target.type == "cuda" else "float32"

@@ -65,14 +65,14 @@ class RegistryTasks:
     def _build(self, rows: list[Row]) -> Predictor:
         """A Predictor for `rows`: states of tasks served unchanged come from the current stack, others from the store."""
         current = self.predictor
-        specs, states = [], []
-        for row in rows:
-            spec = TaskSpec.from_config(row.name, json.loads(self.registry.store.get(row.config_sha256)))
+        specs = [TaskSpec.from_config(row.name, json.loads(self.registry.store.get(row.config_sha256))) for row in rows]
+
+        def state(row: Row, spec: TaskSpec):
             kept = current is not None and current.about.get(row.name, {}).get("adapter_sha256") == row.adapter_sha256 \
                 and current.specs[row.name] == spec
-            specs.append(spec)
-            states.append(current.task_state(row.name) if kept else load_tensors(self.registry.store.get(row.adapter_sha256)))
-        return Predictor(self.base, specs, states, [about(row) for row in rows])
+            return current.task_state(row.name) if kept else load_tensors(self.registry.store.get(row.adapter_sha256))
+
+        return Predictor(self.base, specs, (state(row, spec) for row, spec in zip(rows, specs)), [about(row) for row in rows])
 
 
 def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, device: str = "auto") -> Predictor:

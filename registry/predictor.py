@@ -13,7 +13,7 @@ import copy
 import itertools
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -138,8 +138,10 @@ class Predictor:
     max_length. `about` holds what `GET /v1/tasks` lists per task.
     """
 
-    def __init__(self, base: FrozenBase, specs: Sequence[TaskSpec], states: Sequence[dict[str, torch.Tensor]],
+    def __init__(self, base: FrozenBase, specs: Sequence[TaskSpec], states: Iterable[dict[str, torch.Tensor]],
                  about: Sequence[dict] | None = None) -> None:
+        """`states` (task i's tensors, in `specs` order) may be a generator: each is copied into the stack, then let go,
+        so building holds one task's tensors at a time besides the stack."""
         if not specs:
             raise UnknownTask("no tasks to serve: name at least one")
         self.base = base
