@@ -74,10 +74,14 @@ class Server:
         raise RuntimeError("no VmRSS")
 
 
+THREADS: dict[str, int | None] = {"server": None}  # torch threads of every server (--threads); None: torch's own
+
+
 @contextmanager
 def serving(home: Path, *args: str, threads: int | None = None):
-    """Start `registry serve --port 0 ARGS` for the registry at `home` (torch's own threads, or `threads`);
+    """Start `registry serve --port 0 ARGS` for the registry at `home` (on `threads` torch threads, default --threads);
     stopped (SIGTERM, then SIGKILL) at the end."""
+    threads = threads or THREADS["server"]
     command = [*common.registry_command(), "--home", str(home), "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
                *args]
     env = common.offline_env(**({"OMP_NUM_THREADS": str(threads)} if threads else {}))
@@ -314,8 +318,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--requests", type=int, help="Requests per measured load (default 600, --quick 60).")
     parser.add_argument("--seconds", type=float, default=60, help="Most seconds per measured load.")
     parser.add_argument("--workdir", type=Path, help="Keep the registry and bundles here and reuse them on the next run.")
+    parser.add_argument("--threads", type=int, help="torch threads per server (default: torch's own); 1 gives steadier ratios "
+                        "on a machine shared with other work.")
     common.add_docs_options(parser)
     args = parser.parse_args(argv)
+    THREADS["server"] = args.threads
     requests = args.requests or (60 if args.quick else 600)
     info = common.machine()
     info["load average (1 min) at start"] = info.pop("load average (1 min, at start)")
@@ -352,12 +359,14 @@ def main(argv: list[str] | None = None) -> None:
 
     at32 = {row[1]: float(row[7].rstrip("x")) for row in batch_rows if row[0] == 32}
     wide = float(memory_rows[2][3].rstrip("x"))
+    threads = f"{args.threads} torch thread(s) each" if args.threads else "torch's own threads"
     body = (
         f"MiniLM (all-MiniLM-L6-v2) and 5 GLUE tasks ({', '.join(names)}), trained with `registry add-task` on "
         f"{args.train_samples} rows, 1 epoch, max length 64 (the scores do not matter for serving"
         f"{'; trained in this run: ' + ', '.join(f'{k} {v:.0f} s' for k, v in trained.items()) if trained else ''}). "
         f"Load: the first 64 dev-set inputs of each task, one input per request, client i on task i mod 5; "
-        f"at most {requests} requests or {args.seconds:g} s per measured load. Servers on CPU with torch's own threads, "
+        f"at most {requests} requests or {args.seconds:g} s per measured load. Servers on CPU with "
+        f"{threads}, "
         f"default limits unless named. Client: bench/serve.py's asyncio HTTP/1.1 client (keep-alive, one connection per client); "
         f"figures are what the clients measured.\n\n"
         f"### 1. Dynamic batching against batch size 1 (same server, same 5 tasks)\n\n"
