@@ -215,9 +215,10 @@ def batches(
 
     With ``shuffle``: a seeded permutation, cut into windows of 50 batches, each window sorted by
     length and cut into batches, then the batches in a seeded random order. Without: rows sorted by
-    length (stable), so padding is small; use ``index`` to put predictions back in row order;
-    ``max_tokens`` (without shuffle) also cuts a batch before its padded size (rows x longest row)
-    would pass it. Every row appears exactly once.
+    length (stable), so padding is small; use ``index`` to put predictions back in row order.
+    With ``max_tokens`` (without shuffle), the sorted rows are cut where it saves padding (see
+    ``_least_padding``) and so that no batch's padded size (rows x longest row) passes it.
+    Every row appears exactly once.
     """
     import torch
 
@@ -239,9 +240,10 @@ def batches(
         plan = [groups[i] for i in order]
     else:
         srt = np.argsort(lengths, kind="stable")
-        plan = [srt[i:i + batch_size] for i in range(0, n, batch_size)]
-        if max_tokens is not None:
-            plan = [piece for idx in plan for piece in _within_tokens(idx, lengths, int(max_tokens))]
+        if max_tokens is None:
+            plan = [srt[i:i + batch_size] for i in range(0, n, batch_size)]
+        else:
+            plan = _least_padding(srt, lengths, batch_size, int(max_tokens))
 
     types = encoded.token_type_ids
     labels = encoded.labels
@@ -267,11 +269,29 @@ def batches(
         yield batch
 
 
-def _within_tokens(idx: np.ndarray, lengths: np.ndarray, max_tokens: int) -> list[np.ndarray]:
-    """Rows sorted by length, cut so each piece's rows x longest row stays within max_tokens (a longer row goes alone)."""
-    pieces, start = [], 0
-    for end in range(1, idx.size + 1):
-        if end == idx.size or (end + 1 - start) * int(lengths[idx[end]]) > max_tokens:
-            pieces.append(idx[start:end])
-            start = end
-    return pieces
+# What one more forward pass costs beyond its tokens, counted in padded tokens: `_least_padding` only cuts a
+# batch where that saves more padding than this.
+PASS_COST_TOKENS = 256
+
+
+def _least_padding(srt: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Rows sorted by length cut into batches of at most batch_size rows and max_tokens padded tokens (a longer row
+    goes alone) so that padded tokens + PASS_COST_TOKENS per batch is least (dynamic programming over the cut points)."""
+    n = srt.size
+    width = lengths[srt]
+    best = np.zeros(n + 1)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        best[end] = np.inf
+        for begin in range(max(0, end - batch_size), end):
+            padded = (end - begin) * int(width[end - 1])
+            if padded > max_tokens and end - begin > 1:
+                continue
+            cost = best[begin] + padded + PASS_COST_TOKENS
+            if cost < best[end]:
+                best[end], start[end] = cost, begin
+    plan, end = [], n
+    while end:
+        plan.append(srt[start[end]:end])
+        end = start[end]
+    return plan[::-1]
