@@ -80,14 +80,25 @@ def ready_tasks(session, names: Sequence[str] | None) -> list[Row]:
     if names is not None and not names:
         raise UnknownTask("no task named: pass all, or NAME,NAME…")
     if names is None:
-        tasks = schema.tasks
-        rows = session.execute(select(tasks).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None))
-                               .order_by(tasks.c.position)).all()
+        rows = served_rows(session)
         if not rows:
             raise UnknownTask("the registry has no ready tasks: add one with `registry add-task NAME --data PATH`")
         return list(rows)
     picked = {name: find_task(session, name, ready=True) for name in names}
     return sorted(picked.values(), key=lambda task: task.position)
+
+
+def served_rows(session, names: Sequence[str] | None = None) -> list[Row]:
+    """Rows of the tasks a registry serves now, by position, each with its current version's adapter: every ready,
+    unretired task, or those of `names` that are.
+
+    The one rule of what is served: `ready_tasks` and a server following the registry (registry.live) both use it.
+    """
+    tasks = schema.tasks
+    query = select(tasks).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None)).order_by(tasks.c.position)
+    if names is not None:
+        query = query.where(tasks.c.name.in_(names))
+    return list(session.execute(query).all())
 
 
 def _pick(entries: list[dict], names: Sequence[str] | None, where: str) -> list[dict]:

@@ -15,10 +15,10 @@ import os
 from collections.abc import Sequence
 
 from safetensors.torch import load as load_tensors
-from sqlalchemy import Row, select
+from sqlalchemy import Row
 
-from registry import checkpoint, schema
-from registry.bundle import load, ready_tasks
+from registry import checkpoint
+from registry.bundle import load, ready_tasks, served_rows
 from registry.core import Registry
 from registry.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
 
@@ -50,11 +50,8 @@ class RegistryTasks:
 
     def refresh(self) -> bool:
         """Serve what the registry lists now; True when that changed (the new Predictor is then in place)."""
-        query = select(schema.tasks).where(schema.tasks.c.status == "ready").order_by(schema.tasks.c.position)
-        if self.names is not None:
-            query = query.where(schema.tasks.c.name.in_(self.names))
         with self.registry.read() as session:
-            rows = list(session.execute(query).all())
+            rows = served_rows(session, self.names)
         listing = listing_of(rows)
         if listing == self.listing:
             return False

@@ -43,6 +43,7 @@ MIXED = [  # the mixed form: every input names its task; the last runs past its 
     {"task": "sentiment", "text": "i love this very good film " * 6},
 ]
 START_SECONDS = 120
+REGISTRY = [str(Path(sys.executable).with_name("registry"))]  # the installed console script, in its own process
 
 
 def env_of(settings: Settings) -> dict[str, str]:
@@ -52,7 +53,7 @@ def env_of(settings: Settings) -> dict[str, str]:
 
 def registry_cli(settings: Settings, *args, timeout: float = 300) -> subprocess.CompletedProcess:
     """The real `registry` command in its own process."""
-    return subprocess.run([sys.executable, "-m", "cli", *map(str, args)], env=env_of(settings), cwd=REPO,
+    return subprocess.run([*REGISTRY, *map(str, args)], env=env_of(settings), cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -97,7 +98,7 @@ class Server:
 @contextmanager
 def serving(settings: Settings, *args):
     """Start `registry serve --port 0 ARGS` on loopback; always stopped (SIGTERM, then SIGKILL) at the end."""
-    process = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1", "--port", "0", *map(str, args)],
+    process = subprocess.Popen([*REGISTRY, "serve", "--host", "127.0.0.1", "--port", "0", *map(str, args)],
                                env=env_of(settings), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         server = Server(process)
