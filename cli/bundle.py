@@ -68,15 +68,15 @@ def predict(settings: Settings, texts: tuple[str, ...], task: str | None, bundle
 
     Example: registry predict --bundle bundle.tar --task sst2 "a gripping, funny film"
     """
-    from registry import bundle
+    from registry import bundle, live, predictor
 
     if bundle_path is not None:
         def open_predictor(names):
             return bundle.load(bundle_path, names, device=device)
     else:
         def open_predictor(names):
-            return bundle.from_registry(open_registry(settings), names, device=device)
-    rows = bundle.predict_rows(open_predictor, task, texts, input_path, batch_size=batch_size)
+            return live.from_registry(open_registry(settings), names, device=device)
+    rows = predictor.predict_rows(open_predictor, task, texts, input_path, batch_size=batch_size)
     emit(rows, as_json, lambda r: table(r, ("task", "label", "score", "text", "text_pair")))
 
 

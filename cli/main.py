@@ -6,7 +6,7 @@ import sys
 
 import click
 
-from registry.cli import admin, bundle, lifecycle, read, setup, train
+from registry.cli import admin, bundle, lifecycle, read, serve, setup, train
 from registry.config import resolve
 from registry.errors import RegistryError, printable
 
@@ -46,7 +46,7 @@ def cli(ctx: click.Context, home: str | None, db: str | None, store: str | None,
     ctx.obj = resolve(home=home, db=db, store=store)
 
 
-for module in (setup, read, train, bundle, lifecycle, admin):
+for module in (setup, read, train, bundle, lifecycle, serve, admin):
     for command in module.COMMANDS:
         cli.add_command(command)
 

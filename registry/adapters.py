@@ -4,9 +4,10 @@ Each transformer layer gets two serial adapters, one after the attention output 
 after the feed-forward output projection, both after dropout and before the residual add + LayerNorm.
 Per task, only the adapters, the layers' LayerNorms and a head on the [CLS] representation train.
 
-Every injected module stacks the weights of T tasks on a leading dimension. With T == 1 it runs
-plain matmuls on slot 0 (training); with T > 1 it gathers each example's weights by the task ids in
-the shared `Routing` object, so one forward pass serves a batch that mixes tasks (serving).
+Every injected module stacks the weights of T tasks on a leading dimension. Without task ids it runs
+plain matmuls on slot 0 (training, T == 1); with task ids (serving, any T) it gathers each example's
+weights by the task ids in the shared `Routing` object, so one forward pass serves a batch that mixes
+tasks, and a task's outputs do not change when tasks are added to or dropped from the stack.
 """
 
 import re
@@ -73,7 +74,7 @@ class Adapter(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply each example's task adapter to x of shape [B, L, H]."""
-        if self.down_weight.shape[0] == 1:
+        if self.routing.task_ids is None:  # one task (training): slot 0
             h = F.gelu(F.linear(x, self.down_weight[0].T, self.down_bias[0]))
             return x + F.linear(h, self.up_weight[0].T, self.up_bias[0])
         ids = self.routing.task_ids
@@ -94,7 +95,7 @@ class TaskLayerNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Normalise x of shape [B, L, H] with each example's task scale and shift."""
-        if self.weight.shape[0] == 1:
+        if self.routing.task_ids is None:
             return F.layer_norm(x, self.normalized_shape, self.weight[0], self.bias[0], self.eps)
         ids = self.routing.task_ids
         normed = F.layer_norm(x, self.normalized_shape, None, None, self.eps)

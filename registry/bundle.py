@@ -8,8 +8,8 @@ A bundle is a directory (or the same tree in one .tar):
     adapters/NAME.safetensors   the task's trainable tensors (the stored artifact's bytes, in float32)
     adapters/NAME.json          the task's config artifact, byte for byte
 
-`export` writes one from a registry; `load` serves one and `from_registry` serves a registry's tasks,
-both as the same `Predictor`; `import_bundle` adds a bundle's tasks to a registry.
+`export` writes one from a registry; `load` serves one as a `registry.predictor.Predictor` (as
+`registry.live` serves a registry's tasks); `import_bundle` adds a bundle's tasks to a registry.
 """
 
 from __future__ import annotations
@@ -22,29 +22,27 @@ import shutil
 import tarfile
 import tempfile
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
-import torch.nn.functional as F
 from sqlalchemy import Row, select
 
 from registry import checkpoint, lifecycle, schema
 from registry.adapters import AdapterModel
-from registry.data import head_size
 from registry.catalog import find_task, task_row
 from registry.config import Settings
 from registry.core import Registry, open_registry
-from registry.encoding import Encoded, batches
-from registry.errors import (AlreadyInitialised, ArtifactError, BundleError, DataError, NotInitialised, RegistryError,
+from registry.data import head_size
+from registry.errors import (AlreadyInitialised, ArtifactError, BundleError, NotInitialised, RegistryError,
                              TaskExists, UnknownTask, printable)
 from registry.models import Task
+from registry.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
 from registry.schema import utcnow
 from registry.store import digest, sha256_of, write_atomic
+from registry.train import pick_device
 from registry.verify import TASK_CONFIG_FIELDS, adapter_problem, config_problem, tensor_header
 
 FORMAT = "adapter-registry/bundle@1"
@@ -65,190 +63,7 @@ TASK_FIELDS = ("name", "position", "task_type", "labels", "text_columns", "label
 
 
 # --------------------------------------------------------------------------------------------
-# what a task needs to be served
-
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """One task as the predictor needs it, read from the task's config artifact."""
-
-    name: str
-    task_type: str
-    labels: tuple[str, ...] | None
-    text_columns: tuple[str, ...]
-    adapter_size: int
-    max_length: int
-    base_sha256: str
-
-    @classmethod
-    def from_config(cls, name: str, config: dict) -> TaskSpec:
-        """The spec of task `name` from its JSON config artifact (see tasks.adapter_files)."""
-        labels = config.get("labels")
-        return cls(name=name, task_type=config["task_type"], labels=tuple(labels) if labels is not None else None,
-                   text_columns=tuple(config["text_columns"]), adapter_size=int(config["adapter_size"]),
-                   max_length=int(config["max_length"]), base_sha256=config["base_sha256"])
-
-    @property
-    def head_size(self) -> int:
-        """Outputs of the head: one per class, or one for regression."""
-        return head_size(self.task_type, self.labels)
-
-    @property
-    def pair(self) -> bool:
-        """Whether the task reads a text pair."""
-        return len(self.text_columns) == 2
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """One example's prediction: the original label string (or the value, for regression) and its probability."""
-
-    task: str
-    label: str | float
-    score: float | None
-    probabilities: dict[str, float] | None
-
-    def as_dict(self) -> dict:
-        return asdict(self)
-
-
-Text = str | tuple[str, str]
-
-
-def pad_adapters(tensors: dict[str, torch.Tensor], size: int, target: int) -> dict[str, torch.Tensor]:
-    """A task's tensors with its adapters zero-padded from bottleneck `size` to `target`.
-
-    The extra down-projection columns and bias entries are zero, so the extra hidden units are
-    GELU(0) = 0, and the extra up-projection rows are zero: the adapter's output is unchanged.
-    """
-    extra = target - size
-    if extra == 0:
-        return tensors
-    padded = {}
-    for key, value in tensors.items():
-        if key.endswith((".down_weight", ".down_bias")):
-            value = F.pad(value, (0, extra))
-        elif key.endswith(".up_weight"):
-            value = F.pad(value, (0, 0, 0, extra))
-        padded[key] = value
-    return padded
-
-
-# --------------------------------------------------------------------------------------------
-# serving
-
-
-class Predictor:
-    """Many tasks on one copy of the base: a batch that mixes tasks runs in one forward pass.
-
-    One `AdapterModel` holds every task's adapters stacked (smaller adapters zero-padded to the
-    largest); each example is routed through its own task's adapters and head, tokenised with its
-    task's max_length.
-    """
-
-    def __init__(self, base_dir: Path, specs: Sequence[TaskSpec], states: Sequence[dict[str, torch.Tensor]], *,
-                 device: str | torch.device = "auto", dtype: torch.dtype = torch.float32) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        if not specs:
-            raise UnknownTask("no tasks to serve: name at least one")
-        checkpoint.quiet_transformers()
-        self.device = _device(device)
-        self.specs = {spec.name: spec for spec in specs}
-        self.tasks = [spec.name for spec in specs]
-        self._index = {spec.name: t for t, spec in enumerate(specs)}
-        encoder = AutoModel.from_pretrained(base_dir, dtype=dtype)
-        size = max(spec.adapter_size for spec in specs)
-        self.model = AdapterModel(encoder, size, [spec.head_size for spec in specs])
-        for t, (spec, state) in enumerate(zip(specs, states)):
-            self.model.load_task_state_dict(pad_adapters(state, spec.adapter_size, size), t)
-        self.model.to(self.device).eval()
-        self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
-        self._types = "token_type_ids" in getattr(self.tokenizer, "model_input_names", ())
-
-    def predict(self, task: str, texts: Sequence[Text], *, batch_size: int = 64) -> list[Prediction]:
-        """Predictions for texts (strings, or (text, text_pair) tuples for a pair task) of one task."""
-        return self.predict_many([(task, text) for text in texts], batch_size=batch_size)
-
-    def predict_many(self, items: Sequence[tuple[str, Text]], *, batch_size: int = 64) -> list[Prediction]:
-        """Predictions for (task, text) items in input order; each batch may mix tasks freely."""
-        if not items:
-            return []
-        task_of = np.array([self._task_index(task) for task, _ in items], dtype=np.int64)
-        encoded = self._tokenise(items, task_of)
-        outputs: list[np.ndarray | None] = [None] * len(items)
-        with torch.inference_mode():
-            for batch in batches(encoded, batch_size, pad_id=self.tokenizer.pad_token_id, shuffle=False, seed=0):
-                rows = batch["index"].numpy()
-                tasks = task_of[rows]
-                hidden = self.model.encode(
-                    batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
-                    task_ids=torch.from_numpy(tasks).to(self.device),
-                    token_type_ids=batch["token_type_ids"].to(self.device) if "token_type_ids" in batch else None)
-                for t in np.unique(tasks):
-                    mine = np.flatnonzero(tasks == t)
-                    logits = self.model.heads[t](hidden[torch.from_numpy(mine).to(self.device)]).float().cpu().numpy()
-                    for row, logit in zip(rows[mine], logits):
-                        outputs[row] = logit
-        return [self._result(self.specs[self.tasks[t]], output) for t, output in zip(task_of, outputs)]
-
-    def _task_index(self, task: str) -> int:
-        if task not in self._index:
-            raise UnknownTask(f"no task named {task!r} here; tasks: {', '.join(self.tasks)}")
-        return self._index[task]
-
-    def _tokenise(self, items: Sequence[tuple[str, Text]], task_of: np.ndarray) -> Encoded:
-        """Token ids per item, each task's items as its training data was tokenised (encoding.encode)."""
-        n = len(items)
-        ids: list[np.ndarray] = [None] * n
-        types: list[np.ndarray] = [None] * n
-        for t in np.unique(task_of):
-            spec = self.specs[self.tasks[t]]
-            rows = np.flatnonzero(task_of == t)
-            texts = [split_text(spec, items[i][1]) for i in rows]
-            want_types = spec.pair and self._types
-            out = self.tokenizer([a for a, _ in texts], [b for _, b in texts] if spec.pair else None, truncation=True,
-                                 max_length=spec.max_length, return_attention_mask=False, return_token_type_ids=want_types)
-            for k, i in enumerate(rows):
-                ids[i] = np.asarray(out["input_ids"][k], dtype=np.int64)
-                types[i] = np.asarray(out["token_type_ids"][k], dtype=np.int64) if want_types else None
-        if all(t is None for t in types):
-            types = None
-        else:  # single-text rows next to pairs: segment 0 everywhere, as the model assumes when given none
-            types = [t if t is not None else np.zeros_like(ids[i]) for i, t in enumerate(types)]
-        return Encoded(input_ids=ids, labels=np.zeros(n, dtype=np.int64), token_type_ids=types)
-
-    @staticmethod
-    def _result(spec: TaskSpec, output: np.ndarray) -> Prediction:
-        if spec.task_type == "regression":
-            return Prediction(spec.name, float(output[0]), None, None)
-        shifted = np.exp(output.astype(np.float64) - output.max())
-        probabilities = shifted / shifted.sum()
-        best = int(output.argmax())
-        return Prediction(spec.name, spec.labels[best], float(probabilities[best]),
-                          {label: float(p) for label, p in zip(spec.labels, probabilities)})
-
-
-def _device(requested: str | torch.device) -> torch.device:
-    """A torch device for `auto`, `cpu`, `cuda` (refused where there is none) or a device itself."""
-    from registry.tasks import pick_device
-
-    return requested if isinstance(requested, torch.device) else pick_device(requested)
-
-
-def split_text(spec: TaskSpec, item: Text) -> tuple[str, str | None]:
-    """(text, text_pair) of one input, refused when it does not fit the task's single text or pair."""
-    if isinstance(item, str):
-        text, pair = item, None
-    elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
-        text, pair = item
-    else:
-        raise DataError(f"task {spec.name!r}: an input must be a string or a (text, text_pair) pair of strings, got {item!r}")
-    if spec.pair and pair is None:
-        raise DataError(f"task {spec.name!r} reads a text pair ({' + '.join(spec.text_columns)}): give each input with its text_pair")
-    if not spec.pair and pair is not None:
-        raise DataError(f"task {spec.name!r} reads one text ({spec.text_columns[0]}): give inputs without a text_pair")
-    return text, pair
+# serving a bundle, or a registry's tasks
 
 
 def load(path: str | os.PathLike, tasks: Sequence[str] | None = None, *, device: str = "auto",
@@ -261,27 +76,18 @@ def load(path: str | os.PathLike, tasks: Sequence[str] | None = None, *, device:
         manifest = verify(root, path)
         entries = _pick(manifest["tasks"], tasks, f"bundle {path}")
         specs = [TaskSpec.from_config(entry["name"], json.loads((root / entry["config"]).read_bytes())) for entry in entries]
-        states = [load_tensors((root / entry["adapter"]).read_bytes()) for entry in entries]
-        target = _device(device)
+        states = (load_tensors((root / entry["adapter"]).read_bytes()) for entry in entries)
+        target = pick_device(device)
         if dtype is None:
             dtype = manifest["dtype"] if target.type == "cuda" else "float32"
+        about = [{field: entry[field] for field in ABOUT_FIELDS} for entry in entries]
         try:
-            return Predictor(root / BASE_DIR, specs, states, device=target, dtype=DTYPES[dtype])
+            return Predictor(FrozenBase(root / BASE_DIR, device=target, dtype=DTYPES[dtype]), specs, states, about)
         except RegistryError:
             raise
         except Exception as exc:  # transformers and tokenizers raise anything, even a bare Exception, on a bad file
             raise BundleError(f"{path}: {BASE_DIR}/ cannot be loaded by transformers ({type(exc).__name__}: "
                               f"{printable(str(exc))[:200]}): export the bundle again") from exc
-
-
-def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, device: str = "auto") -> Predictor:
-    """Serve ready tasks of a registry (default all) from its store, as `load` serves a bundle."""
-    with registry.read() as session:
-        base = registry.base(session)
-        rows = ready_tasks(session, tasks)
-    specs = [TaskSpec.from_config(row.name, json.loads(registry.store.get(row.config_sha256))) for row in rows]
-    states = [load_tensors(registry.store.get(row.adapter_sha256)) for row in rows]
-    return Predictor(checkpoint.unpack(registry, base), specs, states, device=device)
 
 
 def ready_tasks(session, names: Sequence[str] | None) -> list[Row]:
@@ -290,14 +96,25 @@ def ready_tasks(session, names: Sequence[str] | None) -> list[Row]:
     if names is not None and not names:
         raise UnknownTask("no task named: pass all, or NAME,NAME…")
     if names is None:
-        tasks = schema.tasks
-        rows = session.execute(select(tasks).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None))
-                               .order_by(tasks.c.position)).all()
+        rows = served_rows(session)
         if not rows:
             raise UnknownTask("the registry has no ready tasks: add one with `registry add-task NAME --data PATH`")
         return list(rows)
     picked = {name: find_task(session, name, ready=True) for name in names}
     return sorted(picked.values(), key=lambda task: task.position)
+
+
+def served_rows(session, names: Sequence[str] | None = None) -> list[Row]:
+    """Rows of the tasks a registry serves now, by position, each with its current version's adapter: every ready,
+    unretired task, or those of `names` that are.
+
+    The one rule of what is served: `ready_tasks` and a server following the registry (registry.live) both use it.
+    """
+    tasks = schema.tasks
+    query = select(tasks).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None)).order_by(tasks.c.position)
+    if names is not None:
+        query = query.where(tasks.c.name.in_(names))
+    return list(session.execute(query).all())
 
 
 def _pick(entries: list[dict], names: Sequence[str] | None, where: str) -> list[dict]:
@@ -311,65 +128,6 @@ def _pick(entries: list[dict], names: Sequence[str] | None, where: str) -> list[
     if unknown:
         raise UnknownTask(f"no task named {unknown[0]!r} in {where}; tasks in it: {', '.join(known)}")
     return [entry for entry in entries if entry["name"] in names]
-
-
-# --------------------------------------------------------------------------------------------
-# requests from the command line
-
-
-def read_requests(path: str | os.PathLike, task: str | None = None) -> list[tuple[str, Text]]:
-    """(task, text) items from a JSON-lines file of {"task", "text", "text_pair"} rows; `task` fills a missing task."""
-    items = []
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {path}: {exc}; pass a UTF-8 JSON-lines file") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            raise DataError(f"{path} line {number} is not JSON: write one {{\"task\", \"text\", \"text_pair\"}} object per line") from None
-        if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise DataError(f"{path} line {number} has no \"text\" string: write one {{\"task\", \"text\", \"text_pair\"}} object per line")
-        name = row.get("task") or task
-        if not isinstance(name, str):
-            raise DataError(f"{path} line {number} names no task: add \"task\" to the row or pass --task")
-        pair = row.get("text_pair")
-        if pair is not None and not isinstance(pair, str):
-            raise DataError(f"{path} line {number}: \"text_pair\" must be a string")
-        items.append((name, row["text"] if pair is None else (row["text"], pair)))
-    if not items:
-        raise DataError(f"{path} holds no rows: write one {{\"task\", \"text\", \"text_pair\"}} object per line")
-    return items
-
-
-def predict_rows(open_predictor: Callable[[list[str]], Predictor], task: str | None, texts: Sequence[str],
-                 input_path: str | os.PathLike | None, *, batch_size: int = 64) -> list[dict]:
-    """`registry predict`: TEXT arguments of `task` (a pair task takes them two by two) or --input rows.
-
-    `open_predictor(names)` builds the predictor for the tasks the rows need (a bundle or the registry).
-    """
-    if bool(texts) == (input_path is not None):
-        raise DataError("give either TEXT arguments (with --task) or --input FILE.jsonl")
-    if input_path is not None:
-        items = read_requests(input_path, task)
-        predictor = open_predictor(list(dict.fromkeys(name for name, _ in items)))
-    else:
-        if task is None:
-            raise DataError("TEXT arguments need --task NAME")
-        predictor = open_predictor([task])
-        if predictor.specs[task].pair:
-            if len(texts) % 2:
-                raise DataError(f"task {task!r} reads text pairs: give an even number of TEXT arguments (each text, then its pair), or use --input")
-            items = [(task, (texts[i], texts[i + 1])) for i in range(0, len(texts), 2)]
-        else:
-            items = [(task, text) for text in texts]
-    predictions = predictor.predict_many(items, batch_size=batch_size)
-    return [{"task": name, "text": text if isinstance(text, str) else text[0],
-             "text_pair": None if isinstance(text, str) else text[1], **{k: v for k, v in p.as_dict().items() if k != "task"}}
-            for (name, text), p in zip(items, predictions)]
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # imported lazily at run time: `pyarrow` and `torch` are slow
 __all__ = [
     "Encoded",
     "encode",
+    "tokenise",
     "batches",
 ]
 
@@ -107,6 +108,23 @@ def _write_cache(path: Path, tensors: dict[str, np.ndarray], cache_key: str) -> 
             tmp.unlink()
 
 
+def uses_segments(tokenizer: Any, pair: bool) -> bool:
+    """Whether texts get segment ids: pairs, when the tokenizer's model takes them (BERT does; RoBERTa does not)."""
+    return pair and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+
+
+def tokenise(tokenizer: Any, texts: Sequence[str], pairs: Sequence[str] | None, *,
+             max_length: int) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Token ids of texts (with their pairs), truncated to ``max_length``, and segment ids when ``uses_segments``.
+
+    The one tokenising rule: training data (``encode``) and prediction both go through it.
+    """
+    want_types = uses_segments(tokenizer, pairs is not None)
+    out = tokenizer(list(texts), None if pairs is None else list(pairs), truncation=True, max_length=int(max_length),
+                    return_attention_mask=False, return_token_type_ids=want_types)
+    return out["input_ids"], out["token_type_ids"] if want_types else None
+
+
 def encode(
     split: pa.Table,
     text_columns: Sequence[str],
@@ -148,7 +166,7 @@ def encode(
         raise ValueError("encode needs a tokenizer: the split is not in the cache")
 
     pair = len(text_columns) == 2
-    want_types = pair and "token_type_ids" in getattr(tokenizer, "model_input_names", ())
+    want_types = uses_segments(tokenizer, pair)
     ids_rows: list[list[int]] = []
     type_rows: list[list[int]] = []
     from tqdm.auto import tqdm
@@ -157,13 +175,10 @@ def encode(
         for start in range(0, n, _ENCODE_CHUNK):
             a = texts[0][start:start + _ENCODE_CHUNK]
             b = texts[1][start:start + _ENCODE_CHUNK] if pair else None
-            out = tokenizer(
-                a, b, truncation=True, max_length=int(max_length),
-                return_attention_mask=False, return_token_type_ids=want_types,
-            )
-            ids_rows.extend(out["input_ids"])
+            ids, types = tokenise(tokenizer, a, b, max_length=max_length)
+            ids_rows.extend(ids)
             if want_types:
-                type_rows.extend(out["token_type_ids"])
+                type_rows.extend(types)
             bar.update(len(a))
 
     lengths = np.fromiter(map(len, ids_rows), dtype=np.int64, count=n)
@@ -192,6 +207,7 @@ def batches(
     pad_id: int,
     shuffle: bool,
     seed: int,
+    max_tokens: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield padded batches: ``input_ids`` and ``attention_mask`` (long, padded to the batch's
     longest row with ``pad_id``), ``labels`` (long or float), ``index`` (long: the rows' positions in
@@ -200,6 +216,8 @@ def batches(
     With ``shuffle``: a seeded permutation, cut into windows of 50 batches, each window sorted by
     length and cut into batches, then the batches in a seeded random order. Without: rows sorted by
     length (stable), so padding is small; use ``index`` to put predictions back in row order.
+    With ``max_tokens`` (without shuffle), the sorted rows are cut where it saves padding (see
+    ``_least_padding``) and so that no batch's padded size (rows x longest row) passes it.
     Every row appears exactly once.
     """
     import torch
@@ -222,7 +240,10 @@ def batches(
         plan = [groups[i] for i in order]
     else:
         srt = np.argsort(lengths, kind="stable")
-        plan = [srt[i:i + batch_size] for i in range(0, n, batch_size)]
+        if max_tokens is None:
+            plan = [srt[i:i + batch_size] for i in range(0, n, batch_size)]
+        else:
+            plan = _least_padding(srt, lengths, batch_size, int(max_tokens))
 
     types = encoded.token_type_ids
     labels = encoded.labels
@@ -246,3 +267,31 @@ def batches(
         if tt is not None:
             batch["token_type_ids"] = torch.from_numpy(tt)
         yield batch
+
+
+# What one more forward pass costs beyond its tokens, counted in padded tokens: `_least_padding` only cuts a
+# batch where that saves more padding than this.
+PASS_COST_TOKENS = 256
+
+
+def _least_padding(srt: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+    """Rows sorted by length cut into batches of at most batch_size rows and max_tokens padded tokens (a longer row
+    goes alone) so that padded tokens + PASS_COST_TOKENS per batch is least (dynamic programming over the cut points)."""
+    n = srt.size
+    width = lengths[srt]
+    best = np.zeros(n + 1)
+    start = np.zeros(n + 1, dtype=np.int64)
+    for end in range(1, n + 1):
+        best[end] = np.inf
+        for begin in range(max(0, end - batch_size), end):
+            padded = (end - begin) * int(width[end - 1])
+            if padded > max_tokens and end - begin > 1:
+                continue
+            cost = best[begin] + padded + PASS_COST_TOKENS
+            if cost < best[end]:
+                best[end], start[end] = cost, begin
+    plan, end = [], n
+    while end:
+        plan.append(srt[start[end]:end])
+        end = start[end]
+    return plan[::-1]

@@ -27,7 +27,7 @@ from registry.adapters import AdapterModel, trainable_parameters
 from registry.data import head_size
 from registry.catalog import find_task, task_row
 from registry.core import Registry
-from registry.errors import DataError, InvalidName, RegistryError, TaskExists, UnknownTask, VersionError
+from registry.errors import DataError, InvalidName, TaskExists, UnknownTask, VersionError
 from registry.models import Evaluation, Metric, Run, Task
 from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
@@ -87,7 +87,7 @@ def add_task(
     """
     validate_name(name)
     train.check_config(config)
-    target = pick_device(device)
+    target = train.pick_device(device)
     sweep_stale_runs(registry)
     with registry.read() as session:
         base = registry.base(session)
@@ -165,13 +165,6 @@ def check_max_length(max_length: int, base_config: dict) -> None:
     if max_length > limit:
         raise DataError(f"--max-length {max_length} is more than the base's {limit} positions: "
                         f"use --max-length {limit} or less")
-
-
-def pick_device(requested: str) -> torch.device:
-    """The torch device for `--device`, refusing CUDA where there is none."""
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RegistryError("--device cuda: no CUDA device is available here; use --device auto or cpu")
-    return train.pick_device(requested)
 
 
 def describe(source: str, loaded: data.TaskData) -> lifecycle.Description:
@@ -339,7 +332,7 @@ def evaluate_task(registry: Registry, name: str, source: str | None = None, *, d
     loaded = data.load_validation(source or task.data_source, text_columns=task.text_columns,
                                   label_column=task.label_column, task_type=task.task_type, labels=task.labels,
                                   metric=task.metric, seed=task_config["seed"])
-    scores = score_task(registry, base, task, loaded, pick_device(device), progress)
+    scores = score_task(registry, base, task, loaded, train.pick_device(device), progress)
     evaluation, tasks_present = record_evaluation(registry, task, loaded, scores)
     return {"task": name, "version": task.current_version, "metric": task.metric, "score": scores[task.metric],
             "scores": scores, "tasks_present": tasks_present, "evaluation": evaluation}

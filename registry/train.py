@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from registry import metrics
 from registry.encoding import Encoded, batches
-from registry.errors import TrainingError
+from registry.errors import RegistryError, TrainingError
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,17 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError(f"warm-up {config.warmup} is not a fraction of the steps in [0, 1)")
 
 
-def pick_device(requested: str = "auto") -> torch.device:
-    """`auto` is CUDA when present, else CPU."""
+def pick_device(requested: str | torch.device = "auto") -> torch.device:
+    """The torch device for `--device`: `auto` is CUDA when present, else CPU; `cuda` is refused where there is none.
+
+    The one device picker: training, evaluation and serving all call it.
+    """
+    if isinstance(requested, torch.device):
+        return requested
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise RegistryError("--device cuda: no CUDA device is available here; use --device auto or cpu")
     return torch.device(requested)
 
 

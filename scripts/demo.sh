@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: a real end-to-end run on the all-MiniLM-L6-v2 base and two GLUE tasks (about 5 minutes on 2 CPU cores).
+# `make demo`: a real end-to-end run on the all-MiniLM-L6-v2 base and two GLUE tasks, ending with `registry serve`
+# answering one mixed-task request (about 5 minutes on 2 CPU cores).
 # Reads GLUE from $GLUE_DIR (default ../shared/data/glue where it exists), otherwise from the hub (nyu-mll/glue).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -24,3 +25,26 @@ step registry history cola
 step registry export --tasks all --output "$BUNDLE"
 step registry predict --bundle "$BUNDLE" --task sst2 "a gripping, beautifully made film" "the plot is a tedious mess"
 step registry predict --bundle "$BUNDLE" --task cola "The sailors rode the breeze clear of the rocks." "The more you eat, the more you want it the."
+
+# Serve every task of the demo registry over HTTP, ask it one mixed-task request, then stop it (SIGTERM drains).
+printf '\n$ registry serve --port 0 &    # 0: a free port, printed on start\n'
+registry serve --port 0 2> demo-out/serve.log &
+SERVER=$!
+trap 'kill -TERM "$SERVER" 2>/dev/null || true' EXIT
+URL=""
+for _ in $(seq 600); do
+  URL="$(grep -o 'http://[^ ]*' demo-out/serve.log || true)"
+  if [ -n "$URL" ] && curl -sf "$URL/readyz" > /dev/null; then break; fi
+  kill -0 "$SERVER" 2> /dev/null || { cat demo-out/serve.log; exit 1; }
+  sleep 0.2
+done
+cat demo-out/serve.log
+BODY='{"inputs": [{"task": "sst2", "text": "a gripping, beautifully made film"}, {"task": "cola", "text": "The more you eat, the more you want it the."}]}'
+printf "\n\$ curl -sS %s/v1/predict -H 'content-type: application/json' -d '%s'\n" "$URL" "$BODY"
+curl -sS "$URL/v1/predict" -H 'content-type: application/json' -d "$BODY"
+echo
+step curl -sS "$URL/metrics" -o demo-out/metrics.txt
+grep -E '^registry_serve_(requests_total|tasks_loaded)' demo-out/metrics.txt
+kill -TERM "$SERVER"
+wait "$SERVER" || true   # uvicorn re-raises SIGTERM once it has drained: a signal exit status
+trap - EXIT

@@ -167,3 +167,35 @@ def write_tiny_family(directory: Path, family: str) -> Path:
     model.save_pretrained(directory)
     tokenizer.save_pretrained(directory)
     return directory
+
+
+def write_tsv(path: Path, header: list[str], rows) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join("\t".join(map(str, row)) for row in [header, *rows]) + "\n")
+
+
+def write_task_data(root: Path) -> Path:
+    """Three small tasks under `root`: sentiment (one text, string labels), pairs (a pair) and similarity (regression)."""
+    for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
+        write_tsv(root / "sentiment" / f"{split}.tsv", ["sentence", "label"],
+                  [(s, "positive" if label else "negative") for s, label in sentiment_rows(n, seed)])
+        pairs = zip(sentiment_rows(n, seed + 10), sentiment_rows(n, seed + 20))
+        write_tsv(root / "pairs" / f"{split}.tsv", ["sentence1", "sentence2", "label"], [(a, b, int(x == y)) for (a, x), (b, y) in pairs])
+        pairs = zip(sentiment_rows(n, seed + 30), sentiment_rows(n, seed + 40))
+        write_tsv(root / "similarity" / f"{split}.tsv", ["sentence1", "sentence2", "score"],
+                  [(a, b, 1.0 + 2.5 * x + 1.5 * y) for (a, x), (b, y) in pairs])
+    return root
+
+
+def stop(process, seconds: float = 30) -> None:
+    """Stop a server process: SIGTERM (it drains), then SIGKILL if it is still there after `seconds`."""
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=seconds)

@@ -174,7 +174,8 @@ CASES = [
     case("restore-not-retired", "restore sentiment", "task 'sentiment' is not retired", "nothing to restore"),
     *(case(f"{args.split()[0]}-retired", args, "task 'second' is retired", "`registry restore second` brings it back", "retired")
       for args in ("export --tasks second --output {fresh}/bundle", "predict --task second hi", "eval second",
-                   "promote second --version 1", "add-task second --new-version --data {good}")),
+                   "promote second --version 1", "add-task second --new-version --data {good}",
+                   "serve --port 0 --tasks second")),
     # --- bundles that carry code, lie, or are garbage (issue 14): import and predict refuse each, naming the file
     *(case(f"{command.split()[0]}-{variant}", f"{command} {{bundles}}/{variant}", problem, todo)
       for variant, problem, todo in BAD_BUNDLES
@@ -219,6 +220,11 @@ CASES = [
          exit_code=2),
     case("predict-input-fifo", "predict --task sentiment --input {bad}/fifo", "fifo is not a regular file",
          "pass a file", exit_code=2),
+    case("serve-unknown-task", "serve --port 0 --tasks nope", "no ready task named 'nope'", "known tasks: sentiment"),
+    case("serve-bundle-missing", "serve --port 0 --bundle {bad}/nope", "Path '", "serve --help`)", exit_code=2),
+    case("serve-not-a-bundle", "serve --port 0 --bundle {good}", "good.tsv is not a bundle", "written by `registry export`"),
+    case("serve-max-batch-size-zero", "serve --port 0 --max-batch-size 0", "0 is not in the range x>=1", "serve --help`)",
+         exit_code=2),
     # --- init
     case("init-twice", "init --base {base}", "already has a base", "use another --home to start a new one"),
     case("init-base-missing", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}/nope",
@@ -235,13 +241,13 @@ CASES = [
       for args in ("list", "show sentiment", "history", "runs", "verify", "verify --prune", "add-task newtask --data {good}",
                    "eval sentiment", "init --base {base}", "db upgrade", "export --output {fresh}/bundle",
                    "predict --task sentiment hello", "promote sentiment --version 1", "retire sentiment", "restore sentiment",
-                   "add-task sentiment --new-version --data {good}")),
+                   "add-task sentiment --new-version --data {good}", "serve --port 0")),
     # --- an unreachable PostgreSQL server
     *(case(f"unreachable-{args.split()[0]}{'-' + args.split()[1] if args.startswith('db') else ''}", f"--db {UNREACHABLE} {args}",
            f"cannot open database {UNREACHABLE}", "check --db / REGISTRY_DB_URL")
       for args in ("list", "show sentiment", "history", "runs", "verify", "add-task newtask --data {good}", "eval sentiment",
                    "init --base {base}", "db current", "db upgrade", "export --output {fresh}/bundle",
-                   "predict --task sentiment hello", "promote sentiment --version 1", "retire sentiment")),
+                   "predict --task sentiment hello", "promote sentiment --version 1", "retire sentiment", "serve --port 0")),
 ]
 
 

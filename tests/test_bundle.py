@@ -20,12 +20,13 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from registry.cli.main import cli
-from registry import bundle
+from registry import bundle, live
 from registry.config import Settings
 from registry.core import open_registry
 from registry.errors import BundleError, DataError, UnknownTask
 from registry.models import Base
-from tests.helpers import make_settings, one_line_error, sentiment_rows, snapshot
+from registry.predictor import Prediction, Predictor, pad_adapters
+from tests.helpers import make_settings, one_line_error, snapshot, write_task_data
 
 TASKS = {  # name: add-task options; sizes and lengths differ so padding and per-task max_length are exercised
     "sentiment": ("--adapter-size", "8", "--max-length", "12"),
@@ -40,23 +41,9 @@ INPUTS = {  # the last inputs run past their task's max_length
 }
 ITEMS = [(task, text) for group in zip(*(([(t, x) for x in INPUTS[t]]) for t in NAMES)) for task, text in group]
 ITEMS += [(task, text) for task in NAMES for text in INPUTS[task][3:]]
-def write_tsv(path: Path, header: list[str], rows) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join("\t".join(map(str, row)) for row in [header, *rows]) + "\n")
-
-
 @pytest.fixture(scope="module")
 def datasets_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("data")
-    for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
-        write_tsv(root / "sentiment" / f"{split}.tsv", ["sentence", "label"],
-                  [(s, "positive" if label else "negative") for s, label in sentiment_rows(n, seed)])
-        pairs = zip(sentiment_rows(n, seed + 10), sentiment_rows(n, seed + 20))
-        write_tsv(root / "pairs" / f"{split}.tsv", ["sentence1", "sentence2", "label"], [(a, b, int(x == y)) for (a, x), (b, y) in pairs])
-        pairs = zip(sentiment_rows(n, seed + 30), sentiment_rows(n, seed + 40))
-        write_tsv(root / "similarity" / f"{split}.tsv", ["sentence1", "sentence2", "score"],
-                  [(a, b, 1.0 + 2.5 * x + 1.5 * y) for (a, x), (b, y) in pairs])
-    return root
+    return write_task_data(tmp_path_factory.mktemp("data"))
 
 
 def cli_for(settings: Settings):
@@ -78,11 +65,11 @@ def listed(invoke) -> list[tuple]:
             for r in rows]
 
 
-def predictions(predictor: bundle.Predictor, items=ITEMS) -> list[bundle.Prediction]:
+def predictions(predictor: Predictor, items=ITEMS) -> list[Prediction]:
     return predictor.predict_many(items)
 
 
-def assert_close(got: list[bundle.Prediction], want: list[bundle.Prediction], tolerance: float) -> None:
+def assert_close(got: list[Prediction], want: list[Prediction], tolerance: float) -> None:
     assert [p.label if isinstance(p.label, str) else None for p in got] == [p.label if isinstance(p.label, str) else None for p in want]
     for g, w in zip(got, want):
         assert g.task == w.task
@@ -103,7 +90,7 @@ def source(tmp_path_factory, tiny_base, datasets_dir) -> dict:
                  ("--output", root / "half", "--dtype", "float16")):
         assert invoke("export", *args).exit_code == 0
     registry = open_registry(settings)
-    expected = predictions(bundle.from_registry(registry, device="cpu"))
+    expected = predictions(live.from_registry(registry, device="cpu"))
     registry.close()
     return {"settings": settings, "invoke": invoke, "dir": root / "bundle", "tar": root / "bundle.tar",
             "half": root / "half", "predictions": expected, "list": listed(invoke)}
@@ -146,7 +133,7 @@ def copy_of(source, tmp_path):
 def test_bundle_serves_like_the_registry_with_the_database_deleted(invoke, settings, tiny_base, datasets_dir, tmp_path):
     train_three(invoke, tiny_base, datasets_dir)
     registry = open_registry(settings)
-    from_registry = predictions(bundle.from_registry(registry, device="cpu"))
+    from_registry = predictions(live.from_registry(registry, device="cpu"))
     registry.close()
     cli_rows = json.loads(invoke("predict", "--task", "pairs", "--json", "good film", "great movie", "bad", "love it").stdout)
     result = invoke("export", "--output", tmp_path / "bundle", "--json")
@@ -245,8 +232,8 @@ def test_mixed_task_batches_equal_per_task_batches(source):
 
 def test_smaller_adapters_are_zero_padded_and_outputs_unchanged(source):
     registry = open_registry(source["settings"])
-    alone = {task: bundle.from_registry(registry, [task], device="cpu") for task in NAMES}  # no padding: its own size
-    together = bundle.from_registry(registry, device="cpu")
+    alone = {task: live.from_registry(registry, [task], device="cpu") for task in NAMES}  # no padding: its own size
+    together = live.from_registry(registry, device="cpu")
     registry.close()
     adapter = together.model.encoder.encoder.layer[0].output.dropout.adapter
     assert adapter.down_weight.shape[1:] == (32, 16) and adapter.up_weight.shape[1:] == (16, 32)
@@ -259,7 +246,7 @@ def test_smaller_adapters_are_zero_padded_and_outputs_unchanged(source):
         assert_close(together.predict_many(items), alone[task].predict_many(items), 1e-5)
 
     tensors = {"a.down_weight": torch.ones(4, 2), "a.down_bias": torch.ones(2), "a.up_weight": torch.ones(2, 4), "a.up_bias": torch.ones(4)}
-    padded = bundle.pad_adapters(tensors, 2, 3)
+    padded = pad_adapters(tensors, 2, 3)
     assert padded["a.down_weight"].tolist() == [[1, 1, 0]] * 4 and padded["a.down_bias"].tolist() == [1, 1, 0]
     assert padded["a.up_weight"].tolist() == [[1] * 4, [1] * 4, [0] * 4] and padded["a.up_bias"] is tensors["a.up_bias"]
 
@@ -493,7 +480,7 @@ def test_import_into_an_empty_registry(invoke, settings, source):
     with registry.read() as session:
         base = registry.base(session)
     assert base.sha256 == json.loads((source["dir"] / "manifest.json").read_text())["base"]["sha256"]
-    assert predictions(bundle.from_registry(registry, device="cpu")) == source["predictions"]
+    assert predictions(live.from_registry(registry, device="cpu")) == source["predictions"]
     registry.close()
     show = json.loads(invoke("show", "pairs", "--json").stdout)
     manifest = {t["name"]: t for t in json.loads((source["dir"] / "manifest.json").read_text())["tasks"]}

@@ -144,7 +144,8 @@ def test_read_commands_import_neither_torch_nor_the_orm(command, tmp_path, tiny_
     code = (
         "import sys\nfrom registry.cli.main import cli\n"
         f"try:\n    cli({command!r}, prog_name='registry')\nexcept SystemExit:\n    pass\n"
-        "heavy = ('torch', 'transformers', 'datasets', 'alembic', 'fsspec', 'sqlalchemy.orm')\n"
+        "heavy = ('torch', 'transformers', 'datasets', 'alembic', 'fsspec', 'sqlalchemy.orm', 'fastapi', 'uvicorn',"
+        " 'prometheus_client')\n"
         "heavy = [m for m in heavy if m in sys.modules]\n"
         "print('HEAVY', heavy)\n"
     )

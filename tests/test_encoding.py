@@ -135,6 +135,40 @@ def test_batches_pad_id_and_float_labels():
     assert str(b["labels"].dtype) == "torch.float32" and "token_type_ids" not in b
 
 
+def test_batches_within_max_tokens_cover_every_row_once():
+    enc = _synthetic_encoded(pair=True)
+    lengths = [len(ids) for ids in enc.input_ids]
+    plan = list(encoding.batches(enc, 16, pad_id=0, shuffle=False, seed=0, max_tokens=40))
+    assert sorted(i for b in plan for i in b["index"].tolist()) == list(range(len(lengths)))
+    for b in plan:
+        rows, width = b["input_ids"].shape
+        assert rows <= 16 and (rows * width <= 40 or rows == 1)  # a row longer than the budget goes alone
+    assert len(plan) > len(list(encoding.batches(enc, 16, pad_id=0, shuffle=False, seed=0)))  # the budget cut some batches
+    # Short and long rows: cut apart where the padding saved passes the cost of a pass, kept together otherwise.
+    mixed = encoding.Encoded([np.ones(n, np.int64) for n in [4] * 8 + [60] * 8], np.zeros(16, np.int64))
+    shapes = [tuple(b["input_ids"].shape) for b in encoding.batches(mixed, 16, pad_id=0, shuffle=False, seed=0, max_tokens=4096)]
+    assert shapes == [(8, 4), (8, 60)]  # one pass would pad 8 x 56 = 448 tokens > PASS_COST_TOKENS
+    close = encoding.Encoded([np.ones(n, np.int64) for n in [50] * 8 + [60] * 8], np.zeros(16, np.int64))
+    assert [tuple(b["input_ids"].shape) for b in encoding.batches(close, 16, pad_id=0, shuffle=False, seed=0,
+                                                                  max_tokens=4096)] == [(16, 60)]  # 80 tokens saved < 256
+    shortest = min(range(len(lengths)), key=lengths.__getitem__)
+    (alone,) = list(encoding.batches(encoding.Encoded([enc.input_ids[shortest]], enc.labels[:1]), 4, pad_id=0,
+                                     shuffle=False, seed=0, max_tokens=1))
+    assert alone["input_ids"].shape == (1, lengths[shortest])
+
+
+def test_tokenise_is_what_encode_stores(tokenizer):
+    import datasets
+
+    texts, pairs = ["a good film " * 30, "bad"], ["it was fine", "awful " * 40]
+    ids, types = encoding.tokenise(tokenizer, texts, pairs, max_length=24)
+    split = datasets.Dataset.from_dict({"a": texts, "b": pairs, "label": [0, 1]})
+    stored = encoding.encode(split, ["a", "b"], tokenizer, max_length=24, cache_dir=None, cache_key="k")
+    assert [list(x) for x in stored.input_ids] == ids and all(len(x) == 24 for x in ids)
+    assert types is not None and [list(x) for x in stored.token_type_ids] == types
+    assert encoding.tokenise(tokenizer, texts, None, max_length=24)[1] is None  # one text: no segment ids
+
+
 def test_batches_deterministic_per_seed_and_length_grouped():
     enc = _synthetic_encoded(n=2000)
 
