@@ -89,7 +89,7 @@ def verify(registry: Registry, *, prune: bool = False) -> Report:
                 "run `registry verify --prune` when it has finished")))
         else:
             for path in unreferenced:
-                registry.store.fs.rm_file(path)
+                registry.store.remove(path)
                 report.pruned.append(path)
     return report
 
@@ -219,10 +219,8 @@ def is_safetensors(raw: bytes) -> bool:
 def check_store(registry: Registry, known: set[str], report: Report) -> tuple[list[str], int]:
     """Files in the store that no artifact row names (stray temporary files included): their paths, and how many files."""
     store = registry.store
-    if not store.fs.exists(store.root):
-        return [], 0
     unreferenced = []
-    paths = sorted(store.fs.find(store.root))
+    paths = store.files()
     for path in paths:
         parent, name = path.rsplit("/", 2)[-2:]
         if SHA_NAME.fullmatch(name) and parent == name[:2] and name in known:
