@@ -85,8 +85,7 @@ def verify(registry: Registry, *, prune: bool = False) -> Report:
     unreferenced, files = check_store(registry, set(sizes), report)
     check_loaded_bases(base.sha256, loaded_bases, report)
     corrupt_cache = check_cache(registry, base, report)
-    report.checked = {"artifacts": len(artifacts), "tasks": sum(t.status == "ready" for t in tasks), "files": files,
-                      "runs": len(loaded_bases)}
+    report.checked = {"artifacts": len(artifacts), "tasks": sum(t.status == "ready" for t in tasks), "files": files}
     if prune:
         for path in corrupt_cache:
             cache.remove(path)
