@@ -39,8 +39,8 @@ def stale_after() -> timedelta:
     120, and at least 3 heartbeats (a late beat or two must not kill a live run)."""
     seconds = positive_setting("REGISTRY_STALE_AFTER_SECONDS", STALE_AFTER_SECONDS)
     if seconds < 3 * heartbeat_seconds():
-        raise RegistryError(f"REGISTRY_STALE_AFTER_SECONDS={seconds:g} must be at least 3 heartbeats "
-                            f"(3 x REGISTRY_HEARTBEAT_SECONDS = {3 * heartbeat_seconds():g})")
+        raise RegistryError(f"REGISTRY_STALE_AFTER_SECONDS={seconds:g} is under 3 heartbeats (3 x "
+                            f"REGISTRY_HEARTBEAT_SECONDS = {3 * heartbeat_seconds():g}): raise it, or lower the heartbeat")
     return timedelta(seconds=seconds)
 
 
