@@ -11,8 +11,9 @@
 (b) The store: put + get of a 90 MB blob (all-MiniLM-L6-v2's weights' size) and of a 200 kB one (an
     adapter) on a directory and on S3 (moto, loopback): what fetching a base or an adapter costs.
 (c) Registry operations per second one PostgreSQL (loopback) takes with N concurrent client processes
-    for `list` (catalog.list_tasks), `history` of one task (catalog.history) and publish (reserve +
-    publish of a tiny adapter, the database half of add-task; store on a local directory).
+    for publish (reserve + publish of a tiny adapter: add-task without the training; store on a local
+    directory), then `list` (catalog.list_tasks, of the few hundred tasks published) and `history` of
+    one task (catalog.history). The clients start, import and connect first; the cells run one after another.
 """
 
 from __future__ import annotations
@@ -156,8 +157,9 @@ def bench_store(work: Path, repeats: int) -> dict[tuple[str, str], list[float]]:
 
 # --- (c) operations per second on one PostgreSQL ----------------------------------------------
 
-def client(settings, op: str, seconds: float, start_at: float, prefix: str, queue) -> None:
-    """One client process: `op` as often as it can for `seconds` from `start_at`; puts its count."""
+def client(settings, k: int, cells: list[tuple[str, int]], seconds: float, ready, go, t0, counts) -> None:
+    """Client process k: for each cell (op, n) with k < n, `op` as often as it can for `seconds` from its start;
+    puts ((op, n), count). Every client imports and connects first, then waits for the common start."""
     from types import SimpleNamespace
 
     import torch
@@ -171,22 +173,33 @@ def client(settings, op: str, seconds: float, start_at: float, prefix: str, queu
     config = train.TrainConfig()
     with registry.read() as session:
         base = registry.base(session)
+    catalog.list_tasks(registry)  # connected, queries warm
 
-    def publish(i: int) -> None:
-        task_id, run_id = tasks.reserve(registry, f"{prefix}-{i}", base.id, "bench", loaded, config, torch.device("cpu"))
-        state = {"head.weight": torch.full((2, 4), float(i))}  # a distinct adapter each time
+    def publish(name: str) -> None:
+        task_id, run_id = tasks.reserve(registry, name, base.id, "bench", loaded, config, torch.device("cpu"))
+        state = {"head.weight": torch.rand(2, 4)}  # a distinct adapter each time
         result = train.FitResult(best_epoch=1, best_score=0.5, best_state=state)
         tasks.publish(registry, task_id, base, loaded, run_id, result, config, 8)
 
-    ops = {"list": lambda i: catalog.list_tasks(registry), "history": lambda i: catalog.history(registry, "seed-0"),
-           "publish": publish}[op]
-    time.sleep(max(0.0, start_at - time.time()))
-    count, deadline = 0, time.time() + seconds
-    while time.time() < deadline:
-        ops(count)
-        count += 1
+    ops = {"list": lambda name: catalog.list_tasks(registry), "history": lambda name: catalog.history(registry, FIRST_PUBLISHED),
+           "publish": publish}
+    ready.put(k)
+    go.wait()
+    for i, (op, n) in enumerate(cells):
+        if k >= n:
+            continue
+        start = t0.value + i * (seconds + GAP)
+        time.sleep(max(0.0, start - time.time()))
+        count = 0
+        while time.time() < start + seconds:
+            ops[op](f"{op}-{n}-{k}-{count}")
+            count += 1
+        counts.put(((op, n), count))
     registry.close()
-    queue.put(count)
+
+
+GAP = 0.5  # seconds between two cells
+FIRST_PUBLISHED = f"publish-{CLIENTS[0]}-0-0"  # the task whose history the history cells read
 
 
 def bench_database(work: Path, seconds: float) -> tuple[dict[tuple[str, int], float], str | None]:
@@ -203,26 +216,31 @@ def bench_database(work: Path, seconds: float) -> tuple[dict[tuple[str, int], fl
     from registry import checkpoint
 
     settings, drop = make_settings(work / "ops", "postgresql")
+    processes = []
     try:
         checkpoint.init(settings, str(write_tiny_bert(work / "ops-bert")))
         context = multiprocessing.get_context("spawn")
-        queue = context.Queue()
-        seed = context.Process(target=client, args=(settings, "publish", 0.5, 0, "seed", queue))
-        seed.start(), seed.join()
-        queue.get()
-        rates = {}
-        for op in ("list", "history", "publish"):
-            for n in CLIENTS:
-                start_at = time.time() + 8  # every client has imported torch and connected by then
-                processes = [context.Process(target=client, args=(settings, op, seconds, start_at, f"{op}-{n}-{k}", queue))
-                             for k in range(n)]
-                for process in processes:
-                    process.start()
-                for process in processes:
-                    process.join(timeout=120)
-                rates[(op, n)] = sum(queue.get(timeout=10) for _ in processes) / seconds
-        return rates, None
+        ready, counts, go, t0 = context.Queue(), context.Queue(), context.Event(), context.Value("d", 0.0)
+        cells = [(op, n) for op in ("publish", "list", "history") for n in CLIENTS]  # list and history: the published tasks
+        processes = [context.Process(target=client, args=(settings, k, cells, seconds, ready, go, t0, counts))
+                     for k in range(max(CLIENTS))]
+        for process in processes:
+            process.start()
+        for _ in processes:
+            ready.get(timeout=600)
+        t0.value = time.time() + GAP
+        go.set()
+        expected = sum(n for _, n in cells)
+        totals: dict[tuple[str, int], int] = {}
+        for _ in range(expected):
+            cell, count = counts.get(timeout=len(cells) * (seconds + GAP) + 120)
+            totals[cell] = totals.get(cell, 0) + count
+        return {cell: total / seconds for cell, total in totals.items()}, None
     finally:
+        for process in processes:
+            process.join(timeout=30)
+            if process.is_alive():
+                process.kill()
         drop()
 
 
