@@ -136,7 +136,9 @@ def test_a_corrupt_tokens_cache_is_discarded_and_made_again(team, team_cli, adde
     assert result.exit_code == 0, result.output
     assert f"cache: the tokenised split {tokens[0]} does not match its sha256 (corrupt or changed): discarded, tokenising again" \
         in result.stderr.splitlines()
-    assert sorted((team.cache_dir / "tokens").glob("encoded-*.safetensors")) == tokens  # made again, same bytes
+    remade = sorted((team.cache_dir / "tokens").glob("encoded-*.safetensors"))
+    assert len(remade) == 2 and tokens[1] in remade  # the corrupt one made again (safetensors' header order, so
+    assert all(cache.tokens_problem(path) is None for path in remade)  # its name, may differ from the first time)
     assert verify(team_cli)["ok"]
 
 
@@ -164,10 +166,9 @@ def test_runs_record_the_base_they_loaded_and_verify_checks_it(team, team_cli, a
         "its task's scores are not comparable; re-add the task"))]
 
 
+@pytest.mark.parametrize("store_url", ["s3"], indirect=True)  # a directory cannot be made unreachable
 def test_store_unreachable_is_one_line_and_publishes_nothing(team, team_cli, added):
-    """An S3 endpoint that refuses every connection: one clear line after the bounded retries; nothing recorded."""
-    if not team.store_url.startswith("s3://"):
-        pytest.skip("the local directory store cannot be made unreachable")
+    """An S3 endpoint that refuses every connection: one clear line after the bounded retries; nothing published."""
     before = json.loads(team_cli("list", "--json").stdout)
     env = {**os.environ, "REGISTRY_HOME": str(team.home), "REGISTRY_DB_URL": team.db_url, "REGISTRY_STORE": team.store_url,
            "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}  # port 9 (discard): nothing listens
