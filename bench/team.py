@@ -164,7 +164,7 @@ def client(settings, k: int, cells: list[tuple[str, int]], seconds: float, ready
 
     import torch
 
-    from registry import catalog, tasks, train
+    from registry import catalog, lifecycle, tasks, train
     from registry.core import open_registry
 
     registry = open_registry(settings)
@@ -176,10 +176,11 @@ def client(settings, k: int, cells: list[tuple[str, int]], seconds: float, ready
     catalog.list_tasks(registry)  # connected, queries warm
 
     def publish(name: str) -> None:
-        task_id, run_id = tasks.reserve(registry, name, base.id, "bench", loaded, config, torch.device("cpu"))
+        task_id, run_id = lifecycle.reserve(registry, name, base.id, tasks.describe("bench", loaded),
+                                            tasks.run_fields(config, loaded, torch.device("cpu")))
         state = {"head.weight": torch.rand(2, 4)}  # a distinct adapter each time
         result = train.FitResult(best_epoch=1, best_score=0.5, best_state=state)
-        tasks.publish(registry, task_id, base, loaded, run_id, result, config, 8)
+        tasks.publish(registry, task_id, base, "bench", loaded, run_id, result, config, 8)
 
     ops = {"list": lambda name: catalog.list_tasks(registry), "history": lambda name: catalog.history(registry, FIRST_PUBLISHED),
            "publish": publish}
