@@ -1,6 +1,6 @@
 """Team mode: what several hosts on one PostgreSQL and one S3 store cost, and what one PostgreSQL takes.
 
-    sudo python -m bench.team            # about 6 minutes on 2 CPU cores (root: it makes network namespaces)
+    sudo python -m bench.team            # about 13 minutes on 2 busy CPU cores (root: it makes network namespaces)
     python -m bench.team --quick         # about 2 minutes: 1 round, 1 s per load level
 
 (a) add-task wall time (the real CLI, tiny random BERT, 200 rows, 2 epochs), rounds interleaved:
