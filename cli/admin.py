@@ -36,6 +36,8 @@ def print_report(report: dict) -> None:
     """Removed files, then problems, one per line; or a one-line summary when all is well."""
     for path in report["pruned"]:
         click.echo(f"removed unreferenced file {path}")
+    for path in report["discarded"]:
+        click.echo(f"removed corrupt cache entry {path}")
     for problem in report["problems"]:
         click.echo(problem["message"])
     if report["ok"]:

@@ -7,13 +7,14 @@ import json
 import shutil
 import tempfile
 from collections.abc import Callable
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 from sqlalchemy import Row, select, text
 from sqlalchemy.exc import IntegrityError
 
-from registry import db, schema
+from registry import cache, db, schema
 from registry.adapters import ARCHITECTURES
 from registry.config import Settings
 from registry.core import Registry, database_exists, open_registry
@@ -21,8 +22,7 @@ from registry.errors import AlreadyInitialised, BaseModelError, NotInitialised
 from registry.models import Artifact, BaseCheckpoint
 from registry.store import Store, sha256_of, write_atomic
 
-WEIGHTS_FILE = "model.safetensors"
-CONFIG_FILE = "config.json"
+WEIGHTS_FILE, CONFIG_FILE = cache.WEIGHTS_FILE, cache.CONFIG_FILE
 BASE_ID = 1  # the one row of `bases` (see register)
 
 
@@ -209,12 +209,39 @@ def default_name(source: str) -> str:
 
 
 def unpack(registry: Registry, base: Row | BaseCheckpoint) -> Path:
-    """A local directory `AutoModel.from_pretrained` can read, unpacked from the store once and reused."""
+    """A local directory `AutoModel.from_pretrained` can read, unpacked from the store once and reused.
+
+    Every use re-hashes the cached files: weights and config must still be the registry's base, the tokenizer
+    files as their manifest recorded. A cached copy that is not is discarded, with one line, and fetched again.
+    """
     target = registry.settings.cache_dir / f"base-{base.sha256}"
-    if (target / WEIGHTS_FILE).exists():
+    problem = cached_base_problem(target, base)
+    if problem is None:
         return target
-    write_base_files(registry.store, base, target)
+    if target.exists():
+        cache.notice(f"cache: the cached base {target} {problem}: discarded, fetching it again from the store")
+    staging = target.with_name(f".staging-{uuid.uuid4().hex}")
+    try:
+        write_base_files(registry.store, base, staging)
+        cache.write_manifest(staging)
+        if cached_base_problem(target, base) is not None:  # else another process put a good copy there meanwhile
+            cache.replace_directory(staging, target)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return target
+
+
+def cached_base_problem(target: Path, base: Row | BaseCheckpoint) -> str | None:
+    """What is wrong with the cached base at `target` (None when it is intact)."""
+    if not target.exists():
+        return "is absent"
+    return cache.base_problem(target, base.sha256, base.config_sha256)
+
+
+def weights_sha256(directory: Path) -> str:
+    """The sha256 of the weights in an unpacked base, as hashed when `unpack` last checked them."""
+    return json.loads((directory / cache.MANIFEST).read_text())[WEIGHTS_FILE]
 
 
 def write_base_files(store: Store, base: Row | BaseCheckpoint, target: Path) -> None:

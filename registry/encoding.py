@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import os
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from registry import cache
+from registry.store import write_atomic
 
 if TYPE_CHECKING:  # imported lazily at run time: `pyarrow` and `torch` are slow to import
     import pyarrow as pa
@@ -95,17 +96,24 @@ def _read_cache(path: Path, n: int) -> Encoded | None:
     return _from_flat(ids, offsets, labels, types)
 
 
-def _write_cache(path: Path, tensors: dict[str, np.ndarray], cache_key: str) -> None:
-    from safetensors.numpy import save_file
+def _write_cache(prefix: Path, tensors: dict[str, np.ndarray], cache_key: str) -> None:
+    """Write the file as `<prefix>-<sha256 of its bytes>.safetensors`, so every later use can check it."""
+    from safetensors.numpy import save
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
-    try:
-        save_file(tensors, str(tmp), metadata={"format": _CACHE_FORMAT, "cache_key": cache_key})
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    data = save(tensors, metadata={"format": _CACHE_FORMAT, "cache_key": cache_key})
+    write_atomic(prefix.with_name(f"{prefix.name}-{hashlib.sha256(data).hexdigest()}.safetensors"), data)
+
+
+def _cached(prefix: Path, n: int) -> Encoded | None:
+    """The cached split under `prefix`, from a file whose bytes still hash to its name; others are discarded."""
+    for path in sorted(prefix.parent.glob(f"{prefix.name}-*.safetensors")):
+        problem = cache.tokens_problem(path)
+        hit = None if problem else _read_cache(path, n)
+        if hit is not None:
+            return hit
+        cache.notice(f"cache: the tokenised split {path} {problem or 'is unreadable'}: discarded, tokenising again")
+        path.unlink(missing_ok=True)
+    return None
 
 
 def uses_segments(tokenizer: Any, pair: bool) -> bool:
@@ -139,8 +147,10 @@ def encode(
 
     ``split`` holds ``text_columns`` and one label column (as :func:`registry.data.load` returns it).
     With a ``cache_dir`` the result is one safetensors file (flat int32 ids, int64 offsets, labels),
-    named by sha256 of ``cache_key`` plus a digest of the split's texts and labels, written to a
-    temporary name and renamed into place. A cache hit never touches ``tokenizer`` (it may be None).
+    named by sha256 of ``cache_key`` plus a digest of the split's texts and labels, then by the sha256
+    of its own bytes; written to a temporary name and renamed into place, and re-hashed on every hit
+    (a file that no longer matches is discarded with one line on stderr). A cache hit never touches
+    ``tokenizer`` (it may be None).
     """
     text_columns = tuple(text_columns)
     if not 1 <= len(text_columns) <= 2:
@@ -157,11 +167,10 @@ def encode(
     path = None
     if cache_dir is not None:
         digest = hashlib.sha256(f"{cache_key}\n{_content_digest(texts, labels)}".encode()).hexdigest()
-        path = Path(cache_dir) / f"encoded-{digest}.safetensors"
-        if path.is_file():
-            hit = _read_cache(path, n)
-            if hit is not None:
-                return hit
+        path = Path(cache_dir) / f"encoded-{digest}"
+        hit = _cached(path, n)
+        if hit is not None:
+            return hit
     if tokenizer is None:
         raise ValueError("encode needs a tokenizer: the split is not in the cache")
 

@@ -58,6 +58,10 @@ class ArtifactError(RegistryError):
     """An artifact is missing or its bytes do not match its sha256."""
 
 
+class StoreUnavailable(RegistryError):
+    """The artifact store kept failing (network, server) after a bounded number of attempts."""
+
+
 class BundleError(RegistryError):
     """A bundle is missing files, tampered with, or built on another base."""
 

@@ -162,7 +162,7 @@ def _publish_one(session, publication: Publication, base_id: int) -> Published:
     else:
         task_id = publication.task_id
     task = session.get(Task, task_id)
-    if task.status == "failed":  # swept as interrupted meanwhile (silent for over STALE_AFTER): not ours any more
+    if task.status == "failed":  # swept as interrupted meanwhile (silent for over stale_after()): not ours any more
         raise RegistryError(f"task {task.name!r} was marked interrupted while it trained "
                             "(no heartbeat reached the database): run add-task again")
     first = task.status == "training"

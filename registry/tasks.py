@@ -126,13 +126,15 @@ def add_task(
     try:
         with Heartbeat(registry, task_id):
             base_dir = checkpoint.unpack(registry, base)
+            loaded_base = checkpoint.weights_sha256(base_dir)
+            record_loaded_base(registry, run_id, loaded_base)
             tokenizer = load_tokenizer(base_dir)
             train_set, validation_set = (
                 encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
                 for split in ("train", "validation"))
             best = None
             for run_config in grid:
-                run_id = run_id or open_run(registry, task_id, run_config, loaded, target)
+                run_id = run_id or open_run(registry, task_id, run_config, loaded, target, loaded_base)
                 result, n_trainable = train_one(registry, run_id, task_id, base_dir, run_config, loaded,
                                                 train_set, validation_set, tokenizer.pad_token_id, target, progress)
                 finish_run(registry, run_id, result, n_trainable)
@@ -215,25 +217,38 @@ def build_model(base_dir, adapter_size: int, head_size: int, seed: int) -> Adapt
 
 
 def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded: data.TaskData,
-             device: torch.device) -> int:
+             device: torch.device, base_sha256: str | None = None) -> int:
     """Record a run in state `running`."""
     with registry.write() as session:
-        run = new_run(task_id, config, loaded, device)
+        run = new_run(task_id, config, loaded, device, base_sha256)
         session.add(run)
         session.flush()
         return run.id
 
 
-def new_run(task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> Run:
+def record_loaded_base(registry: Registry, run_id: int, base_sha256: str) -> None:
+    """Add the sha256 of the base weights the run loaded to what it ran with (`runs.versions`)."""
+    with registry.write() as session:
+        run = session.get(Run, run_id)
+        run.versions = {**run.versions, "base_sha256": base_sha256}
+
+
+def new_run(task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device,
+            base_sha256: str | None = None) -> Run:
     """A `running` run of this process."""
-    return Run(task_id=task_id, **run_fields(config, loaded, device))
+    return Run(task_id=task_id, **run_fields(config, loaded, device, base_sha256))
 
 
-def run_fields(config: train.TrainConfig, loaded: data.TaskData, device: torch.device) -> dict:
-    """A run's fields; host and pid let the next command tell whether its process died."""
+def run_fields(config: train.TrainConfig, loaded: data.TaskData, device: torch.device,
+               base_sha256: str | None = None) -> dict:
+    """A run's fields; host and pid let the next command tell whether its process died.
+
+    `versions` holds what the run ran with: the software, and (once loaded) `base_sha256`, the sha256 of the
+    base weights file it loaded, which `registry verify` checks is the registry's base."""
+    versions = software_versions() | ({"base_sha256": base_sha256} if base_sha256 else {})
     # The rows skipped because they cannot train go with the hyper-parameters: what this run was trained on.
     hyperparams = {**config.as_dict(), "skipped_rows": loaded.skipped}
-    return dict(status="running", hyperparams=hyperparams, seed=config.seed, versions=software_versions(),
+    return dict(status="running", hyperparams=hyperparams, seed=config.seed, versions=versions,
                 device=str(device), host=this_host(), pid=os.getpid(), data_fingerprint=loaded.fingerprint,
                 validation_from=loaded.validation_from)
 

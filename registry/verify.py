@@ -9,7 +9,11 @@ What is checked (opening the registry has already checked the schema revision):
   size and the label count; ready positions are exactly 1..N and no task that is not ready holds a position; it
   carries its current version's artifacts and score;
 * every file in the store is an artifact the database knows. Unreferenced files (left behind by a
-  kill between storing an artifact and committing it) are reported, and removed with `prune`.
+  kill between storing an artifact and committing it) are reported, and removed with `prune`;
+* every run that recorded the sha256 of the base weights it loaded (`versions.base_sha256`) loaded
+  this registry's base;
+* this host's cache (REGISTRY_HOME/cache, see registry.cache): every entry still hashes as recorded;
+  a corrupt entry is reported, and removed with `prune` (it is fetched or made again when next needed).
 
 Imports neither torch nor transformers.
 """
@@ -25,6 +29,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from registry import cache
 from registry.core import Registry
 from registry.data import head_size
 from registry.lifecycle import CURRENT_FIELDS
@@ -41,7 +46,7 @@ TASK_CONFIG_FIELDS = ("task_type", "labels", "text_columns", "label_column", "me
 class Problem:
     """One inconsistency: a kind, what it is about, and a one-line message that says what to do."""
 
-    kind: str  # missing | corrupt | size | task | position | unreferenced
+    kind: str  # missing | corrupt | size | task | position | unreferenced | run | cache
     subject: str
     message: str
 
@@ -52,6 +57,7 @@ class Report:
 
     problems: list[Problem] = field(default_factory=list)
     pruned: list[str] = field(default_factory=list)
+    discarded: list[str] = field(default_factory=list)  # corrupt cache entries removed by `prune`
     checked: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -60,7 +66,7 @@ class Report:
 
     def as_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "problems": [asdict(p) for p in self.problems], "pruned": self.pruned,
-                "checked": self.checked}
+                "discarded": self.discarded, "checked": self.checked}
 
 
 def verify(registry: Registry, *, prune: bool = False) -> Report:
@@ -74,12 +80,20 @@ def verify(registry: Registry, *, prune: bool = False) -> Report:
         tasks = session.scalars(select(Task).order_by(Task.id)).all()
         users = artifact_users(session, base, tasks)
         check_current_versions(session, tasks, report)
+        loaded_bases = session.execute(select(Run.id, Run.versions).order_by(Run.id)).all()
     sizes = {artifact.sha256: artifact.size for artifact in artifacts}
 
     intact = check_artifacts(registry, sizes, users, report)
     check_tasks(registry, base, tasks, intact, report)
     unreferenced, files = check_store(registry, set(sizes), report)
+    check_loaded_bases(base.sha256, loaded_bases, report)
+    corrupt_cache = check_cache(registry, base, report)
     report.checked = {"artifacts": len(artifacts), "tasks": sum(t.status == "ready" for t in tasks), "files": files}
+    if prune:
+        for path in corrupt_cache:
+            cache.remove(path)
+            report.discarded.append(str(path))
+        report.problems = [p for p in report.problems if p.kind != "cache"]
 
     if prune and unreferenced:
         with registry.read() as session:  # after the sweep: only live add-tasks are still training
@@ -92,7 +106,7 @@ def verify(registry: Registry, *, prune: bool = False) -> Report:
                 "run `registry verify --prune` when it has finished")))
         else:
             for path in unreferenced:
-                registry.store.fs.rm_file(path)
+                registry.store.remove(path)
                 report.pruned.append(path)
     return report
 
@@ -281,13 +295,31 @@ def task_facts(task) -> dict[str, Any]:
     return {key: getattr(task, key) for key in TASK_CONFIG_FIELDS}
 
 
+def check_loaded_bases(base_sha: str, runs: list, report: Report) -> None:
+    """Every run that recorded the base weights it loaded (`versions.base_sha256`) loaded this registry's base."""
+    for run_id, versions in runs:
+        loaded = (versions or {}).get("base_sha256")
+        if loaded is not None and loaded != base_sha:
+            report.problems.append(Problem("run", str(run_id), (
+                f"run {run_id} trained on base weights {loaded[:12]}, not this registry's base {base_sha[:12]}: "
+                "its task's scores are not comparable; re-add the task")))
+
+
+def check_cache(registry: Registry, base, report: Report) -> list:
+    """This host's cache (REGISTRY_HOME/cache): the entries that would be discarded when used."""
+    found = cache.problems(registry.settings.cache_dir, base.sha256, base.config_sha256)
+    for path, problem in found:
+        report.problems.append(Problem("cache", str(path), (
+            f"cache entry {path} {problem}: the next command that needs it fetches it again; "
+            "or remove it now with `registry verify --prune`")))
+    return [path for path, _ in found]
+
+
 def check_store(registry: Registry, known: set[str], report: Report) -> tuple[list[str], int]:
     """Files in the store that no artifact row names (stray temporary files included): their paths, and how many files."""
     store = registry.store
-    if not store.fs.exists(store.root):
-        return [], 0
     unreferenced = []
-    paths = sorted(store.fs.find(store.root))
+    paths = store.files()
     for path in paths:
         parent, name = path.rsplit("/", 2)[-2:]
         if SHA_NAME.fullmatch(name) and parent == name[:2] and name in known:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from sqlalchemy import create_engine, text
 from registry.cli.main import cli
 from registry.config import Settings
 from tests.helpers import PG_URL, REPO, make_settings, write_tiny_bert
+from tests.servers import MotoServer
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -84,3 +86,31 @@ def glue_dir() -> Path:
     if not GLUE_DIR.is_dir():
         pytest.skip(f"GLUE data not found at {GLUE_DIR} (set GLUE_DIR)")
     return GLUE_DIR
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory) -> MotoServer:
+    """moto's S3 server on loopback for the whole run, its variables in this process's environment; always stopped."""
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (make install)")
+    pytest.importorskip("s3fs", reason="s3fs is not installed (make install)")
+    server = MotoServer("127.0.0.1", tmp_path_factory.mktemp("moto") / "moto.log")
+    saved = {name: os.environ.get(name) for name in server.env()}
+    os.environ.update(server.env())
+    yield server
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    server.stop()
+
+
+@pytest.fixture(params=["local", "s3"])
+def store_url(request, tmp_path) -> str:
+    """A fresh, empty store: a directory, or a new bucket on the loopback S3 server."""
+    if request.param == "local":
+        return str(tmp_path / "artifacts")
+    server = request.getfixturevalue("s3_server")
+    bucket = f"registry-{uuid.uuid4().hex[:16]}"
+    server.make_bucket(bucket)
+    return f"s3://{bucket}/artifacts"

@@ -125,6 +125,13 @@ CASES = [
     case("epochs-zero", f"{NEW} {{good}} --epochs 0", "Invalid value for '--epochs'", "add-task --help`)", exit_code=2),
     case("device-without-cuda", f"{NEW} {{good}} --device cuda", "--device cuda: no CUDA device is available here",
          "use --device auto or cpu", "no_cuda"),
+    # --- heartbeat settings (every command that sweeps checks them before writing anything)
+    case("stale-after-not-a-number", "runs --sweep", "REGISTRY_STALE_AFTER_SECONDS='soon'", "give a positive number of seconds",
+         "stale_after_soon"),
+    case("stale-after-under-3-heartbeats", f"{NEW} {{good}}", "REGISTRY_STALE_AFTER_SECONDS=20 is under 3 heartbeats",
+         "raise it, or lower the heartbeat", "stale_after_20"),
+    case("heartbeat-negative", "verify --prune", "REGISTRY_HEARTBEAT_SECONDS='-1'", "give a positive number of seconds",
+         "heartbeat_negative"),
     # --- add-task: names
     case("name-taken", "add-task sentiment --data {good}", "task 'sentiment' already exists (ready)", "pick another name"),
     *(case(f"name-{label}", ["add-task", name, "--data", "{good}"], f"invalid task name {name!r}", "use lowercase letters")
@@ -435,7 +442,21 @@ def user_tar(prepared, monkeypatch):
         path.unlink()
 
 
-SETUPS = {"retired": retired, "user_tar": user_tar, "unreadable": unreadable, "no_cuda": no_cuda, "tampered": tampered,
+def environment(**variables: str):
+    """A setup that sets environment variables for the command."""
+    @contextlib.contextmanager
+    def setup(prepared, monkeypatch):
+        for name, value in variables.items():
+            monkeypatch.setenv(name, value)
+        yield
+
+    return setup
+
+
+SETUPS = {"stale_after_soon": environment(REGISTRY_STALE_AFTER_SECONDS="soon"),
+          "stale_after_20": environment(REGISTRY_STALE_AFTER_SECONDS="20"),
+          "heartbeat_negative": environment(REGISTRY_HEARTBEAT_SECONDS="-1"),
+          "retired": retired, "user_tar": user_tar, "unreadable": unreadable, "no_cuda": no_cuda, "tampered": tampered,
           "adapter_missing": adapter_missing,
           "newer_schema": newer_schema}
 

@@ -568,7 +568,8 @@ def test_verify_clean_registry(run_cli, trained):
     assert result.exit_code == 0
     assert result.stdout == "ok: 5 artifacts and 1 ready tasks verified, no unreferenced files in the store\n"
     report = json.loads(run_cli("verify", "--json").stdout)
-    assert report == {"ok": True, "problems": [], "pruned": [], "checked": {"artifacts": 5, "tasks": 1, "files": 5}}
+    assert report == {"ok": True, "problems": [], "pruned": [], "discarded": [],
+                      "checked": {"artifacts": 5, "tasks": 1, "files": 5}}
 
 
 def test_verify_finds_missing_and_corrupt_artifacts(run_cli, settings, trained):
