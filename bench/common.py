@@ -20,7 +20,10 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs" / "benchmarks.md"
-DOCS_TITLE = "# Benchmarks\n\nEach `## ` section is written by one benchmark (`python -m bench.NAME`) and replaced when it runs again.\n"
+DOCS_TITLE = (
+    "# Benchmarks\n\nEach `## ` section is written by one benchmark (`python -m bench.NAME`) "
+    "and replaced when it runs again.\n"
+)
 
 
 # --- the machine -------------------------------------------------------------------------------
@@ -119,14 +122,19 @@ def run_command(argv: Sequence[str], *, env: dict[str, str] | None = None, cwd: 
     """Run a command with its output discarded (as hyperfine does); raise with its stderr if it fails."""
     done = subprocess.run(list(argv), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, cwd=cwd)
     if done.returncode != 0:
-        raise RuntimeError(f"{shlex.join(argv)} exited {done.returncode}: {done.stderr.decode(errors='replace')[-2000:]}")
+        raise RuntimeError(
+            f"{shlex.join(argv)} exited {done.returncode}: {done.stderr.decode(errors='replace')[-2000:]}"
+        )
 
 
 def time_commands(commands: dict, runs: int, *, warmup: int = 2, env: dict[str, str] | None = None,
                   cwd: Path | None = None) -> dict:
     """Hyperfine-style wall times of whole commands (a dict of name: argv), interleaved; `warmup` untimed runs first."""
-    return interleave({name: (lambda argv=argv: run_command(argv, env=env, cwd=cwd)) for name, argv in commands.items()},
-                      runs, warmup=warmup)
+    return interleave(
+        {name: (lambda argv=argv: run_command(argv, env=env, cwd=cwd)) for name, argv in commands.items()},
+        runs,
+        warmup=warmup,
+    )
 
 
 def median(values: Sequence[float]) -> float:
@@ -197,8 +205,12 @@ def publish(heading: str, body: str, *, info: dict[str, str], write: bool) -> No
 
 def add_docs_options(parser) -> None:
     """--quick / --docs / --no-docs, the same in every benchmark."""
-    parser.add_argument("--quick", action="store_true", help="Small sizes, to check the benchmark runs (docs not written).")
-    parser.add_argument("--docs", dest="docs", action="store_true", default=None, help="Write docs/benchmarks.md even with --quick.")
+    parser.add_argument(
+        "--quick", action="store_true", help="Small sizes, to check the benchmark runs (docs not written)."
+    )
+    parser.add_argument(
+        "--docs", dest="docs", action="store_true", default=None, help="Write docs/benchmarks.md even with --quick."
+    )
     parser.add_argument("--no-docs", dest="docs", action="store_false", help="Only print the figures.")
 
 

@@ -29,7 +29,13 @@ HEADING = "GLUE: adapters vs full fine-tuning (the seed paper's table on all-Min
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 # name, GLUE directory, train rows used (None: all). Subsampled so that both sides of all five tasks fit
 # in well under an hour on 2 CPU cores; --full-data trains on every row (hours on 2 cores, minutes on a GPU).
-TASKS = [("cola", "CoLA", None), ("sst2", "SST-2", 2000), ("mrpc", "MRPC", 1500), ("stsb", "STS-B", 1500), ("rte", "RTE", 1500)]
+TASKS = [
+    ("cola", "CoLA", None),
+    ("sst2", "SST-2", 2000),
+    ("mrpc", "MRPC", 1500),
+    ("stsb", "STS-B", 1500),
+    ("rte", "RTE", 1500),
+]
 ADAPTER_LR, FULL_LR = 1e-3, 3e-5
 
 
@@ -85,15 +91,19 @@ def report(results: list[dict], matrix: dict, base_params: int, seconds: float) 
     """The section body for docs/benchmarks.md: the paper-style table, then the continual matrix."""
     lines = [
         f"Adapters: `registry add-task` (m=64, lr {ADAPTER_LR:g}); full fine-tuning: the same loop, base unfrozen, "
-        f"lr {FULL_LR:g}. Both: Adam, 10% linear warm-up then linear decay, batch 32, max length 128, best epoch on dev. "
+        f"lr {FULL_LR:g}. Both: Adam, 10% linear warm-up then linear decay, batch 32, max length 128, best epoch on "
+        "dev. "
         f"{seconds / 60:.0f} minutes in all.",
         "",
         "| task | metric | train rows | adapters | full FT | adapter params/task | adapters time | full FT time |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
-        lines.append(f"| {r['task']} | {r['metric']} | {r['rows']} | {r['adapters']:.4f} | {r['full']:.4f} | "
-                     f"{r['trainable']:,} ({r['trainable'] / base_params:.1%}) | {r['adapter_seconds']:.0f} s | {r['full_seconds']:.0f} s |")
+        lines.append(
+            f"| {r['task']} | {r['metric']} | {r['rows']} | {r['adapters']:.4f} | {r['full']:.4f} | "
+            f"{r['trainable']:,} ({r['trainable'] / base_params:.1%}) | {r['adapter_seconds']:.0f} s | "
+            f"{r['full_seconds']:.0f} s |"
+        )
     mean_adapters = sum(r["adapters"] for r in results) / len(results)
     mean_full = sum(r["full"] for r in results) / len(results)
     total_adapters = (base_params + sum(r["trainable"] for r in results)) / base_params
@@ -114,8 +124,13 @@ def report(results: list[dict], matrix: dict, base_params: int, seconds: float) 
         "",
         "Continual learning, `registry history --matrix`: R[i][j] = score on task j after adding task i.",
         "",
-        markdown_table(["after adding", *matrix["tasks"]],
-                       [[name, *("" if v is None else f"{v:.4f}" for v in row)] for name, row in zip(matrix["tasks"], matrix["matrix"])]),
+        markdown_table(
+            ["after adding", *matrix["tasks"]],
+            [
+                [name, *("" if v is None else f"{v:.4f}" for v in row)]
+                for name, row in zip(matrix["tasks"], matrix["matrix"])
+            ],
+        ),
         "",
         f"ACC {matrix['acc']:.4f}, BWT {bwt} (exactly 0: adding a task never touches another's weights).",
         "",
@@ -155,7 +170,11 @@ def main() -> None:
         results.append({"task": name, "metric": row["metric"], "rows": rows or "all", "adapters": row["score"],
                         "trainable": row["trainable_params"], "adapter_seconds": adapter_seconds,
                         "full": full, "full_seconds": full_seconds, "full_params": full_params})
-        print(f"{name}: adapters {row['score']:.4f} ({adapter_seconds:.0f} s), full fine-tuning {full:.4f} ({full_seconds:.0f} s)", flush=True)
+        print(
+            f"{name}: adapters {row['score']:.4f} ({adapter_seconds:.0f} s), full fine-tuning {full:.4f} "
+            f"({full_seconds:.0f} s)",
+            flush=True,
+        )
         if write_docs(args):  # rewritten after every task, so an interrupted run still leaves its figures
             matrix = registry_cli(home, "history", "--matrix")
             update_docs(HEADING, section(HEADING, command=command_line(), info=machine(),

@@ -114,7 +114,8 @@ def bench_add(work: Path, n_th: int, rounds: int, rows: int, epochs: int) -> dic
 # --- (b) list and history with many tasks --------------------------------------------------------
 
 def populate(settings, n_tasks: int, metrics_per_task: int, seed: int = 0) -> None:
-    """Ready tasks with one succeeded run, evaluations and metric rows, inserted in bulk as add-task and eval write them."""
+    """Ready tasks with one succeeded run, evaluations and metric rows, inserted in bulk as add-task and eval write
+    them."""
     from sqlalchemy import insert
 
     from registry.core import open_registry
@@ -145,12 +146,28 @@ def populate(settings, n_tasks: int, metrics_per_task: int, seed: int = 0) -> No
                               "adapter_size": 64, "adapter_sha256": adapter_sha, "config_sha256": config_sha,
                               "score": score, "trainable_params": 605_186, "created_at": created,
                               "ready_at": created + timedelta(minutes=5)})
-                runs.append({"id": t, "task_id": t, "status": "succeeded", "hyperparams": hyperparams, "seed": 0,
-                             "versions": versions, "device": "cpu", "host": "bench", "pid": 1000 + t,
-                             "data_fingerprint": f"{rng.getrandbits(256):064x}", "validation_from": "dev.tsv",
-                             "trainable_params": 605_186, "score": score, "best_epoch": 2, "adapter_sha256": adapter_sha,
-                             "started_at": created, "heartbeat_at": created + timedelta(minutes=5),
-                             "finished_at": created + timedelta(minutes=5)})
+                runs.append(
+                    {
+                        "id": t,
+                        "task_id": t,
+                        "status": "succeeded",
+                        "hyperparams": hyperparams,
+                        "seed": 0,
+                        "versions": versions,
+                        "device": "cpu",
+                        "host": "bench",
+                        "pid": 1000 + t,
+                        "data_fingerprint": f"{rng.getrandbits(256):064x}",
+                        "validation_from": "dev.tsv",
+                        "trainable_params": 605_186,
+                        "score": score,
+                        "best_epoch": 2,
+                        "adapter_sha256": adapter_sha,
+                        "started_at": created,
+                        "heartbeat_at": created + timedelta(minutes=5),
+                        "finished_at": created + timedelta(minutes=5),
+                    }
+                )
                 for epoch in range(1, epochs + 1):
                     at = created + timedelta(seconds=10 * epoch)
                     for key, split in (("loss", "train"), ("mcc", "validation"), ("accuracy", "validation")):
@@ -166,7 +183,13 @@ def populate(settings, n_tasks: int, metrics_per_task: int, seed: int = 0) -> No
                         metrics.append({"task_id": t, "run_id": None, "evaluation_id": evaluation_id, "key": key,
                                         "split": "validation", "epoch": None, "step": None, "value": rng.random(),
                                         "recorded_at": at})
-            for model, rows in ((Artifact, artifacts), (Task, tasks), (Run, runs), (Evaluation, evaluations), (Metric, metrics)):
+            for model, rows in (
+                (Artifact, artifacts),
+                (Task, tasks),
+                (Run, runs),
+                (Evaluation, evaluations),
+                (Metric, metrics),
+            ):
                 session.execute(insert(model), rows)
     finally:
         registry.close()
@@ -197,7 +220,9 @@ def bench_reads(work: Path, n_tasks: int, metrics_per_task: int, runs: int) -> d
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m bench.scale", description=__doc__.splitlines()[0])
-    parser.add_argument("--nth", type=int, help="Compare the add-task of this task with the first (default 20, --quick 5).")
+    parser.add_argument(
+        "--nth", type=int, help="Compare the add-task of this task with the first (default 20, --quick 5)."
+    )
     parser.add_argument("--rounds", type=int, help="Rounds of (a) (default 20, --quick 3).")
     parser.add_argument("--tasks", type=int, help="Tasks in the big registry of (b) (default 1000, --quick 100).")
     parser.add_argument("--metrics-per-task", type=int, default=100)
@@ -237,31 +262,48 @@ def main(argv: list[str] | None = None) -> dict:
     if added:
         t = added["times"]
         fill = ", ".join(f"{s:.2f}" for s in added["fill"])
-        body.append(f"### (a) add-task: task {n_th} vs task 1 (tiny BERT)\n\n"
-                    f"Tiny random BERT (hidden 32, 2 layers), {args.rows} training rows, {args.epochs} epoch(s), "
-                    f"{args.threads} torch thread(s), library "
-                    f"`add_task` calls; {rounds} rounds, each adding the same new task to a copy of an empty registry "
-                    f"and to a copy of one holding {n_th - 1} tasks, in alternating order.\n\n"
-                    + common.markdown_table(["side", f"add-task seconds (median, min–max, {rounds} runs)"],
-                                            [["task 1", common.spread(t["first"])], [f"task {n_th}", common.spread(t["nth"])],
-                                             [f"**task {n_th} / task 1**", f"**{added['ratio']:.3f}**"]])
-                    + f"\n\nGoal ≤ {GOALS['add']:g}: **{common.verdict(added['ratio'], GOALS['add'])}**. "
-                    f"Seconds of tasks 1–{n_th - 1} while filling (task 1 after a warm-up task elsewhere): {fill}.")
+        body.append(
+            f"### (a) add-task: task {n_th} vs task 1 (tiny BERT)\n\n"
+            f"Tiny random BERT (hidden 32, 2 layers), {args.rows} training rows, {args.epochs} epoch(s), "
+            f"{args.threads} torch thread(s), library "
+            f"`add_task` calls; {rounds} rounds, each adding the same new task to a copy of an empty registry "
+            f"and to a copy of one holding {n_th - 1} tasks, in alternating order.\n\n"
+            + common.markdown_table(
+                ["side", f"add-task seconds (median, min–max, {rounds} runs)"],
+                [
+                    ["task 1", common.spread(t["first"])],
+                    [f"task {n_th}", common.spread(t["nth"])],
+                    [f"**task {n_th} / task 1**", f"**{added['ratio']:.3f}**"],
+                ],
+            )
+            + f"\n\nGoal ≤ {GOALS['add']:g}: **{common.verdict(added['ratio'], GOALS['add'])}**. "
+            f"Seconds of tasks 1–{n_th - 1} while filling (task 1 after a warm-up task elsewhere): {fill}."
+        )
         verdicts["add"] = added["ratio"]
     t, sizes, (one, many) = reads["times"], reads["sizes"], reads["labels"]
     rows = []
     for command in ("list --json", "history NAME --json", "history --json"):
         ratio = common.median(t[(command, many)]) / common.median(t[(command, one)])
         goal = "" if command == "history --json" else common.verdict(ratio, GOALS["read"])
-        rows.append([f"`registry {command}`", common.spread(t[(command, one)]), common.spread(t[(command, many)]),
-                     f"{sizes[(command, one)]:,} → {sizes[(command, many)]:,}", f"**{ratio:.3f}**", goal or "(output grows 1,000×; see below)"])
+        rows.append(
+            [
+                f"`registry {command}`",
+                common.spread(t[(command, one)]),
+                common.spread(t[(command, many)]),
+                f"{sizes[(command, one)]:,} → {sizes[(command, many)]:,}",
+                f"**{ratio:.3f}**",
+                goal or "(output grows 1,000×; see below)",
+            ]
+        )
         verdicts[command] = ratio
-    body.append(f"### (b) list and history: {many} × {args.metrics_per_task} metric rows vs {one}\n\n"
-                f"The real CLI in subprocesses (output to /dev/null), SQLite, the database filled by bulk inserts of "
-                f"ready tasks with a succeeded run, 5 evaluations and {args.metrics_per_task} metric rows each; "
-                f"`history NAME` asks for a task in the middle. {runs} runs of every command, all interleaved, "
-                f"after 2 warm-up runs each.\n\n"
-                + common.markdown_table(["command", one, many, "stdout bytes", "ratio", f"goal ≤ {GOALS['read']:g}"], rows))
+    body.append(
+        f"### (b) list and history: {many} × {args.metrics_per_task} metric rows vs {one}\n\n"
+        f"The real CLI in subprocesses (output to /dev/null), SQLite, the database filled by bulk inserts of "
+        f"ready tasks with a succeeded run, 5 evaluations and {args.metrics_per_task} metric rows each; "
+        f"`history NAME` asks for a task in the middle. {runs} runs of every command, all interleaved, "
+        f"after 2 warm-up runs each.\n\n"
+        + common.markdown_table(["command", one, many, "stdout bytes", "ratio", f"goal ≤ {GOALS['read']:g}"], rows)
+    )
     startup = common.median(t[("list", "1 task")]) / common.median(t[("python -c 'import sqlalchemy, click'", "")])
     verdicts["startup"] = startup
     body.append("### (c) `registry list` vs importing its two main dependencies\n\n"

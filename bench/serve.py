@@ -1,6 +1,7 @@
-"""`registry serve` under load on the real base: batching, sharing the base, memory and hot-add, side by side in one run.
+"""`registry serve` under load on the real base: batching, sharing the base, memory and hot-add, side by side in
+one run.
 
-    python -m bench.serve                     # MiniLM + 5 GLUE tasks (200 rows, 1 epoch each; trained once into --workdir)
+    python -m bench.serve                     # MiniLM + 5 GLUE tasks (200 rows, 1 epoch; trained once into --workdir)
     python -m bench.serve --workdir DIR       # keep the registry and bundles in DIR: a second run skips training
     python -m bench.serve --quick             # fewer requests: checks that it runs (docs untouched)
 
@@ -82,8 +83,19 @@ def serving(home: Path, *args: str, threads: int | None = None):
     """Start `registry serve --port 0 ARGS` for the registry at `home` (on `threads` torch threads, default --threads);
     stopped (SIGTERM, then SIGKILL) at the end."""
     threads = threads or THREADS["server"]
-    command = [*common.registry_command(), "--home", str(home), "serve", "--host", "127.0.0.1", "--port", "0", "--device", "cpu",
-               *args]
+    command = [
+        *common.registry_command(),
+        "--home",
+        str(home),
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        "0",
+        "--device",
+        "cpu",
+        *args,
+    ]
     env = common.offline_env(**({"OMP_NUM_THREADS": str(threads)} if threads else {}))
     process = subprocess.Popen(command, env=env, cwd=common.REPO, stdout=subprocess.DEVNULL,
                                stderr=subprocess.PIPE, text=True)
@@ -129,11 +141,15 @@ async def request(host: str, port: int, method: str, path: str, body: bytes = b"
 
 
 def body_of(task: str, text) -> bytes:
-    item = {"task": task, "text": text} if isinstance(text, str) else {"task": task, "text": text[0], "text_pair": text[1]}
+    item = (
+        {"task": task, "text": text} if isinstance(text, str) else {"task": task, "text": text[0], "text_pair": text[1]}
+    )
     return json.dumps({"inputs": [item]}).encode()
 
 
-async def load(clients: list[tuple[Server, list[bytes]]], requests: int, seconds: float, stop: asyncio.Event | None = None) -> dict:
+async def load(
+    clients: list[tuple[Server, list[bytes]]], requests: int, seconds: float, stop: asyncio.Event | None = None
+) -> dict:
     """Clients sending their bodies in turn until `requests` in all, `seconds`, or `stop`: what they measured."""
     latencies: list[float] = []
     failures: list[int] = []
@@ -159,8 +175,14 @@ async def load(clients: list[tuple[Server, list[bytes]]], requests: int, seconds
     await asyncio.gather(*(client(server, bodies) for server, bodies in clients))
     elapsed = time.perf_counter() - started
     ordered = sorted(latencies)
-    return {"requests": len(latencies), "failed": len(failures), "seconds": elapsed, "throughput": len(latencies) / elapsed,
-            "p50": ordered[len(ordered) // 2], "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))]}
+    return {
+        "requests": len(latencies),
+        "failed": len(failures),
+        "seconds": elapsed,
+        "throughput": len(latencies) / elapsed,
+        "p50": ordered[len(ordered) // 2],
+        "p99": ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+    }
 
 
 def spread_clients(n: int, servers_by_task: dict[str, Server], bodies_by_task: dict[str, list[bytes]]) -> list:
@@ -195,8 +217,18 @@ def batching(bundle: Path, bodies: dict, requests: int, seconds: float) -> list[
             for name in ("dynamic", "batch 1"):
                 m = measured[name]
                 ratio = m["throughput"] / measured["batch 1"]["throughput"]
-                rows.append([clients, name, m["requests"], m["failed"], f"{m['throughput']:.1f}", f"{m['p50'] * 1e3:.0f}",
-                             f"{m['p99'] * 1e3:.0f}", f"{ratio:.2f}x"])
+                rows.append(
+                    [
+                        clients,
+                        name,
+                        m["requests"],
+                        m["failed"],
+                        f"{m['throughput']:.1f}",
+                        f"{m['p50'] * 1e3:.0f}",
+                        f"{m['p99'] * 1e3:.0f}",
+                        f"{ratio:.2f}x",
+                    ]
+                )
             print(rows[-2], rows[-1], file=sys.stderr)
     return rows
 
@@ -206,8 +238,10 @@ def sharing(bundle: Path, bodies: dict, requests: int, seconds: float) -> tuple[
     names = list(bodies)
     with ExitStack() as stack:
         shared = stack.enter_context(serving(bundle.parent, "--bundle", str(bundle)))
-        singles = {name: stack.enter_context(serving(bundle.parent, "--bundle", str(bundle), "--tasks", name, threads=1))
-                   for name in names}
+        singles = {
+            name: stack.enter_context(serving(bundle.parent, "--bundle", str(bundle), "--tasks", name, threads=1))
+            for name in names
+        }
         asyncio.run(warm(shared, bodies))
         for name, server in singles.items():
             asyncio.run(warm(server, {name: bodies[name]}))
@@ -217,15 +251,28 @@ def sharing(bundle: Path, bodies: dict, requests: int, seconds: float) -> tuple[
         shared_rss = shared.rss()
         singles_rss = sum(server.rss() for server in singles.values())
     shared_tp = statistics.mean([shared_load["throughput"], shared_again["throughput"]])
-    rows = [["one 5-task server (two runs, before and after)", f"{shared_load['throughput']:.1f}, {shared_again['throughput']:.1f}",
-             f"{shared_load['p50'] * 1e3:.0f}", f"{shared_load['failed'] + shared_again['failed']}", f"{shared_rss / MB:.0f}"],
-            ["5 single-task servers (1 torch thread each)", f"{singles_load['throughput']:.1f}", f"{singles_load['p50'] * 1e3:.0f}",
-             f"{singles_load['failed']}", f"{singles_rss / MB:.0f}"]]
+    rows = [
+        [
+            "one 5-task server (two runs, before and after)",
+            f"{shared_load['throughput']:.1f}, {shared_again['throughput']:.1f}",
+            f"{shared_load['p50'] * 1e3:.0f}",
+            f"{shared_load['failed'] + shared_again['failed']}",
+            f"{shared_rss / MB:.0f}",
+        ],
+        [
+            "5 single-task servers (1 torch thread each)",
+            f"{singles_load['throughput']:.1f}",
+            f"{singles_load['p50'] * 1e3:.0f}",
+            f"{singles_load['failed']}",
+            f"{singles_rss / MB:.0f}",
+        ],
+    ]
     return rows, shared_tp / singles_load["throughput"], shared_rss / singles_rss
 
 
 def widened(bundle: Path, target: Path, copies: int) -> Path:
-    """A bundle holding each task of `bundle` under `copies` names (same adapter bytes): many tasks without training them."""
+    """A bundle holding each task of `bundle` under `copies` names (same adapter bytes): many tasks without
+    training them."""
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(bundle, target)
@@ -262,15 +309,19 @@ def memory(bundle: Path, bodies: dict) -> list[list]:
     return [[label, n, f"{rss / MB:.0f}", f"{rss / base:.3f}x"] for label, n, rss in rows]
 
 
+
 def hot_add(bundle4: Path, home: Path, bodies: dict, new: tuple[str, str], seconds: float) -> dict:
-    """4: serve a registry of 4 tasks under 8 clients; `registry add-task` a 5th; seconds from its ready_at to its first answer."""
+    """4: serve a registry of 4 tasks under 8 clients; `registry add-task` a 5th; seconds from its ready_at to its
+    first answer."""
     from sqlalchemy import create_engine, select
 
     from registry import schema
 
     if home.exists():
         shutil.rmtree(home)
-    common.run_command([*common.registry_command(), "--home", str(home), "import", str(bundle4)], env=common.offline_env())
+    common.run_command(
+        [*common.registry_command(), "--home", str(home), "import", str(bundle4)], env=common.offline_env()
+    )
     name, directory = new
     probe = bodies[name][0]
     with serving(home) as server:
@@ -317,9 +368,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-samples", type=int, default=200, help="Training rows per task.")
     parser.add_argument("--requests", type=int, help="Requests per measured load (default 600, --quick 60).")
     parser.add_argument("--seconds", type=float, default=60, help="Most seconds per measured load.")
-    parser.add_argument("--workdir", type=Path, help="Keep the registry and bundles here and reuse them on the next run.")
-    parser.add_argument("--threads", type=int, help="torch threads per server (default: torch's own); 1 gives steadier ratios "
-                        "on a machine shared with other work.")
+    parser.add_argument(
+        "--workdir", type=Path, help="Keep the registry and bundles here and reuse them on the next run."
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        help="torch threads per server (default: torch's own); 1 gives steadier ratios "
+        "on a machine shared with other work.",
+    )
     common.add_docs_options(parser)
     args = parser.parse_args(argv)
     THREADS["server"] = args.threads
@@ -344,8 +401,10 @@ def main(argv: list[str] | None = None) -> None:
     bundle4 = workdir / "bundle-4"
     for path, tasks in ((bundle, "all"), (bundle4, ",".join(names[:4]))):
         if not path.exists():
-            common.run_command([*common.registry_command(), "--home", str(home), "export", "--tasks", tasks, "--output", str(path)],
-                               env=common.offline_env())
+            common.run_command(
+                [*common.registry_command(), "--home", str(home), "export", "--tasks", tasks, "--output", str(path)],
+                env=common.offline_env(),
+            )
 
     print("1. batching", file=sys.stderr)
     batch_rows = batching(bundle, bodies, requests, args.seconds)
@@ -367,10 +426,13 @@ def main(argv: list[str] | None = None) -> None:
         f"Load: the first 64 dev-set inputs of each task, one input per request, client i on task i mod 5; "
         f"at most {requests} requests or {args.seconds:g} s per measured load. Servers on CPU with "
         f"{threads}, "
-        f"default limits unless named. Client: bench/serve.py's asyncio HTTP/1.1 client (keep-alive, one connection per client); "
+        "default limits unless named. Client: bench/serve.py's asyncio HTTP/1.1 client (keep-alive, one connection "
+        "per client); "
         f"figures are what the clients measured.\n\n"
         f"### 1. Dynamic batching against batch size 1 (same server, same 5 tasks)\n\n"
-        + common.markdown_table(["clients", "server", "requests", "failed", "requests/s", "p50 ms", "p99 ms", "vs batch 1"], batch_rows)
+        + common.markdown_table(
+            ["clients", "server", "requests", "failed", "requests/s", "p50 ms", "p99 ms", "vs batch 1"], batch_rows
+        )
         + f"\n\nAt 32 clients: {at32['dynamic']:.2f}x the throughput of batch size 1; goal ≥ 2x on CPU: "
         f"{'met' if at32['dynamic'] >= 2 else 'missed'}.\n\n"
         f"### 2. One 5-task server against 5 single-task servers (32 clients, the same inputs)\n\n"
@@ -380,14 +442,20 @@ def main(argv: list[str] | None = None) -> None:
         f"### 3. Resident memory by tasks held\n\n"
         + common.markdown_table(["server", "tasks", "RSS MB (after answering each task)", "vs 1 task"], memory_rows)
         + f"\n\n20 tasks: {wide:.3f}x 1 task; goal ≤ 1.15x: {'met' if wide <= 1.15 else 'missed'}. "
-        f"(The 20 are the 5 trained adapters, each under 4 names in one bundle: memory does not depend on what the weights are.)\n\n"
+        "(The 20 are the 5 trained adapters, each under 4 names in one bundle: memory does not depend on what the "
+        "weights are.)\n\n"
         f"### 4. Hot-add under load\n\n"
-        f"A registry holding 4 tasks (imported from a bundle) served with the default 2 s poll, 8 clients looping on those tasks; "
-        f"`registry add-task {TASKS[4][0]}` (64 rows, 1 epoch) in another process; a probe asks for the new task every 50 ms. "
+        "A registry holding 4 tasks (imported from a bundle) served with the default 2 s poll, 8 clients looping on "
+        "those tasks; "
+        f"`registry add-task {TASKS[4][0]}` (64 rows, 1 epoch) in another process; a probe asks for the new task "
+        "every 50 ms. "
         f"First answer {added['answered_after']:.2f} s after the task's `ready_at` (the server logged the new task set "
-        f"{added['logged_after']:.2f} s after it; add-task's process exited {added['exited_after']:.2f} s after it); goal ≤ 5 s: "
-        f"{'met' if added['answered_after'] <= 5 else 'missed'}. Meanwhile the clients sent {added['load']['requests']} requests, "
-        f"{added['load']['failed']} failed ({added['load']['throughput']:.1f} requests/s, p50 {added['load']['p50'] * 1e3:.0f} ms, "
+        f"{added['logged_after']:.2f} s after it; add-task's process exited {added['exited_after']:.2f} s after it); "
+        "goal ≤ 5 s: "
+        f"{'met' if added['answered_after'] <= 5 else 'missed'}. Meanwhile the clients sent "
+        f"{added['load']['requests']} requests, "
+        f"{added['load']['failed']} failed ({added['load']['throughput']:.1f} requests/s, p50 "
+        f"{added['load']['p50'] * 1e3:.0f} ms, "
         f"p99 {added['load']['p99'] * 1e3:.0f} ms, with the training in another process on the same cores).\n"
     )
     common.publish(HEADING, body, info=info, write=common.write_docs(args))

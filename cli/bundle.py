@@ -11,14 +11,22 @@ from registry.core import open_registry
 
 @click.command()
 @click.option("--tasks", "task_names", default="all", show_default=True, help="Which ready tasks: all, or NAME,NAME…")
-@click.option("--output", "-o", required=True, type=click.Path(dir_okay=True), help="The bundle directory (or .tar with --archive).")
+@click.option(
+    "--output",
+    "-o",
+    required=True,
+    type=click.Path(dir_okay=True),
+    help="The bundle directory (or .tar with --archive).",
+)
 @click.option("--dtype", type=click.Choice(["float32", "float16"]), default="float32", show_default=True,
               help="float16 halves the size; such a bundle can be served but not imported.")
 @click.option("--archive", is_flag=True, help="Write one .tar instead of a directory.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --output (never anything else).")
 @json_option
 @click.pass_obj
-def export(settings: Settings, task_names: str, output: str, dtype: str, archive: bool, force: bool, as_json: bool) -> None:
+def export(
+    settings: Settings, task_names: str, output: str, dtype: str, archive: bool, force: bool, as_json: bool
+) -> None:
     """Write the base once and every task's adapter into a bundle that serves without the database.
 
     Example: registry export --tasks all --output bundle/ --archive
@@ -62,8 +70,16 @@ def import_(settings: Settings, path: str, as_json: bool) -> None:
 @device_option
 @json_option
 @click.pass_obj
-def predict(settings: Settings, texts: tuple[str, ...], task: str | None, bundle_path: str | None, input_path: str | None,
-            batch_size: int, device: str, as_json: bool) -> None:
+def predict(
+    settings: Settings,
+    texts: tuple[str, ...],
+    task: str | None,
+    bundle_path: str | None,
+    input_path: str | None,
+    batch_size: int,
+    device: str,
+    as_json: bool,
+) -> None:
     """Predict a label and its probability per text, from a bundle or the registry; a pair task takes TEXT two by two.
 
     Example: registry predict --bundle bundle.tar --task sst2 "a gripping, funny film"

@@ -26,15 +26,23 @@ class RegistryGroup(click.Group):
         except Exception as exc:
             if ctx.params.get("debug"):
                 raise
-            message = str(exc) if isinstance(exc, RegistryError) else f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            message = (
+                str(exc)
+                if isinstance(exc, RegistryError)
+                else f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)"
+            )
             click.echo(f"Error: {printable(' '.join(message.split()))}", err=True)
             sys.exit(1)
 
 
 @click.group(cls=RegistryGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--home", envvar="REGISTRY_HOME", type=click.Path(file_okay=False), help="Registry directory (default ./.registry).")
+@click.option(
+    "--home", envvar="REGISTRY_HOME", type=click.Path(file_okay=False), help="Registry directory (default ./.registry)."
+)
 @click.option("--db", envvar="REGISTRY_DB_URL", help="SQLAlchemy database URL (default: SQLite in --home).")
-@click.option("--store", envvar="REGISTRY_STORE", help="Artifact store: a directory or fsspec URL (default: --home/artifacts).")
+@click.option(
+    "--store", envvar="REGISTRY_STORE", help="Artifact store: a directory or fsspec URL (default: --home/artifacts)."
+)
 @click.option("--debug", is_flag=True, help="Show tracebacks.")
 @click.version_option(package_name="adapter-registry")
 @click.pass_context

@@ -59,7 +59,9 @@ def print_task(row: dict) -> None:
 
 @click.command()
 @click.argument("name", required=False)
-@click.option("--matrix", is_flag=True, help="Show R[i][j], task j's score after adding task i, with ACC and BWT (GEM).")
+@click.option(
+    "--matrix", is_flag=True, help="Show R[i][j], task j's score after adding task i, with ACC and BWT (GEM)."
+)
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), help="Also draw the history to this PNG file.")
 @json_option
 @click.pass_obj

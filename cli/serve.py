@@ -20,7 +20,9 @@ def limit_options(command):
 
 
 @click.command()
-@click.option("--bundle", "bundle_path", type=click.Path(exists=True), help="Serve this bundle (no database), not the registry.")
+@click.option(
+    "--bundle", "bundle_path", type=click.Path(exists=True), help="Serve this bundle (no database), not the registry."
+)
 @click.option("--tasks", "task_names", default="all", show_default=True, help="Which ready tasks: all, or NAME,NAME…")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True,

@@ -58,8 +58,24 @@ BASE_TEXT = {"name": 200, "source": 1024, "model_type": 64}  # the base's text f
 BASE_FILE_SUFFIXES = (".json", ".txt", ".model")  # base/ holds its weights, config and tokenizer files: nothing else
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16"}
-TASK_FIELDS = ("name", "position", "task_type", "labels", "text_columns", "label_column", "metric", "score", "adapter_size",
-               "max_length", "trainable_params", "data_source", "adapter_sha256", "config_sha256", "adapter", "config")
+TASK_FIELDS = (
+    "name",
+    "position",
+    "task_type",
+    "labels",
+    "text_columns",
+    "label_column",
+    "metric",
+    "score",
+    "adapter_size",
+    "max_length",
+    "trainable_params",
+    "data_source",
+    "adapter_sha256",
+    "config_sha256",
+    "adapter",
+    "config",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,7 +91,9 @@ def load(path: str | os.PathLike, tasks: Sequence[str] | None = None, *, device:
     with opened(path) as root:
         manifest = verify(root, path)
         entries = _pick(manifest["tasks"], tasks, f"bundle {path}")
-        specs = [TaskSpec.from_config(entry["name"], json.loads((root / entry["config"]).read_bytes())) for entry in entries]
+        specs = [
+            TaskSpec.from_config(entry["name"], json.loads((root / entry["config"]).read_bytes())) for entry in entries
+        ]
         states = (load_tensors((root / entry["adapter"]).read_bytes()) for entry in entries)
         target = pick_device(device)
         if dtype is None:
@@ -323,7 +341,9 @@ def verify(root: Path, shown: str | os.PathLike | None = None) -> dict:
     try:
         data = (root / MANIFEST).read_bytes() if (root / MANIFEST).stat().st_size <= MANIFEST_LIMIT else None
     except FileNotFoundError:
-        raise BundleError(f"{shown} is not a bundle (no {MANIFEST}): pass a directory or .tar written by `registry export`") from None
+        raise BundleError(
+            f"{shown} is not a bundle (no {MANIFEST}): pass a directory or .tar written by `registry export`"
+        ) from None
     except OSError as exc:
         raise BundleError(f"{shown}: {MANIFEST} cannot be read ({exc.strerror}): export the bundle again") from None
     if data is None:
@@ -348,11 +368,17 @@ def verify(root: Path, shown: str | os.PathLike | None = None) -> dict:
         if not path.is_file():
             raise BundleError(f"{shown}: file {name} is missing: copy the whole bundle, or export it again")
         if file_digest(path) != (expected["sha256"], expected["size"]):
-            raise BundleError(f"{shown}: file {name} does not match its sha256 in {MANIFEST} (corrupt or tampered): export the bundle again")
+            raise BundleError(
+                f"{shown}: file {name} does not match its sha256 in {MANIFEST} (corrupt or tampered): export the "
+                "bundle again"
+            )
     base_sha = manifest["base"]["sha256"]
     weights = files[f"{BASE_DIR}/{checkpoint.WEIGHTS_FILE}"]["sha256"]
     if manifest["dtype"] == "float32" and weights != base_sha:
-        raise BundleError(f"{shown}: {BASE_DIR}/{checkpoint.WEIGHTS_FILE} is not the base {base_sha[:12]} named in {MANIFEST}: export the bundle again")
+        raise BundleError(
+            f"{shown}: {BASE_DIR}/{checkpoint.WEIGHTS_FILE} is not the base {base_sha[:12]} named in {MANIFEST}: "
+            "export the bundle again"
+        )
     base_config = _check_base(root, manifest, shown)
     for entry in manifest["tasks"]:
         trained_on = read_json(root, entry["config"], shown).get("base_sha256")
@@ -445,9 +471,16 @@ def export(registry: Registry, output: str | os.PathLike, tasks: Sequence[str] |
             shutil.rmtree(staging)
     sizes = manifest["files"]
     adapter_bytes = sum(sizes[entry["adapter"]]["size"] for entry in manifest["tasks"])
-    return {"output": str(output), "archive": archive, "dtype": dtype, "tasks": [entry["name"] for entry in manifest["tasks"]],
-            "files": len(sizes) + 1, "bytes": _total_bytes(output),
-            "base_bytes": sizes[f"{BASE_DIR}/{checkpoint.WEIGHTS_FILE}"]["size"], "adapter_bytes": adapter_bytes}
+    return {
+        "output": str(output),
+        "archive": archive,
+        "dtype": dtype,
+        "tasks": [entry["name"] for entry in manifest["tasks"]],
+        "files": len(sizes) + 1,
+        "bytes": _total_bytes(output),
+        "base_bytes": sizes[f"{BASE_DIR}/{checkpoint.WEIGHTS_FILE}"]["size"],
+        "adapter_bytes": adapter_bytes,
+    }
 
 
 def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtype: str) -> dict:
@@ -458,7 +491,9 @@ def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtyp
         write_atomic(weights, _cast(weights.read_bytes(), dtype))
         config = json.loads((root / BASE_DIR / checkpoint.CONFIG_FILE).read_bytes())
         config["dtype"] = dtype
-        write_atomic(root / BASE_DIR / checkpoint.CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode())
+        write_atomic(
+            root / BASE_DIR / checkpoint.CONFIG_FILE, (json.dumps(config, indent=2, sort_keys=True) + "\n").encode()
+        )
     entries = []
     for row in rows:
         adapter, config = f"{ADAPTER_DIR}/{row.name}.safetensors", f"{ADAPTER_DIR}/{row.name}.json"
@@ -467,13 +502,27 @@ def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtyp
         write_atomic(root / adapter, weights if dtype == "float32" else _cast(weights, dtype))
         write_atomic(root / config, config_bytes)
         task_config = json.loads(config_bytes)
-        entries.append({
-            "name": row.name, "version": row.current_version, "position": row.position, "task_type": row.task_type, "labels": row.labels,
-            "text_columns": row.text_columns, "label_column": row.label_column, "metric": row.metric, "score": row.score,
-            "adapter_size": row.adapter_size, "max_length": task_config["max_length"],
-            "trainable_params": row.trainable_params, "data_source": row.data_source,
-            "adapter_sha256": row.adapter_sha256, "config_sha256": row.config_sha256, "adapter": adapter, "config": config,
-        })
+        entries.append(
+            {
+                "name": row.name,
+                "version": row.current_version,
+                "position": row.position,
+                "task_type": row.task_type,
+                "labels": row.labels,
+                "text_columns": row.text_columns,
+                "label_column": row.label_column,
+                "metric": row.metric,
+                "score": row.score,
+                "adapter_size": row.adapter_size,
+                "max_length": task_config["max_length"],
+                "trainable_params": row.trainable_params,
+                "data_source": row.data_source,
+                "adapter_sha256": row.adapter_sha256,
+                "config_sha256": row.config_sha256,
+                "adapter": adapter,
+                "config": config,
+            }
+        )
     files = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         sha, size = file_digest(path)
@@ -510,7 +559,8 @@ def _write_tar(root: Path, target: Path, top: str) -> None:
 
 
 def _move_into_place(source: Path, output: Path, force: bool) -> None:
-    """Rename `source` to `output`; an existing `output` (only with `force`) is set aside first and removed only after."""
+    """Rename `source` to `output`; an existing `output` (only with `force`) is set aside first and removed only
+    after."""
     aside = None
     if output.exists() or output.is_symlink():
         _check_replaceable(output, force)  # again: it may have appeared, or changed, while the bundle was written
@@ -659,8 +709,10 @@ def _load_base(root: Path, manifest: dict, shown) -> checkpoint.Checkpoint:
     base = manifest["base"]
     loaded = checkpoint.load_checkpoint(str(root / BASE_DIR))
     if sha256_of(loaded.weights) != base["sha256"]:
-        raise BundleError(f"{shown}: the base re-serialises to {sha256_of(loaded.weights)[:12]}, not {base['sha256'][:12]} "
-                          f"as {MANIFEST} says: import it into a registry initialised with that base (`registry init`)")
+        raise BundleError(
+            f"{shown}: the base re-serialises to {sha256_of(loaded.weights)[:12]}, not {base['sha256'][:12]} "
+            f"as {MANIFEST} says: import it into a registry initialised with that base (`registry init`)"
+        )
     return loaded
 
 
@@ -678,7 +730,10 @@ def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[di
         for key, kind in (("adapter", "adapter"), ("config", "adapter-config")):
             data = (root / entry[key]).read_bytes()
             if sha256_of(data) != entry[f"{key}_sha256"]:
-                raise BundleError(f"{shown}: file {entry[key]} is not the artifact {entry[f'{key}_sha256'][:12]} named in {MANIFEST}: export the bundle again")
+                raise BundleError(
+                    f"{shown}: file {entry[key]} is not the artifact {entry[f'{key}_sha256'][:12]} named in "
+                    f"{MANIFEST}: export the bundle again"
+                )
             blobs[entry[f"{key}_sha256"]] = (kind, data)
     for sha, (_, data) in blobs.items():
         registry.store.put(data)
@@ -688,7 +743,9 @@ def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[di
                                                                           if "version" in entry else ""))
                     for entry in manifest["tasks"]]
     artifacts = [(sha, kind, len(data)) for sha, (kind, data) in blobs.items()]
-    published = lifecycle.publish(registry, publications, artifacts, check=lambda session: _refuse_clashes(session, names, shown))
+    published = lifecycle.publish(
+        registry, publications, artifacts, check=lambda session: _refuse_clashes(session, names, shown)
+    )
     with registry.read() as session:
         return [task_row(session.get(Task, p.task_id), base.parameters) for p in published]
 
@@ -704,8 +761,14 @@ def _refuse_clashes(session, names: list[str], shown) -> None:
 
 def _description(entry: dict) -> lifecycle.Description:
     """What a bundle's task is, from its manifest entry."""
-    return lifecycle.Description(data_source=entry["data_source"], task_type=entry["task_type"], metric=entry["metric"],
-                                 text_columns=entry["text_columns"], label_column=entry["label_column"], labels=entry["labels"])
+    return lifecycle.Description(
+        data_source=entry["data_source"],
+        task_type=entry["task_type"],
+        metric=entry["metric"],
+        text_columns=entry["text_columns"],
+        label_column=entry["label_column"],
+        labels=entry["labels"],
+    )
 
 
 def _release(entry: dict) -> lifecycle.Release:

@@ -48,7 +48,11 @@ def base_problem(directory: Path, weights_sha: str, config_sha: str) -> str | No
         return "is incomplete (no manifest)"
     except ValueError:
         return "has an unreadable manifest"
-    if not isinstance(manifest, dict) or manifest.get(WEIGHTS_FILE) != weights_sha or manifest.get(CONFIG_FILE) != config_sha:
+    if (
+        not isinstance(manifest, dict)
+        or manifest.get(WEIGHTS_FILE) != weights_sha
+        or manifest.get(CONFIG_FILE) != config_sha
+    ):
         return "has a manifest that does not name this registry's base weights and config"
     present = {path.name for path in directory.iterdir() if path.name != MANIFEST}
     if present != set(manifest):

@@ -88,7 +88,9 @@ def find_task(connection, name: str, *, ready: bool = False, retired: bool = Fal
     if task is None:
         known = connection.scalars(select(tasks.c.name).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None))
                                    .order_by(tasks.c.position)).all()
-        raise UnknownTask(f"no {'ready ' if ready else ''}task named {name!r}; known tasks: {', '.join(known) or '(none)'}")
+        raise UnknownTask(
+            f"no {'ready ' if ready else ''}task named {name!r}; known tasks: {', '.join(known) or '(none)'}"
+        )
     return task
 
 

@@ -71,7 +71,9 @@ def load_checkpoint(source: str) -> Checkpoint:
         tokenizer.save_pretrained(tmp)
         files = {path.name: path.read_bytes() for path in Path(tmp).iterdir() if path.is_file()}
     if WEIGHTS_FILE not in files:
-        raise BaseModelError(f"base {source!r} saved as several weight shards; only single-file checkpoints are supported")
+        raise BaseModelError(
+            f"base {source!r} saved as several weight shards; only single-file checkpoints are supported"
+        )
     weights = files.pop(WEIGHTS_FILE)
     config_bytes = files.pop(CONFIG_FILE)
     return Checkpoint(
@@ -134,7 +136,9 @@ def init(settings: Settings, source: str, name: str | None = None, *,
         if registry is not None:
             with registry.read() as session:
                 if session.query(BaseCheckpoint).first() is not None:
-                    raise AlreadyInitialised(f"the registry at {settings.home} already has a base: use another --home to start a new one")
+                    raise AlreadyInitialised(
+                        f"the registry at {settings.home} already has a base: use another --home to start a new one"
+                    )
             registry.close()
     checkpoint = load_checkpoint(source)  # every check that can fail runs before anything is written
     if checkpoint.converted_from:
@@ -166,7 +170,9 @@ def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -
 
 def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
     """Store the checkpoint's files and record the base in one transaction; AlreadyInitialised if another base won."""
-    tokenizer_blob = json.dumps({k: base64.b64encode(v).decode() for k, v in sorted(checkpoint.tokenizer_files.items())}, sort_keys=True).encode()
+    tokenizer_blob = json.dumps(
+        {k: base64.b64encode(v).decode() for k, v in sorted(checkpoint.tokenizer_files.items())}, sort_keys=True
+    ).encode()
     blobs = {"base-weights": checkpoint.weights, "base-config": checkpoint.config_bytes, "tokenizer": tokenizer_blob}
     new = {sha256_of(data) for data in blobs.values() if not registry.store.exists(sha256_of(data))}
     shas = {kind: registry.store.put(data) for kind, data in blobs.items()}

@@ -54,7 +54,9 @@ class Registry:
         """The registry's frozen base checkpoint: a row of `bases`, read in a session or a connection."""
         base = connection.execute(select(schema.bases)).first()
         if base is None:
-            raise NotInitialised(f"the registry at {db.describe(self.engine)} has no base: run `registry init --base PATH_OR_HUB_ID`")
+            raise NotInitialised(
+                f"the registry at {db.describe(self.engine)} has no base: run `registry init --base PATH_OR_HUB_ID`"
+            )
         return base
 
     def close(self) -> None:

@@ -285,7 +285,8 @@ PASS_COST_TOKENS = 256
 
 def _least_padding(srt: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
     """Rows sorted by length cut into batches of at most batch_size rows and max_tokens padded tokens (a longer row
-    goes alone) so that padded tokens + PASS_COST_TOKENS per batch is least (dynamic programming over the cut points)."""
+    goes alone) so that padded tokens + PASS_COST_TOKENS per batch is least (dynamic programming over the cut
+    points)."""
     n = srt.size
     width = lengths[srt]
     best = np.zeros(n + 1)

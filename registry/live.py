@@ -60,7 +60,8 @@ class RegistryTasks:
         return True
 
     def _build(self, rows: list[Row]) -> Predictor:
-        """A Predictor for `rows`: states of tasks served unchanged come from the current stack, others from the store."""
+        """A Predictor for `rows`: states of tasks served unchanged come from the current stack, others from the
+        store."""
         current = self.predictor
         specs = [TaskSpec.from_config(row.name, json.loads(self.registry.store.get(row.config_sha256))) for row in rows]
 
@@ -69,7 +70,9 @@ class RegistryTasks:
                 and current.specs[row.name] == spec
             return current.task_state(row.name) if kept else load_tensors(self.registry.store.get(row.adapter_sha256))
 
-        return Predictor(self.base, specs, (state(row, spec) for row, spec in zip(rows, specs)), [about(row) for row in rows])
+        return Predictor(
+            self.base, specs, (state(row, spec) for row, spec in zip(rows, specs)), [about(row) for row in rows]
+        )
 
 
 def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, device: str = "auto") -> Predictor:

@@ -116,7 +116,9 @@ def trim_adapters(tensors: dict[str, torch.Tensor], size: int) -> dict[str, torc
 class FrozenBase:
     """A base checkpoint loaded once, frozen, on its device, with its tokenizer; Predictors share its weights."""
 
-    def __init__(self, base_dir: Path, *, device: str | torch.device = "auto", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(
+        self, base_dir: Path, *, device: str | torch.device = "auto", dtype: torch.dtype = torch.float32
+    ) -> None:
         from transformers import AutoModel, AutoTokenizer
 
         checkpoint.quiet_transformers()
@@ -125,7 +127,8 @@ class FrozenBase:
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
 
     def encoder_copy(self) -> torch.nn.Module:
-        """The encoder's modules copied around the very same weight tensors: adapters injected into the copy leave this one as it is."""
+        """The encoder's modules copied around the very same weight tensors: adapters injected into the copy leave
+        this one as it is."""
         shared = {id(tensor): tensor for tensor in itertools.chain(self.encoder.parameters(), self.encoder.buffers())}
         return copy.deepcopy(self.encoder, shared)
 
@@ -208,8 +211,12 @@ class Predictor:
             spec = self.specs[self.tasks[t]]
             rows = np.flatnonzero(task_of == t)
             texts = [split_text(spec, items[i][1]) for i in rows]
-            task_ids, task_types = tokenise(self.tokenizer, [a for a, _ in texts], [b for _, b in texts] if spec.pair else None,
-                                            max_length=spec.max_length)
+            task_ids, task_types = tokenise(
+                self.tokenizer,
+                [a for a, _ in texts],
+                [b for _, b in texts] if spec.pair else None,
+                max_length=spec.max_length,
+            )
             for k, i in enumerate(rows):
                 ids[i] = np.asarray(task_ids[k], dtype=np.int64)
                 types[i] = np.asarray(task_types[k], dtype=np.int64) if task_types is not None else None
@@ -237,9 +244,14 @@ def split_text(spec: TaskSpec, item: Text) -> tuple[str, str | None]:
     elif isinstance(item, (tuple, list)) and len(item) == 2 and all(isinstance(x, str) for x in item):
         text, pair = item
     else:
-        raise DataError(f"task {spec.name!r}: an input must be a string or a (text, text_pair) pair of strings, got {item!r}")
+        raise DataError(
+            f"task {spec.name!r}: an input must be a string or a (text, text_pair) pair of strings, got {item!r}"
+        )
     if spec.pair and pair is None:
-        raise DataError(f"task {spec.name!r} reads a text pair ({' + '.join(spec.text_columns)}): give each input with its text_pair")
+        raise DataError(
+            f"task {spec.name!r} reads a text pair ({' + '.join(spec.text_columns)}): give each input with its "
+            "text_pair"
+        )
     if not spec.pair and pair is not None:
         raise DataError(f"task {spec.name!r} reads one text ({spec.text_columns[0]}): give inputs without a text_pair")
     return text, pair
@@ -262,9 +274,13 @@ def read_requests(path: str | os.PathLike, task: str | None = None) -> list[tupl
         try:
             row = json.loads(line)
         except json.JSONDecodeError:
-            raise DataError(f"{path} line {number} is not JSON: write one {{\"task\", \"text\", \"text_pair\"}} object per line") from None
+            raise DataError(
+                f'{path} line {number} is not JSON: write one {{"task", "text", "text_pair"}} object per line'
+            ) from None
         if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-            raise DataError(f"{path} line {number} has no \"text\" string: write one {{\"task\", \"text\", \"text_pair\"}} object per line")
+            raise DataError(
+                f'{path} line {number} has no "text" string: write one {{"task", "text", "text_pair"}} object per line'
+            )
         name = row.get("task") or task
         if not isinstance(name, str):
             raise DataError(f"{path} line {number} names no task: add \"task\" to the row or pass --task")
@@ -294,12 +310,21 @@ def predict_rows(open_predictor: Callable[[list[str]], Predictor], task: str | N
         predictor = open_predictor([task])
         if predictor.specs[task].pair:
             if len(texts) % 2:
-                raise DataError(f"task {task!r} reads text pairs: give an even number of TEXT arguments (each text, then its pair), or use --input")
+                raise DataError(
+                    f"task {task!r} reads text pairs: give an even number of TEXT arguments (each text, then its "
+                    "pair), or use --input"
+                )
             items = [(task, (texts[i], texts[i + 1])) for i in range(0, len(texts), 2)]
         else:
             items = [(task, text) for text in texts]
     predictions = predictor.predict_many(items, batch_size=batch_size)
-    return [{"task": name, "text": text if isinstance(text, str) else text[0],
-             "text_pair": None if isinstance(text, str) else text[1], **{k: v for k, v in p.as_dict().items() if k != "task"}}
-            for (name, text), p in zip(items, predictions)]
+    return [
+        {
+            "task": name,
+            "text": text if isinstance(text, str) else text[0],
+            "text_pair": None if isinstance(text, str) else text[1],
+            **{k: v for k, v in p.as_dict().items() if k != "task"},
+        }
+        for (name, text), p in zip(items, predictions)
+    ]
 

@@ -28,7 +28,9 @@ def plot_history(rows: list[dict[str, Any]], metrics: dict[str, str], output: Pa
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
     for task, points in timeline.items():
         left.plot(*zip(*points), marker="o", label=f"{task} ({metrics[task]})")
-    left.set(title="score history: training epochs, then re-evaluations", xlabel="measurement", ylabel="validation score")
+    left.set(
+        title="score history: training epochs, then re-evaluations", xlabel="measurement", ylabel="validation score"
+    )
     for (task, run), points in curves.items():
         right.plot(*zip(*points), marker="o", label=f"{task} run {run}")
     right.set(title="validation score per epoch", xlabel="epoch", ylabel="validation score")

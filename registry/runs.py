@@ -39,8 +39,10 @@ def stale_after() -> timedelta:
     120, and at least 3 heartbeats (a late beat or two must not kill a live run)."""
     seconds = positive_setting("REGISTRY_STALE_AFTER_SECONDS", STALE_AFTER_SECONDS)
     if seconds < 3 * heartbeat_seconds():
-        raise RegistryError(f"REGISTRY_STALE_AFTER_SECONDS={seconds:g} is under 3 heartbeats (3 x "
-                            f"REGISTRY_HEARTBEAT_SECONDS = {3 * heartbeat_seconds():g}): raise it, or lower the heartbeat")
+        raise RegistryError(
+            f"REGISTRY_STALE_AFTER_SECONDS={seconds:g} is under 3 heartbeats (3 x "
+            f"REGISTRY_HEARTBEAT_SECONDS = {3 * heartbeat_seconds():g}): raise it, or lower the heartbeat"
+        )
     return timedelta(seconds=seconds)
 
 
@@ -139,7 +141,8 @@ def sweep_stale_runs(registry: Registry) -> int:
 
 
 class Heartbeat:
-    """While open, a daemon thread stamps the task's running runs every `every` seconds, whatever the main thread does."""
+    """While open, a daemon thread stamps the task's running runs every `every` seconds, whatever the main thread
+    does."""
 
     def __init__(self, registry: Registry, task_id: int, every: float | None = None):
         self.registry, self.task_id, self.every = registry, task_id, every or heartbeat_seconds()

@@ -50,10 +50,20 @@ class Input(BaseModel):
 class PredictRequest(BaseModel):
     """One task for every input (`task` + strings), or each input naming its own task (the mixed form)."""
 
-    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
-        {"task": "sst2", "inputs": ["a gripping, funny film"]},
-        {"inputs": [{"task": "sst2", "text": "a dull film"}, {"task": "mrpc", "text": "He left.", "text_pair": "He went."}]},
-    ]})
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"task": "sst2", "inputs": ["a gripping, funny film"]},
+                {
+                    "inputs": [
+                        {"task": "sst2", "text": "a dull film"},
+                        {"task": "mrpc", "text": "He left.", "text_pair": "He went."},
+                    ]
+                },
+            ]
+        },
+    )
     task: str | None = None
     inputs: list[str | Input] = Field(min_length=1)
 
@@ -103,8 +113,12 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.requests = Counter("registry_serve_requests", "Predict requests, by task (a mixed request counts once per task).",
-                                ["task"], registry=self.registry)
+        self.requests = Counter(
+            "registry_serve_requests",
+            "Predict requests, by task (a mixed request counts once per task).",
+            ["task"],
+            registry=self.registry,
+        )
         self.errors = Counter("registry_serve_errors", "Refused or failed predict requests, by task and HTTP status.",
                               ["task", "status"], registry=self.registry)
         self.latency = Histogram("registry_serve_request_seconds", "Predict request latency, from arrival to answer.",
@@ -152,8 +166,11 @@ class Batcher:
     def submit(self, items: list[tuple[str, Text]]) -> asyncio.Future:
         """Queue a request's inputs; 503 when the queue cannot take them."""
         if self.queued + len(items) > self.limits.max_queue:
-            raise RequestError(503, f"the queue is full ({self.queued} inputs waiting, at most {self.limits.max_queue}): retry shortly",
-                               {"Retry-After": "1"})
+            raise RequestError(
+                503,
+                f"the queue is full ({self.queued} inputs waiting, at most {self.limits.max_queue}): retry shortly",
+                {"Retry-After": "1"},
+            )
         job = Job(items, asyncio.get_running_loop().create_future(), time.monotonic())
         self.queue.append(job)
         self.queued += len(items)
@@ -197,7 +214,9 @@ class Batcher:
         predictor = self.tasks.predictor
         live = []
         for job, start, end in window:
-            gone = sorted({task for task, _ in job.items[start:end] if predictor is None or task not in predictor.specs})
+            gone = sorted(
+                {task for task, _ in job.items[start:end] if predictor is None or task not in predictor.specs}
+            )
             if gone:  # dropped from the registry after the request was checked
                 fail(job, RequestError(404, unknown_task(gone[0], predictor)))
             elif not job.future.done():
@@ -247,7 +266,9 @@ def unknown_task(name: str, predictor: Predictor | None) -> str:
 def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> list[tuple[str, Text]]:
     """The request's (task, text) inputs, checked against the tasks served now."""
     if len(body.inputs) > limits.max_inputs:
-        raise RequestError(413, f"{len(body.inputs)} inputs in one request, at most {limits.max_inputs}: split the request")
+        raise RequestError(
+            413, f"{len(body.inputs)} inputs in one request, at most {limits.max_inputs}: split the request"
+        )
     items = []
     for i, entry in enumerate(body.inputs):
         if isinstance(entry, str):
@@ -260,7 +281,9 @@ def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> 
         spec = predictor.specs[task]
         if spec.pair != (entry.text_pair is not None):
             want = "a text_pair" if spec.pair else "no text_pair"
-            raise field_error(["inputs", i, "text_pair"], f"task {task!r} reads {' + '.join(spec.text_columns)}: give {want}")
+            raise field_error(
+                ["inputs", i, "text_pair"], f"task {task!r} reads {' + '.join(spec.text_columns)}: give {want}"
+            )
         for name, text in (("text", entry.text), ("text_pair", entry.text_pair)):
             if text is not None and not text.isascii():
                 try:
@@ -326,7 +349,11 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
                 if await asyncio.to_thread(tasks.refresh):
                     metrics.swaps.inc()
                     metrics.tasks_loaded.set(loaded())
-                    log.warning("now serving %d task(s): %s", loaded(), ", ".join(tasks.predictor.tasks if tasks.predictor else []))
+                    log.warning(
+                        "now serving %d task(s): %s",
+                        loaded(),
+                        ", ".join(tasks.predictor.tasks if tasks.predictor else []),
+                    )
             except Exception:  # the registry is unreachable or an artifact is bad: keep serving what is loaded
                 log.exception("could not refresh the served tasks; serving those loaded")
 
@@ -367,7 +394,9 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
     async def predict(body: PredictRequest) -> JSONResponse:
         """Predict every input: one task for all (`task`), or each input naming its own (the mixed form)."""
         started = time.monotonic()
-        named = {entry.task for entry in body.inputs if not isinstance(entry, str) and entry.task} | ({body.task} - {None})
+        named = {entry.task for entry in body.inputs if not isinstance(entry, str) and entry.task} | (
+            {body.task} - {None}
+        )
         predictor = tasks.predictor
         counted = sorted(named & set(predictor.specs)) if predictor is not None else []
         for task in counted:

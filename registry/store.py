@@ -73,8 +73,10 @@ class Store:
                 self.call(f"write artifact {sha[:12]}", self.fs.pipe_file, final, data)
         except OSError as exc:  # a read-only or full disk, no such bucket, read-only credentials
             reason = exc.strerror or first_line(exc) or type(exc).__name__
-            raise ArtifactError(f"cannot write {exc.filename or final} in the store {self.url}: {reason}: check that "
-                                "the store exists, may be written and has free space, then run the command again") from exc
+            raise ArtifactError(
+                f"cannot write {exc.filename or final} in the store {self.url}: {reason}: check that "
+                "the store exists, may be written and has free space, then run the command again"
+            ) from exc
         if not self.intact(sha):
             raise ArtifactError(f"artifact {sha[:12]} written to {self.url} reads back different bytes: "
                                 "check the store's health, then run the command again")
@@ -85,9 +87,14 @@ class Store:
         try:
             data = self.call(f"read artifact {sha[:12]}", self.fs.cat_file, self.path(sha))
         except FileNotFoundError:
-            raise ArtifactError(f"artifact {sha[:12]} is missing from the store {self.url}: run `registry verify`") from None
+            raise ArtifactError(
+                f"artifact {sha[:12]} is missing from the store {self.url}: run `registry verify`"
+            ) from None
         if sha256_of(data) != sha:
-            raise ArtifactError(f"artifact {sha[:12]} in {self.url} does not match its sha256 (corrupt or tampered): run `registry verify`")
+            raise ArtifactError(
+                f"artifact {sha[:12]} in {self.url} does not match its sha256 (corrupt or tampered): run `registry "
+                "verify`"
+            )
         return data
 
     def intact(self, sha: str) -> bool:

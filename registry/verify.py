@@ -316,7 +316,8 @@ def check_cache(registry: Registry, base, report: Report) -> list:
 
 
 def check_store(registry: Registry, known: set[str], report: Report) -> tuple[list[str], int]:
-    """Files in the store that no artifact row names (stray temporary files included): their paths, and how many files."""
+    """Files in the store that no artifact row names (stray temporary files included): their paths, and how many
+    files."""
     store = registry.store
     unreferenced = []
     paths = store.files()

@@ -60,7 +60,11 @@ def settings(dialect, tmp_path, pg_skip_reason) -> Settings:
 def run_cli(settings):
     """Invoke the CLI against this test's registry; returns the click Result."""
     runner = CliRunner()
-    env = {"REGISTRY_HOME": str(settings.home), "REGISTRY_DB_URL": settings.db_url, "REGISTRY_STORE": settings.store_url}
+    env = {
+        "REGISTRY_HOME": str(settings.home),
+        "REGISTRY_DB_URL": settings.db_url,
+        "REGISTRY_STORE": settings.store_url,
+    }
 
     def invoke(*args: str):
         return runner.invoke(cli, list(args), env=env, catch_exceptions=False)

@@ -175,12 +175,17 @@ def write_tsv(path: Path, header: list[str], rows) -> None:
 
 
 def write_task_data(root: Path) -> Path:
-    """Three small tasks under `root`: sentiment (one text, string labels), pairs (a pair) and similarity (regression)."""
+    """Three small tasks under `root`: sentiment (one text, string labels), pairs (a pair) and similarity
+    (regression)."""
     for split, n, seed in (("train", 48, 0), ("dev", 16, 1)):
         write_tsv(root / "sentiment" / f"{split}.tsv", ["sentence", "label"],
                   [(s, "positive" if label else "negative") for s, label in sentiment_rows(n, seed)])
         pairs = zip(sentiment_rows(n, seed + 10), sentiment_rows(n, seed + 20))
-        write_tsv(root / "pairs" / f"{split}.tsv", ["sentence1", "sentence2", "label"], [(a, b, int(x == y)) for (a, x), (b, y) in pairs])
+        write_tsv(
+            root / "pairs" / f"{split}.tsv",
+            ["sentence1", "sentence2", "label"],
+            [(a, b, int(x == y)) for (a, x), (b, y) in pairs],
+        )
         pairs = zip(sentiment_rows(n, seed + 30), sentiment_rows(n, seed + 40))
         write_tsv(root / "similarity" / f"{split}.tsv", ["sentence1", "sentence2", "score"],
                   [(a, b, 1.0 + 2.5 * x + 1.5 * y) for (a, x), (b, y) in pairs])

@@ -57,7 +57,9 @@ class MotoServer:
     def make_bucket(self, name: str) -> None:
         import s3fs
 
-        s3fs.S3FileSystem(endpoint_url=self.endpoint, key="testing", secret="testing", skip_instance_cache=True).mkdir(name)
+        s3fs.S3FileSystem(endpoint_url=self.endpoint, key="testing", secret="testing", skip_instance_cache=True).mkdir(
+            name
+        )
 
     def stop(self) -> None:
         if self.process.poll() is None:

@@ -153,7 +153,11 @@ def test_existing_and_invalid_names_change_nothing(run_cli, tiny_base, datasets_
     run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment"), "--epochs", "1")
     before = snapshot(settings)
     line = one_line_error(run_cli("add-task", "sentiment", "--data", str(datasets_dir / "sentiment")))
-    assert line == "Error: task 'sentiment' already exists (ready): pick another name, or pass --new-version to train its next version"
+    assert (
+        line
+        == "Error: task 'sentiment' already exists (ready): pick another name, or pass --new-version to train its "
+           "next version"
+    )
     for bad in ("Sentiment", "a/b", "..", "a..b", "has space", "_under", ""):
         line = one_line_error(run_cli("add-task", bad, "--data", str(datasets_dir / "sentiment")))
         assert line == (f"Error: invalid task name {bad!r}: use lowercase letters, digits, '_', '.', '-' "

@@ -84,59 +84,174 @@ BAD_BUNDLES = [  # tests.bad_bundles' variants: (name, the problem the line name
     ("big-member.tar", "bundle/base/config.json is 4194", AGAIN),
     ("extra-member.tar", "holds bundle/base/notes.txt, which manifest.json does not list (once)", AGAIN),
 ]
-IMPORT_ONLY = {"adapter-key", "adapter-nan"}
-LOAD_ONLY = {"tokenizer-invalid"}  # an import into a registry with this base never reads the bundle's tokenizer  # served as they are; import loads every adapter on the base first
+IMPORT_ONLY = {"adapter-key", "adapter-nan"}  # served as they are; import loads every adapter on the base first
+LOAD_ONLY = {"tokenizer-invalid"}  # an import into a registry with this base never reads the bundle's tokenizer
 CASES = [
     # --- add-task: data that cannot be used (nothing is reserved, trained or stored)
-    case("data-missing", f"{NEW} {{bad}}/nope.tsv", "no such file or directory: ", "pass a directory with train/dev files"),
+    case(
+        "data-missing",
+        f"{NEW} {{bad}}/nope.tsv",
+        "no such file or directory: ",
+        "pass a directory with train/dev files",
+    ),
     case("data-dir-without-train", f"{NEW} {{bad}}/nothing", "has no train file", "train.tsv, train.csv"),
-    case("data-unreadable", f"{NEW} {{bad}}/unreadable.tsv", "cannot read", "check the path and its permissions", "unreadable"),
+    case(
+        "data-unreadable",
+        f"{NEW} {{bad}}/unreadable.tsv",
+        "cannot read",
+        "check the path and its permissions",
+        "unreadable",
+    ),
     case("data-empty", f"{NEW} {{bad}}/empty.tsv", "is empty", "it needs labelled examples"),
-    case("data-header-only", f"{NEW} {{bad}}/header.tsv", "has a header row (sentence, label) but no examples", "add labelled rows"),
-    case("data-no-label-column", f"{NEW} {{bad}}/nolabel.tsv", "cannot tell which column of nolabel.tsv holds the labels",
-         "pass --label-column NAME"),
-    case("data-absent-label-column", f"{NEW} {{good}} --label-column stars", "--label-column stars names no column of good.tsv",
-         "columns are: sentence, label"),
-    case("data-absent-text-column", f"{NEW} {{good}} --text-column review", "--text-column review names no column of good.tsv",
-         "columns are: sentence, label"),
-    case("data-no-text-column", f"{NEW} {{bad}}/notext.tsv", "no column of notext.tsv looks like text", "pass --text-column NAME"),
-    case("data-ragged-row", f"{NEW} {{bad}}/ragged.tsv", "ragged.tsv line 32 has 3 fields but line 1 has 2", "fix that line"),
-    case("labels-nan", f"{NEW} {{bad}}/nan.tsv", "nan.tsv has 15 of 30 rows (50.0%) that cannot train: no label (lines 2, 4, 6, ...)",
-         "more than the 5% that may be skipped: fix those rows"),
-    case("labels-empty-strict", f"{NEW} {{bad}}/blank.tsv --strict", "blank.tsv has 1 of 30 rows that cannot train: no label (line 9)",
-         "fix or drop those rows, or leave out --strict to skip them"),
-    case("text-empty-strict", f"{NEW} {{bad}}/hole.tsv --strict", "hole.tsv has 1 of 30 rows that cannot train: empty sentence (line 4)",
-         "leave out --strict to skip them"),
-    case("labels-stray-strict", f"{NEW} {{bad}}/stray.tsv --strict",
-         "stray.tsv has 1 of 30 rows that cannot train: label not a number ('inf') (line 6)", "leave out --strict"),
-    case("text-empty-too-many", f"{NEW} {{bad}}/holes.tsv", "holes.tsv has 3 of 30 rows (10.0%) that cannot train: empty sentence",
-         "fix those rows, or check --text-column, --label-column and --task-type"),
-    case("labels-single-class", f"{NEW} {{bad}}/oneclass.tsv", "has one class ('1')", "a classifier needs at least two"),
-    case("labels-not-numbers", f"{NEW} {{bad}}/words.tsv --task-type regression", "non-numeric value 'pos'",
-         "pass --task-type classification"),
-    case("labels-metric-mismatch", f"{NEW} {{good}} --metric spearman", "--metric spearman needs numeric targets",
-         "use accuracy, f1 or mcc"),
-    case("data-not-utf8", f"{NEW} {{bad}}/latin1.tsv", "latin1.tsv is not UTF-8 text (byte 0xe8", "re-save it as UTF-8"),
-    case("data-huge-line", f"{NEW} {{bad}}/huge.tsv", "huge.tsv line 32 cannot be parsed (field larger than field limit",
-         "fix that line"),
+    case(
+        "data-header-only",
+        f"{NEW} {{bad}}/header.tsv",
+        "has a header row (sentence, label) but no examples",
+        "add labelled rows",
+    ),
+    case(
+        "data-no-label-column",
+        f"{NEW} {{bad}}/nolabel.tsv",
+        "cannot tell which column of nolabel.tsv holds the labels",
+        "pass --label-column NAME",
+    ),
+    case(
+        "data-absent-label-column",
+        f"{NEW} {{good}} --label-column stars",
+        "--label-column stars names no column of good.tsv",
+        "columns are: sentence, label",
+    ),
+    case(
+        "data-absent-text-column",
+        f"{NEW} {{good}} --text-column review",
+        "--text-column review names no column of good.tsv",
+        "columns are: sentence, label",
+    ),
+    case(
+        "data-no-text-column",
+        f"{NEW} {{bad}}/notext.tsv",
+        "no column of notext.tsv looks like text",
+        "pass --text-column NAME",
+    ),
+    case(
+        "data-ragged-row",
+        f"{NEW} {{bad}}/ragged.tsv",
+        "ragged.tsv line 32 has 3 fields but line 1 has 2",
+        "fix that line",
+    ),
+    case(
+        "labels-nan",
+        f"{NEW} {{bad}}/nan.tsv",
+        "nan.tsv has 15 of 30 rows (50.0%) that cannot train: no label (lines 2, 4, 6, ...)",
+        "more than the 5% that may be skipped: fix those rows",
+    ),
+    case(
+        "labels-empty-strict",
+        f"{NEW} {{bad}}/blank.tsv --strict",
+        "blank.tsv has 1 of 30 rows that cannot train: no label (line 9)",
+        "fix or drop those rows, or leave out --strict to skip them",
+    ),
+    case(
+        "text-empty-strict",
+        f"{NEW} {{bad}}/hole.tsv --strict",
+        "hole.tsv has 1 of 30 rows that cannot train: empty sentence (line 4)",
+        "leave out --strict to skip them",
+    ),
+    case(
+        "labels-stray-strict",
+        f"{NEW} {{bad}}/stray.tsv --strict",
+        "stray.tsv has 1 of 30 rows that cannot train: label not a number ('inf') (line 6)",
+        "leave out --strict",
+    ),
+    case(
+        "text-empty-too-many",
+        f"{NEW} {{bad}}/holes.tsv",
+        "holes.tsv has 3 of 30 rows (10.0%) that cannot train: empty sentence",
+        "fix those rows, or check --text-column, --label-column and --task-type",
+    ),
+    case(
+        "labels-single-class", f"{NEW} {{bad}}/oneclass.tsv", "has one class ('1')", "a classifier needs at least two"
+    ),
+    case(
+        "labels-not-numbers",
+        f"{NEW} {{bad}}/words.tsv --task-type regression",
+        "non-numeric value 'pos'",
+        "pass --task-type classification",
+    ),
+    case(
+        "labels-metric-mismatch",
+        f"{NEW} {{good}} --metric spearman",
+        "--metric spearman needs numeric targets",
+        "use accuracy, f1 or mcc",
+    ),
+    case(
+        "data-not-utf8", f"{NEW} {{bad}}/latin1.tsv", "latin1.tsv is not UTF-8 text (byte 0xe8", "re-save it as UTF-8"
+    ),
+    case(
+        "data-huge-line",
+        f"{NEW} {{bad}}/huge.tsv",
+        "huge.tsv line 32 cannot be parsed (field larger than field limit",
+        "fix that line",
+    ),
     case("data-unsupported-type", f"{NEW} {{bad}}/data.txt", "has an unsupported file type '.txt'", "use one of: .tsv"),
-    case("data-hub-offline", f"{NEW} hf:nyu-mll/glue:cola", "cannot reach the Hugging Face hub", "pass a local directory or file"),
+    case(
+        "data-hub-offline",
+        f"{NEW} hf:nyu-mll/glue:cola",
+        "cannot reach the Hugging Face hub",
+        "pass a local directory or file",
+    ),
     case("data-option-missing", "add-task newtask", "Missing option '--data'", "add-task --help`)", exit_code=2),
     case("epochs-zero", f"{NEW} {{good}} --epochs 0", "Invalid value for '--epochs'", "add-task --help`)", exit_code=2),
-    case("device-without-cuda", f"{NEW} {{good}} --device cuda", "--device cuda: no CUDA device is available here",
-         "use --device auto or cpu", "no_cuda"),
+    case(
+        "device-without-cuda",
+        f"{NEW} {{good}} --device cuda",
+        "--device cuda: no CUDA device is available here",
+        "use --device auto or cpu",
+        "no_cuda",
+    ),
     # --- heartbeat settings (every command that sweeps checks them before writing anything)
-    case("stale-after-not-a-number", "runs --sweep", "REGISTRY_STALE_AFTER_SECONDS='soon'", "give a positive number of seconds",
-         "stale_after_soon"),
-    case("stale-after-under-3-heartbeats", f"{NEW} {{good}}", "REGISTRY_STALE_AFTER_SECONDS=20 is under 3 heartbeats",
-         "raise it, or lower the heartbeat", "stale_after_20"),
-    case("heartbeat-negative", "verify --prune", "REGISTRY_HEARTBEAT_SECONDS='-1'", "give a positive number of seconds",
-         "heartbeat_negative"),
+    case(
+        "stale-after-not-a-number",
+        "runs --sweep",
+        "REGISTRY_STALE_AFTER_SECONDS='soon'",
+        "give a positive number of seconds",
+        "stale_after_soon",
+    ),
+    case(
+        "stale-after-under-3-heartbeats",
+        f"{NEW} {{good}}",
+        "REGISTRY_STALE_AFTER_SECONDS=20 is under 3 heartbeats",
+        "raise it, or lower the heartbeat",
+        "stale_after_20",
+    ),
+    case(
+        "heartbeat-negative",
+        "verify --prune",
+        "REGISTRY_HEARTBEAT_SECONDS='-1'",
+        "give a positive number of seconds",
+        "heartbeat_negative",
+    ),
     # --- add-task: names
-    case("name-taken", "add-task sentiment --data {good}", "task 'sentiment' already exists (ready)", "pick another name"),
-    *(case(f"name-{label}", ["add-task", name, "--data", "{good}"], f"invalid task name {name!r}", "use lowercase letters")
-      for label, name in (("slash", "a/b"), ("dotdot", ".."), ("dotdot-path", "../x"), ("space", "my task"),
-                          ("uppercase", "Sentiment"), ("empty", ""), ("leading-underscore", "_x"))),
+    case(
+        "name-taken", "add-task sentiment --data {good}", "task 'sentiment' already exists (ready)", "pick another name"
+    ),
+    *(
+        case(
+            f"name-{label}",
+            ["add-task", name, "--data", "{good}"],
+            f"invalid task name {name!r}",
+            "use lowercase letters",
+        )
+        for label, name in (
+            ("slash", "a/b"),
+            ("dotdot", ".."),
+            ("dotdot-path", "../x"),
+            ("space", "my task"),
+            ("uppercase", "Sentiment"),
+            ("empty", ""),
+            ("leading-underscore", "_x"),
+        )
+    ),
     # --- unknown tasks
     case("show-unknown", "show nope", "no task named 'nope'", "known tasks: sentiment"),
     case("history-unknown", "history nope", "no task named 'nope'", "known tasks: sentiment"),
@@ -144,123 +259,350 @@ CASES = [
     case("eval-unknown", "eval nope", "no ready task named 'nope'", "known tasks: sentiment"),
     # --- eval: data and artifacts
     case("eval-data-missing", "eval sentiment --data {bad}/nope.tsv", "no such file or directory", "pass a directory"),
-    case("eval-data-other-columns", "eval sentiment --data {bad}/notext.tsv", "notext.tsv has no column sentence, which the task uses",
-         "give it the same columns"),
-    case("eval-data-new-label", "eval sentiment --data {bad}/words.tsv", "never uses: 'neg' (2 rows), 'pos' (1 rows)", "fix those rows"),
-    case("eval-artifact-tampered", "eval sentiment", "does not match its sha256 (corrupt or tampered)", "run `registry verify`",
-         "tampered"),
-    case("eval-artifact-missing", "eval sentiment", "is missing from the store", "run `registry verify`", "adapter_missing"),
+    case(
+        "eval-data-other-columns",
+        "eval sentiment --data {bad}/notext.tsv",
+        "notext.tsv has no column sentence, which the task uses",
+        "give it the same columns",
+    ),
+    case(
+        "eval-data-new-label",
+        "eval sentiment --data {bad}/words.tsv",
+        "never uses: 'neg' (2 rows), 'pos' (1 rows)",
+        "fix those rows",
+    ),
+    case(
+        "eval-artifact-tampered",
+        "eval sentiment",
+        "does not match its sha256 (corrupt or tampered)",
+        "run `registry verify`",
+        "tampered",
+    ),
+    case(
+        "eval-artifact-missing",
+        "eval sentiment",
+        "is missing from the store",
+        "run `registry verify`",
+        "adapter_missing",
+    ),
     # --- export, import, predict
-    case("export-unknown-task", "export --tasks nope --output {fresh}/bundle", "no ready task named 'nope'", "known tasks: sentiment"),
+    case(
+        "export-unknown-task",
+        "export --tasks nope --output {fresh}/bundle",
+        "no ready task named 'nope'",
+        "known tasks: sentiment",
+    ),
     case("export-output-exists", "export --output {bad}", "already exists", "pass --force to replace it"),
     case("import-missing", "import {bad}/nope", "Path '", "import --help`)", exit_code=2),
     case("import-not-a-bundle", "import {good}", "good.tsv is not a bundle", "written by `registry export`"),
     case("predict-unknown-task", "predict --task nope hello", "no ready task named 'nope'", "known tasks: sentiment"),
     case("predict-no-text", "predict --task sentiment", "give either TEXT arguments", "--input FILE.jsonl"),
-    case("predict-input-not-jsonl", "predict --input {good}", "good.tsv line 1 is not JSON", "one {\"task\", \"text\""),
-    case("predict-bundle-missing", "predict --bundle {bad}/nope --task sentiment hi", "Path '", "predict --help`)", exit_code=2),
+    case("predict-input-not-jsonl", "predict --input {good}", "good.tsv line 1 is not JSON", 'one {"task", "text"'),
+    case(
+        "predict-bundle-missing",
+        "predict --bundle {bad}/nope --task sentiment hi",
+        "Path '",
+        "predict --help`)",
+        exit_code=2,
+    ),
     # --- versions: promote, retire, restore, --new-version ('sentiment' has versions 1 and 2, current; 'second' has 1)
-    case("promote-unknown-version", "promote sentiment --version 9", "task 'sentiment' has no version 9 (its versions: 1, 2)",
-         "pick one of them, see `registry show sentiment`"),
-    case("promote-other-tasks-version", "promote second --version 2", "task 'second' has no version 2 (its versions: 1)",
-         "see `registry show second`"),
-    case("promote-current", "promote sentiment --version 2", "version 2 of task 'sentiment' is already current", "nothing to promote"),
-    case("promote-unknown-task", "promote nope --version 1", "no ready task named 'nope'", "known tasks: sentiment, second"),
-    case("promote-version-zero", "promote sentiment --version 0", "Invalid value for '--version'", "promote --help`)", exit_code=2),
-    case("new-version-other-labels", "add-task sentiment --new-version --data {bad}/words.tsv",
-         "--new-version of 'sentiment': the data has labels ['neg', 'pos'], the task ['0', '1']", "add it under a new name"),
-    case("new-version-other-type", "add-task sentiment --new-version --data {good} --task-type regression",
-         "the data has task type regression, the task classification", "add it under a new name"),
-    case("new-version-unknown-task", "add-task nope --new-version --data {good}", "--new-version: no ready task named 'nope'",
-         "drop --new-version to add it as a new task"),
-    case("promote-without-new-version", f"{NEW} {{good}} --promote", "--promote needs --new-version", "add-task --help`)",
-         exit_code=2),
+    case(
+        "promote-unknown-version",
+        "promote sentiment --version 9",
+        "task 'sentiment' has no version 9 (its versions: 1, 2)",
+        "pick one of them, see `registry show sentiment`",
+    ),
+    case(
+        "promote-other-tasks-version",
+        "promote second --version 2",
+        "task 'second' has no version 2 (its versions: 1)",
+        "see `registry show second`",
+    ),
+    case(
+        "promote-current",
+        "promote sentiment --version 2",
+        "version 2 of task 'sentiment' is already current",
+        "nothing to promote",
+    ),
+    case(
+        "promote-unknown-task",
+        "promote nope --version 1",
+        "no ready task named 'nope'",
+        "known tasks: sentiment, second",
+    ),
+    case(
+        "promote-version-zero",
+        "promote sentiment --version 0",
+        "Invalid value for '--version'",
+        "promote --help`)",
+        exit_code=2,
+    ),
+    case(
+        "new-version-other-labels",
+        "add-task sentiment --new-version --data {bad}/words.tsv",
+        "--new-version of 'sentiment': the data has labels ['neg', 'pos'], the task ['0', '1']",
+        "add it under a new name",
+    ),
+    case(
+        "new-version-other-type",
+        "add-task sentiment --new-version --data {good} --task-type regression",
+        "the data has task type regression, the task classification",
+        "add it under a new name",
+    ),
+    case(
+        "new-version-unknown-task",
+        "add-task nope --new-version --data {good}",
+        "--new-version: no ready task named 'nope'",
+        "drop --new-version to add it as a new task",
+    ),
+    case(
+        "promote-without-new-version",
+        f"{NEW} {{good}} --promote",
+        "--promote needs --new-version",
+        "add-task --help`)",
+        exit_code=2,
+    ),
     case("retire-unknown", "retire nope", "no ready task named 'nope'", "known tasks: sentiment"),
-    case("retire-retired", "retire second", "task 'second' is already retired", "`registry restore second` brings it back",
-         "retired"),
+    case(
+        "retire-retired",
+        "retire second",
+        "task 'second' is already retired",
+        "`registry restore second` brings it back",
+        "retired",
+    ),
     case("restore-not-retired", "restore sentiment", "task 'sentiment' is not retired", "nothing to restore"),
-    *(case(f"{args.split()[0]}-retired", args, "task 'second' is retired", "`registry restore second` brings it back", "retired")
-      for args in ("export --tasks second --output {fresh}/bundle", "predict --task second hi", "eval second",
-                   "promote second --version 1", "add-task second --new-version --data {good}",
-                   "serve --port 0 --tasks second")),
+    *(
+        case(
+            f"{args.split()[0]}-retired",
+            args,
+            "task 'second' is retired",
+            "`registry restore second` brings it back",
+            "retired",
+        )
+        for args in (
+            "export --tasks second --output {fresh}/bundle",
+            "predict --task second hi",
+            "eval second",
+            "promote second --version 1",
+            "add-task second --new-version --data {good}",
+            "serve --port 0 --tasks second",
+        )
+    ),
     # --- bundles that carry code, lie, or are garbage (issue 14): import and predict refuse each, naming the file
-    *(case(f"{command.split()[0]}-{variant}", f"{command} {{bundles}}/{variant}", problem, todo)
-      for variant, problem, todo in BAD_BUNDLES
-      for command in ("import", "predict --task sentiment hello --bundle")[variant in LOAD_ONLY:1 if variant in IMPORT_ONLY else 2]),
-    *(case(f"init-base-{variant}",
-           f"--home {{fresh}} --db sqlite:///{{fresh}}/registry.db --store {{fresh}}/artifacts init "
-           f"--base {{bundles}}/{variant}/base", problem, todo)
-      for variant, problem, todo in (
-          ("code-listed", "/code-listed/base': config.json names code to run (auto_map)", CODE),
-          ("auto-map", "/auto-map/base': config.json names code to run (auto_map)", CODE),
-          ("tokenizer-auto-map", "/tokenizer-auto-map/base': tokenizer_config.json names code to run (auto_map)", CODE),
-          ("model-type", "/model-type/base' is a 'gpt2' model",
-           "supported: bert, distilbert, electra, roberta, xlm-roberta"))),
-    case("import-fresh-home-bad-tokenizer",
-         "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts "
-         "import {bundles}/tokenizer-invalid", "/tokenizer-invalid/base': KeyError: 'added_tokens'", "pass a directory with config.json"),
-    case("import-fresh-home-bad-adapter", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts "
-         "import {bundles}/adapter-key", "adapters/sentiment.safetensors does not load on the bundle's base", "unexpected"),
+    *(
+        case(f"{command.split()[0]}-{variant}", f"{command} {{bundles}}/{variant}", problem, todo)
+        for variant, problem, todo in BAD_BUNDLES
+        for command in ("import", "predict --task sentiment hello --bundle")[
+            variant in LOAD_ONLY : 1 if variant in IMPORT_ONLY else 2
+        ]
+    ),
+    *(
+        case(
+            f"init-base-{variant}",
+            f"--home {{fresh}} --db sqlite:///{{fresh}}/registry.db --store {{fresh}}/artifacts init "
+            f"--base {{bundles}}/{variant}/base",
+            problem,
+            todo,
+        )
+        for variant, problem, todo in (
+            ("code-listed", "/code-listed/base': config.json names code to run (auto_map)", CODE),
+            ("auto-map", "/auto-map/base': config.json names code to run (auto_map)", CODE),
+            (
+                "tokenizer-auto-map",
+                "/tokenizer-auto-map/base': tokenizer_config.json names code to run (auto_map)",
+                CODE,
+            ),
+            (
+                "model-type",
+                "/model-type/base' is a 'gpt2' model",
+                "supported: bert, distilbert, electra, roberta, xlm-roberta",
+            ),
+        )
+    ),
+    case(
+        "import-fresh-home-bad-tokenizer",
+        "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts "
+        "import {bundles}/tokenizer-invalid",
+        "/tokenizer-invalid/base': KeyError: 'added_tokens'",
+        "pass a directory with config.json",
+    ),
+    case(
+        "import-fresh-home-bad-adapter",
+        "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts import {bundles}/adapter-key",
+        "adapters/sentiment.safetensors does not load on the bundle's base",
+        "unexpected",
+    ),
     # --- export --force replaces only a previous bundle, never the registry or anything else
-    case("export-force-home", "export --force --output {home}", "is the registry home",
-         "write the bundle outside the registry"),
-    case("export-force-store", "export --force --output {home}/artifacts", "is the artifact store",
-         "outside the registry"),
+    case(
+        "export-force-home",
+        "export --force --output {home}",
+        "is the registry home",
+        "write the bundle outside the registry",
+    ),
+    case(
+        "export-force-store",
+        "export --force --output {home}/artifacts",
+        "is the artifact store",
+        "outside the registry",
+    ),
     case("export-force-parent", "export --force --output {root}", "holds the registry home", "outside the registry"),
     case("export-inside-home", "export --output {home}/bundle", "is inside the registry home", "outside the registry"),
-    case("export-force-user-dir", "export --force --output {bad}",
-         "is not a bundle (it holds files no bundle manifest lists)",
-         "--force replaces only a bundle written by `registry export`"),
-    case("export-unwritable", "export --output {good}/bundle", "cannot write the bundle at",
-         "choose a writable --output"),
-    case("export-force-user-file", "export --force --archive --output {bad}/data.txt.tar", "is not a bundle",
-         "choose another --output",
-         "user_tar"),
+    case(
+        "export-force-user-dir",
+        "export --force --output {bad}",
+        "is not a bundle (it holds files no bundle manifest lists)",
+        "--force replaces only a bundle written by `registry export`",
+    ),
+    case(
+        "export-unwritable", "export --output {good}/bundle", "cannot write the bundle at", "choose a writable --output"
+    ),
+    case(
+        "export-force-user-file",
+        "export --force --archive --output {bad}/data.txt.tar",
+        "is not a bundle",
+        "choose another --output",
+        "user_tar",
+    ),
     # --- options no run can use, refused before anything is written
     case("lr-nan", f"{NEW} {{good}} --lr nan", "--lr nan is not a positive finite number", "pass one like 1e-3"),
     case("lr-inf", f"{NEW} {{good}} --lr inf", "--lr inf is not a positive finite number", "pass one like 1e-3"),
-    case("max-length-over-positions", f"{NEW} {{good}} --max-length 512",
-         "--max-length 512 is more than the base's 128 positions",
-         "use --max-length 128 or less"),
-    case("predict-input-device", "predict --task sentiment --input /dev/zero", "/dev/zero is not a regular file",
-         "pass a file",
-         exit_code=2),
-    case("predict-input-fifo", "predict --task sentiment --input {bad}/fifo", "fifo is not a regular file",
-         "pass a file", exit_code=2),
+    case(
+        "max-length-over-positions",
+        f"{NEW} {{good}} --max-length 512",
+        "--max-length 512 is more than the base's 128 positions",
+        "use --max-length 128 or less",
+    ),
+    case(
+        "predict-input-device",
+        "predict --task sentiment --input /dev/zero",
+        "/dev/zero is not a regular file",
+        "pass a file",
+        exit_code=2,
+    ),
+    case(
+        "predict-input-fifo",
+        "predict --task sentiment --input {bad}/fifo",
+        "fifo is not a regular file",
+        "pass a file",
+        exit_code=2,
+    ),
     case("serve-unknown-task", "serve --port 0 --tasks nope", "no ready task named 'nope'", "known tasks: sentiment"),
     case("serve-bundle-missing", "serve --port 0 --bundle {bad}/nope", "Path '", "serve --help`)", exit_code=2),
-    case("serve-not-a-bundle", "serve --port 0 --bundle {good}", "good.tsv is not a bundle", "written by `registry export`"),
-    case("serve-max-batch-size-zero", "serve --port 0 --max-batch-size 0", "0 is not in the range x>=1", "serve --help`)",
-         exit_code=2),
+    case(
+        "serve-not-a-bundle",
+        "serve --port 0 --bundle {good}",
+        "good.tsv is not a bundle",
+        "written by `registry export`",
+    ),
+    case(
+        "serve-max-batch-size-zero",
+        "serve --port 0 --max-batch-size 0",
+        "0 is not in the range x>=1",
+        "serve --help`)",
+        exit_code=2,
+    ),
     # --- init
     case("init-twice", "init --base {base}", "already has a base", "use another --home to start a new one"),
-    case("init-base-missing", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}/nope",
-         "cannot load base checkpoint", "pass a directory with config.json and weights, or a hub id"),
-    case("init-base-garbage", "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}",
-         "cannot load base checkpoint", "pass a directory with config.json and weights, or a hub id"),
+    case(
+        "init-base-missing",
+        "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}/nope",
+        "cannot load base checkpoint",
+        "pass a directory with config.json and weights, or a hub id",
+    ),
+    case(
+        "init-base-garbage",
+        "--home {fresh} --db sqlite:///{fresh}/registry.db --store {fresh}/artifacts init --base {bad}",
+        "cannot load base checkpoint",
+        "pass a directory with config.json and weights, or a hub id",
+    ),
     # --- a registry that is not there
-    *(case(f"no-registry-{args.split()[0]}", f"--home {{fresh}} --db sqlite:///{{fresh}}/registry.db {args}",
-           "no registry at", "run `registry init --base PATH_OR_HUB_ID` first")
-      for args in ("list", "verify", "runs", "add-task x --data {good}", "eval x", "db upgrade")),
+    *(
+        case(
+            f"no-registry-{args.split()[0]}",
+            f"--home {{fresh}} --db sqlite:///{{fresh}}/registry.db {args}",
+            "no registry at",
+            "run `registry init --base PATH_OR_HUB_ID` first",
+        )
+        for args in ("list", "verify", "runs", "add-task x --data {good}", "eval x", "db upgrade")
+    ),
     # --- a database at a newer schema: every command refuses it, nothing is migrated
-    *(case(f"newer-schema-{args.split()[0]}{'-' + args.split()[1] if args.startswith('db') else ''}", args,
-           "registry schema is at ffff9999, newer than this code", "upgrade adapter-registry", "newer_schema")
-      for args in ("list", "show sentiment", "history", "runs", "verify", "verify --prune", "add-task newtask --data {good}",
-                   "eval sentiment", "init --base {base}", "db upgrade", "export --output {fresh}/bundle",
-                   "predict --task sentiment hello", "promote sentiment --version 1", "retire sentiment", "restore sentiment",
-                   "add-task sentiment --new-version --data {good}", "serve --port 0")),
+    *(
+        case(
+            f"newer-schema-{args.split()[0]}{'-' + args.split()[1] if args.startswith('db') else ''}",
+            args,
+            "registry schema is at ffff9999, newer than this code",
+            "upgrade adapter-registry",
+            "newer_schema",
+        )
+        for args in (
+            "list",
+            "show sentiment",
+            "history",
+            "runs",
+            "verify",
+            "verify --prune",
+            "add-task newtask --data {good}",
+            "eval sentiment",
+            "init --base {base}",
+            "db upgrade",
+            "export --output {fresh}/bundle",
+            "predict --task sentiment hello",
+            "promote sentiment --version 1",
+            "retire sentiment",
+            "restore sentiment",
+            "add-task sentiment --new-version --data {good}",
+            "serve --port 0",
+        )
+    ),
     # --- an unreachable PostgreSQL server
-    *(case(f"unreachable-{args.split()[0]}{'-' + args.split()[1] if args.startswith('db') else ''}", f"--db {UNREACHABLE} {args}",
-           f"cannot open database {UNREACHABLE}", "check --db / REGISTRY_DB_URL")
-      for args in ("list", "show sentiment", "history", "runs", "verify", "add-task newtask --data {good}", "eval sentiment",
-                   "init --base {base}", "db current", "db upgrade", "export --output {fresh}/bundle",
-                   "predict --task sentiment hello", "promote sentiment --version 1", "retire sentiment", "serve --port 0")),
+    *(
+        case(
+            f"unreachable-{args.split()[0]}{'-' + args.split()[1] if args.startswith('db') else ''}",
+            f"--db {UNREACHABLE} {args}",
+            f"cannot open database {UNREACHABLE}",
+            "check --db / REGISTRY_DB_URL",
+        )
+        for args in (
+            "list",
+            "show sentiment",
+            "history",
+            "runs",
+            "verify",
+            "add-task newtask --data {good}",
+            "eval sentiment",
+            "init --base {base}",
+            "db current",
+            "db upgrade",
+            "export --output {fresh}/bundle",
+            "predict --task sentiment hello",
+            "promote sentiment --version 1",
+            "retire sentiment",
+            "serve --port 0",
+        )
+    ),
 ]
 
 
-BAD_FILES = sorted(["nothing", "unreadable.tsv", "empty.tsv", "header.tsv", "nolabel.tsv", "notext.tsv", "ragged.tsv",
-                    "nan.tsv",
-                    "blank.tsv", "oneclass.tsv", "words.tsv", "latin1.tsv", "huge.tsv", "data.txt", "config.json", "fifo"])
+BAD_FILES = sorted(
+    [
+        "nothing",
+        "unreadable.tsv",
+        "empty.tsv",
+        "header.tsv",
+        "nolabel.tsv",
+        "notext.tsv",
+        "ragged.tsv",
+        "nan.tsv",
+        "blank.tsv",
+        "oneclass.tsv",
+        "words.tsv",
+        "latin1.tsv",
+        "huge.tsv",
+        "data.txt",
+        "config.json",
+        "fifo",
+    ]
+)
 
 
 def sentences(n: int, seed: int, labels=(0, 1)) -> list[str]:
@@ -299,7 +641,9 @@ def write_files(bad: Path) -> Path:
     (bad / "stray.tsv").write_text("\n".join([header, *stray]) + "\n")
     (bad / "oneclass.tsv").write_text("\n".join([header, *sentences(30, 5, labels=(1,))]) + "\n")
     (bad / "words.tsv").write_text("\n".join([header, *sentences(30, 6, labels=("pos", "neg"))]) + "\n")
-    (bad / "latin1.tsv").write_bytes(("\n".join([header, *sentences(30, 7), "un film très bon\t1"]) + "\n").encode("latin-1"))
+    (bad / "latin1.tsv").write_bytes(
+        ("\n".join([header, *sentences(30, 7), "un film très bon\t1"]) + "\n").encode("latin-1")
+    )
     (bad / "huge.tsv").write_text("\n".join([header, *sentences(30, 8), "a" * 300_000 + "\t1"]) + "\n")
     (bad / "data.txt").write_text(good.read_text())
     (bad / "config.json").write_text("{not json")
@@ -309,7 +653,8 @@ def write_files(bad: Path) -> Path:
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def prepared(request, tmp_path_factory, tiny_base, pg_skip_reason):
-    """One registry per dialect with two ready tasks, 'sentiment' (versions 1 and 2) and 'second', and the files the table needs."""
+    """One registry per dialect with two ready tasks, 'sentiment' (versions 1 and 2) and 'second', and the files
+    the table needs."""
     root = tmp_path_factory.mktemp(f"bad-input-{request.param}")
     home = root / "home"
     schema = None
@@ -326,11 +671,14 @@ def prepared(request, tmp_path_factory, tiny_base, pg_skip_reason):
     env = {"REGISTRY_HOME": str(home), "REGISTRY_DB_URL": url, "REGISTRY_STORE": settings.store_url}
     good = write_files(root / "bad")
     runner = CliRunner()
-    for args in (["init", "--base", str(tiny_base)], ["add-task", "sentiment", "--data", str(good), "--epochs", "1"],
-                 ["add-task", "sentiment", "--new-version", "--promote", "--data", str(good), "--epochs", "1", "--seed", "1"],
-                 ["add-task", "second", "--data", str(good), "--epochs", "1"],
-                 ["eval", "sentiment"],  # eval once, so the token cache is there before any row runs
-                 ["export", "--output", str(root / "bundles" / "good")]):
+    for args in (
+        ["init", "--base", str(tiny_base)],
+        ["add-task", "sentiment", "--data", str(good), "--epochs", "1"],
+        ["add-task", "sentiment", "--new-version", "--promote", "--data", str(good), "--epochs", "1", "--seed", "1"],
+        ["add-task", "second", "--data", str(good), "--epochs", "1"],
+        ["eval", "sentiment"],  # eval once, so the token cache is there before any row runs
+        ["export", "--output", str(root / "bundles" / "good")],
+    ):
         result = runner.invoke(cli, args, env=env, catch_exceptions=False)
         assert result.exit_code == 0, result.output
     write_bad_bundles(root / "bundles" / "good", root / "bundles", marker=root / "marker")

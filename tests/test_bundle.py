@@ -48,21 +48,29 @@ def datasets_dir(tmp_path_factory) -> Path:
 
 def cli_for(settings: Settings):
     runner = CliRunner()
-    env = {"REGISTRY_HOME": str(settings.home), "REGISTRY_DB_URL": settings.db_url, "REGISTRY_STORE": settings.store_url}
+    env = {
+        "REGISTRY_HOME": str(settings.home),
+        "REGISTRY_DB_URL": settings.db_url,
+        "REGISTRY_STORE": settings.store_url,
+    }
     return lambda *args: runner.invoke(cli, list(map(str, args)), env=env, catch_exceptions=False)
 
 
 def train_three(invoke, tiny_base: Path, datasets_dir: Path) -> None:
     assert invoke("init", "--base", tiny_base).exit_code == 0
     for name, options in TASKS.items():
-        result = invoke("add-task", name, "--data", datasets_dir / name, "--epochs", "1", "--lr", "0.01", "-q", *options)
+        result = invoke(
+            "add-task", name, "--data", datasets_dir / name, "--epochs", "1", "--lr", "0.01", "-q", *options
+        )
         assert result.exit_code == 0, result.output
 
 
 def listed(invoke) -> list[tuple]:
     rows = json.loads(invoke("list", "--json").stdout)
-    return [(r["position"], r["name"], r["task_type"], r["metric"], r["score"], r["trainable_params"], r["adapter_size"])
-            for r in rows]
+    return [
+        (r["position"], r["name"], r["task_type"], r["metric"], r["score"], r["trainable_params"], r["adapter_size"])
+        for r in rows
+    ]
 
 
 def predictions(predictor: Predictor, items=ITEMS) -> list[Prediction]:
@@ -70,7 +78,9 @@ def predictions(predictor: Predictor, items=ITEMS) -> list[Prediction]:
 
 
 def assert_close(got: list[Prediction], want: list[Prediction], tolerance: float) -> None:
-    assert [p.label if isinstance(p.label, str) else None for p in got] == [p.label if isinstance(p.label, str) else None for p in want]
+    assert [p.label if isinstance(p.label, str) else None for p in got] == [
+        p.label if isinstance(p.label, str) else None for p in want
+    ]
     for g, w in zip(got, want):
         assert g.task == w.task
         if g.probabilities is None:
@@ -135,7 +145,9 @@ def test_bundle_serves_like_the_registry_with_the_database_deleted(invoke, setti
     registry = open_registry(settings)
     from_registry = predictions(live.from_registry(registry, device="cpu"))
     registry.close()
-    cli_rows = json.loads(invoke("predict", "--task", "pairs", "--json", "good film", "great movie", "bad", "love it").stdout)
+    cli_rows = json.loads(
+        invoke("predict", "--task", "pairs", "--json", "good film", "great movie", "bad", "love it").stdout
+    )
     result = invoke("export", "--output", tmp_path / "bundle", "--json")
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["tasks"] == NAMES
@@ -157,7 +169,18 @@ def test_bundle_serves_like_the_registry_with_the_database_deleted(invoke, setti
     assert predictions(served) == from_registry  # float32: exactly equal
     assert [p.label for p in from_registry[:4]] != [None] * 4
     assert isinstance(from_registry[2].label, float) and from_registry[0].label in ("positive", "negative")
-    result = invoke("predict", "--bundle", tmp_path / "bundle", "--task", "pairs", "--json", "good film", "great movie", "bad", "love it")
+    result = invoke(
+        "predict",
+        "--bundle",
+        tmp_path / "bundle",
+        "--task",
+        "pairs",
+        "--json",
+        "good film",
+        "great movie",
+        "bad",
+        "love it",
+    )
     assert json.loads(result.stdout) == cli_rows
     assert [(r["text"], r["text_pair"]) for r in cli_rows] == [("good film", "great movie"), ("bad", "love it")]
 
@@ -172,16 +195,26 @@ def test_predict_cli_rows_and_input_file(source, tmp_path):
         assert result.exit_code == 0, result.output
         got = json.loads(result.stdout)
         assert [(r["task"], r["text"], r["text_pair"]) for r in got] == [
-            ("similarity", "good film", "bad film"), ("sentiment", "good great film", None), ("pairs", "bad", "love it")]
-        expected = {(task, text if isinstance(text, str) else tuple(text)): p for (task, text), p in zip(ITEMS, source["predictions"])}
+            ("similarity", "good film", "bad film"),
+            ("sentiment", "good great film", None),
+            ("pairs", "bad", "love it"),
+        ]
+        expected = {
+            (task, text if isinstance(text, str) else tuple(text)): p
+            for (task, text), p in zip(ITEMS, source["predictions"])
+        }
         want = expected[("sentiment", "good great film")]
         assert got[1]["label"] == want.label and got[1]["probabilities"] == pytest.approx(want.probabilities, abs=1e-5)
-    table = invoke("predict", "--bundle", source["dir"], "--task", "sentiment", "good great film", "not good").stdout.splitlines()
+    table = invoke(
+        "predict", "--bundle", source["dir"], "--task", "sentiment", "good great film", "not good"
+    ).stdout.splitlines()
     assert table[0].split() == ["task", "label", "score", "text", "text_pair"]
     assert table[1].startswith("sentiment") and table[1].split()[1] in ("positive", "negative") and len(table) == 3
 
     assert one_line_error(invoke("predict", "--bundle", source["dir"], "--task", "pairs", "a", "b", "c")) == (
-        "Error: task 'pairs' reads text pairs: give an even number of TEXT arguments (each text, then its pair), or use --input")
+        "Error: task 'pairs' reads text pairs: give an even number of TEXT arguments (each text, then its pair), or "
+        "use --input"
+    )
     assert one_line_error(invoke("predict", "--bundle", source["dir"], "--task", "nope", "a")) == (
         f"Error: no task named 'nope' in bundle {source['dir']}; tasks in it: sentiment, pairs, similarity")
     assert one_line_error(invoke("predict", "--task", "nope", "a")) == (
@@ -195,9 +228,14 @@ def test_predict_cli_rows_and_input_file(source, tmp_path):
 def test_inputs_must_fit_the_task(source):
     served = bundle.load(source["dir"], ["sentiment", "pairs"], device="cpu")
     assert served.tasks == ["sentiment", "pairs"]
-    with pytest.raises(DataError, match=r"^task 'pairs' reads a text pair \(sentence1 \+ sentence2\): give each input with its text_pair$"):
+    with pytest.raises(
+        DataError,
+        match=r"^task 'pairs' reads a text pair \(sentence1 \+ sentence2\): give each input with its text_pair$",
+    ):
         served.predict("pairs", ["only one"])
-    with pytest.raises(DataError, match=r"^task 'sentiment' reads one text \(sentence\): give inputs without a text_pair$"):
+    with pytest.raises(
+        DataError, match=r"^task 'sentiment' reads one text \(sentence\): give inputs without a text_pair$"
+    ):
         served.predict("sentiment", [("one", "two")])
     with pytest.raises(UnknownTask, match=r"^no task named 'similarity' here; tasks: sentiment, pairs$"):
         served.predict("similarity", [("one", "two")])
@@ -245,7 +283,12 @@ def test_smaller_adapters_are_zero_padded_and_outputs_unchanged(source):
         items = [(t, x) for t, x in ITEMS if t == task]
         assert_close(together.predict_many(items), alone[task].predict_many(items), 1e-5)
 
-    tensors = {"a.down_weight": torch.ones(4, 2), "a.down_bias": torch.ones(2), "a.up_weight": torch.ones(2, 4), "a.up_bias": torch.ones(4)}
+    tensors = {
+        "a.down_weight": torch.ones(4, 2),
+        "a.down_bias": torch.ones(2),
+        "a.up_weight": torch.ones(2, 4),
+        "a.up_bias": torch.ones(4),
+    }
     padded = pad_adapters(tensors, 2, 3)
     assert padded["a.down_weight"].tolist() == [[1, 1, 0]] * 4 and padded["a.down_bias"].tolist() == [1, 1, 0]
     assert padded["a.up_weight"].tolist() == [[1] * 4, [1] * 4, [0] * 4] and padded["a.up_bias"] is tensors["a.up_bias"]
@@ -271,37 +314,53 @@ def test_tampered_file_is_refused(source, copy_of):
     data = bytearray(path.read_bytes())
     data[-1] ^= 1
     path.write_bytes(bytes(data))
-    message = f"{copy_of}: file adapters/pairs.safetensors does not match its sha256 in manifest.json (corrupt or tampered): export the bundle again"
+    message = (f"{copy_of}: file adapters/pairs.safetensors does not match its sha256 in manifest.json "
+               "(corrupt or tampered): export the bundle again")
     with pytest.raises(BundleError) as error:
         bundle.load(copy_of, ["sentiment"], device="cpu")  # every file is checked, not only those served
     assert str(error.value) == message
-    assert one_line_error(source["invoke"]("predict", "--bundle", copy_of, "--task", "sentiment", "good")) == f"Error: {message}"
+    assert (
+        one_line_error(source["invoke"]("predict", "--bundle", copy_of, "--task", "sentiment", "good"))
+        == f"Error: {message}"
+    )
 
 
 def test_tampered_base_is_refused(source, copy_of):
     with open(copy_of / "base" / "model.safetensors", "r+b") as handle:
         handle.seek(-3, 2)
         handle.write(b"\x00\x01\x02")
-    with pytest.raises(BundleError, match="^" + str(copy_of) + ": file base/model.safetensors does not match its sha256 in manifest.json"):
+    with pytest.raises(
+        BundleError,
+        match="^" + str(copy_of) + ": file base/model.safetensors does not match its sha256 in manifest.json",
+    ):
         bundle.load(copy_of, device="cpu")
     refresh_hash(copy_of, "base/model.safetensors")  # a manifest edited to match is still not the registry's base
     base_sha = json.loads((copy_of / "manifest.json").read_text())["base"]["sha256"]
     with pytest.raises(BundleError) as error:
         bundle.load(copy_of, device="cpu")
-    assert str(error.value) == f"{copy_of}: base/model.safetensors is not the base {base_sha[:12]} named in manifest.json: export the bundle again"
+    assert (
+        str(error.value)
+        == f"{copy_of}: base/model.safetensors is not the base {base_sha[:12]} named in manifest.json: export the "
+           "bundle again"
+    )
 
 
 def test_missing_file_is_refused(source, copy_of):
     (copy_of / "adapters" / "similarity.json").unlink()
     line = one_line_error(source["invoke"]("predict", "--bundle", copy_of, "--task", "sentiment", "good"))
-    assert line == f"Error: {copy_of}: file adapters/similarity.json is missing: copy the whole bundle, or export it again"
+    assert (
+        line == f"Error: {copy_of}: file adapters/similarity.json is missing: copy the whole bundle, or export it again"
+    )
     shutil.copy(source["dir"] / "adapters" / "similarity.json", copy_of / "adapters")
     shutil.rmtree(copy_of / "base")
     line = one_line_error(source["invoke"]("import", copy_of))
     assert line == f"Error: {copy_of}: file base/config.json is missing: copy the whole bundle, or export it again"
     (copy_of / "manifest.json").unlink()
     line = one_line_error(source["invoke"]("predict", "--bundle", copy_of, "--task", "sentiment", "good"))
-    assert line == f"Error: {copy_of} is not a bundle (no manifest.json): pass a directory or .tar written by `registry export`"
+    assert (
+        line
+        == f"Error: {copy_of} is not a bundle (no manifest.json): pass a directory or .tar written by `registry export`"
+    )
 
 
 def test_adapter_from_another_base_is_refused(source, copy_of):
@@ -321,18 +380,25 @@ def test_malformed_manifest_is_refused(copy_of):
     rewrite_manifest(copy_of, lambda m: m["tasks"][1].pop("max_length"))
     with pytest.raises(BundleError) as error:
         bundle.load(copy_of, device="cpu")
-    assert str(error.value) == f"{copy_of}: manifest.json is malformed (task 'pairs' has no 'max_length'): export the bundle again"
+    assert (
+        str(error.value)
+        == f"{copy_of}: manifest.json is malformed (task 'pairs' has no 'max_length'): export the bundle again"
+    )
     rewrite_manifest(copy_of, lambda m: m.pop("files"))
     with pytest.raises(BundleError, match=r"manifest.json is malformed \(no 'files'\)"):
         bundle.load(copy_of, device="cpu")
     rewrite_manifest(copy_of, lambda m: m.update(format="adapter-registry/bundle@9"))
-    with pytest.raises(BundleError, match=r"bundle format 'adapter-registry/bundle@9' is not 'adapter-registry/bundle@1'"):
+    with pytest.raises(
+        BundleError, match=r"bundle format 'adapter-registry/bundle@9' is not 'adapter-registry/bundle@1'"
+    ):
         bundle.load(copy_of, device="cpu")
 
 
 def test_paths_outside_the_bundle_are_refused(copy_of):
     rewrite_manifest(copy_of, lambda m: m["files"].update({"../escape": {"sha256": "0" * 64, "size": 1}}))
-    with pytest.raises(BundleError, match=r"manifest.json is malformed \(it lists '\.\./escape', which a bundle never "):
+    with pytest.raises(
+        BundleError, match=r"manifest.json is malformed \(it lists '\.\./escape', which a bundle never "
+    ):
         bundle.load(copy_of, device="cpu")
 
 
@@ -360,24 +426,41 @@ def test_layout_and_size_bound(trained, tmp_path):
 
     files = sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file())
     assert [f for f in files if f.endswith(".safetensors")] == [
-        "adapters/pairs.safetensors", "adapters/sentiment.safetensors", "adapters/similarity.safetensors", "base/model.safetensors"]
+        "adapters/pairs.safetensors",
+        "adapters/sentiment.safetensors",
+        "adapters/similarity.safetensors",
+        "base/model.safetensors",
+    ]
     for name in NAMES:  # exactly the stored artifacts
         assert (root / "adapters" / f"{name}.safetensors").read_bytes() == stored_adapters[name]
         assert (root / "adapters" / f"{name}.json").read_bytes() == stored_configs[name]
     adapter_bytes = sum(map(len, stored_adapters.values()))
     assert bundle_bytes(root) <= base_bytes + adapter_bytes + 1_000_000
-    assert summary["bytes"] == bundle_bytes(root) and summary["base_bytes"] == base_bytes and summary["adapter_bytes"] == adapter_bytes
+    assert (
+        summary["bytes"] == bundle_bytes(root)
+        and summary["base_bytes"] == base_bytes
+        and summary["adapter_bytes"] == adapter_bytes
+    )
 
     manifest = json.loads((root / "manifest.json").read_text())
     assert manifest["format"] == "adapter-registry/bundle@1" and manifest["dtype"] == "float32"
     assert manifest["base"]["sha256"] == base.sha256 == manifest["files"]["base/model.safetensors"]["sha256"]
     assert sorted(manifest["files"]) == [f for f in files if f != "manifest.json"]
     for name, meta in manifest["files"].items():
-        assert meta == {"sha256": hashlib.sha256((root / name).read_bytes()).hexdigest(), "size": (root / name).stat().st_size}
+        assert meta == {
+            "sha256": hashlib.sha256((root / name).read_bytes()).hexdigest(),
+            "size": (root / name).stat().st_size,
+        }
     by_name = {t["name"]: t for t in manifest["tasks"]}
     assert [t["name"] for t in manifest["tasks"]] == NAMES and [t["position"] for t in manifest["tasks"]] == [1, 2, 3]
-    assert by_name["sentiment"]["labels"] == ["negative", "positive"] and by_name["sentiment"]["text_columns"] == ["sentence"]
-    assert (by_name["similarity"]["task_type"], by_name["similarity"]["metric"], by_name["similarity"]["labels"]) == ("regression", "spearman", None)
+    assert by_name["sentiment"]["labels"] == ["negative", "positive"] and by_name["sentiment"]["text_columns"] == [
+        "sentence"
+    ]
+    assert (by_name["similarity"]["task_type"], by_name["similarity"]["metric"], by_name["similarity"]["labels"]) == (
+        "regression",
+        "spearman",
+        None,
+    )
     assert [(t["adapter_size"], t["max_length"]) for t in manifest["tasks"]] == [(8, 12), (16, 24), (12, 20)]
     assert [(t["name"], t["score"]) for t in manifest["tasks"]] == [(row[1], row[4]) for row in listed(invoke)]
 
@@ -396,7 +479,9 @@ def test_float16_halves_the_size_and_predicts_within_tolerance(source, tmp_path)
     weights = ["base/model.safetensors", *(f"adapters/{task}.safetensors" for task in NAMES)]
     for name in weights:
         halved, whole = safetensors.torch.load_file(half / name), safetensors.torch.load_file(full / name)
-        assert {v.dtype for v in halved.values()} == {torch.float16} and {v.dtype for v in whole.values()} == {torch.float32}
+        assert {v.dtype for v in halved.values()} == {torch.float16} and {v.dtype for v in whole.values()} == {
+            torch.float32
+        }
         assert sum(v.nbytes for v in halved.values()) * 2 == sum(v.nbytes for v in whole.values())
     # the tiny model's files are mostly safetensors headers and tokenizer files; MiniLM's halve (bench/bundle.py)
     assert sum((half / n).stat().st_size for n in weights) < 0.6 * sum((full / n).stat().st_size for n in weights)
@@ -405,9 +490,16 @@ def test_float16_halves_the_size_and_predicts_within_tolerance(source, tmp_path)
     from transformers import AutoModel
 
     assert AutoModel.from_pretrained(half / "base").dtype == torch.float16
-    assert_close(predictions(bundle.load(half, device="cpu")), predictions(bundle.load(full, device="cpu")), bundle.FLOAT16_TOLERANCE)
-    assert_close(predictions(bundle.load(half, device="cpu", dtype="float16")), predictions(bundle.load(full, device="cpu")),
-                 bundle.FLOAT16_TOLERANCE)
+    assert_close(
+        predictions(bundle.load(half, device="cpu")),
+        predictions(bundle.load(full, device="cpu")),
+        bundle.FLOAT16_TOLERANCE,
+    )
+    assert_close(
+        predictions(bundle.load(half, device="cpu", dtype="float16")),
+        predictions(bundle.load(full, device="cpu")),
+        bundle.FLOAT16_TOLERANCE,
+    )
 
 
 def test_archive_round_trip(source, tmp_path):
@@ -451,7 +543,10 @@ def test_unknown_task_name_is_refused(trained, tmp_path):
     settings, invoke = trained
     line = one_line_error(invoke("export", "--tasks", "sentiment,nope", "--output", tmp_path / "b"))
     assert line == "Error: no ready task named 'nope'; known tasks: sentiment, pairs, similarity"
-    assert one_line_error(invoke("export", "--tasks", ",", "--output", tmp_path / "b")) == "Error: no task named: pass all, or NAME,NAME…"
+    assert (
+        one_line_error(invoke("export", "--tasks", ",", "--output", tmp_path / "b"))
+        == "Error: no task named: pass all, or NAME,NAME…"
+    )
     assert list(tmp_path.iterdir()) == []
 
 
@@ -461,8 +556,10 @@ def test_export_of_a_corrupt_artifact_leaves_nothing(invoke, settings, source, t
     stored = Path(settings.store_url) / sha[:2] / sha
     stored.write_bytes(stored.read_bytes()[:-1] + b"!")
     line = one_line_error(invoke("export", "--output", tmp_path / "out" / "b", "--archive"))
-    assert line == (f"Error: artifact {sha[:12]} in {settings.store_url} does not match its sha256 (corrupt or tampered): "
-                    "run `registry verify`")
+    assert line == (
+        f"Error: artifact {sha[:12]} in {settings.store_url} does not match its sha256 (corrupt or tampered): "
+        "run `registry verify`"
+    )
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -484,7 +581,10 @@ def test_import_into_an_empty_registry(invoke, settings, source):
     registry.close()
     show = json.loads(invoke("show", "pairs", "--json").stdout)
     manifest = {t["name"]: t for t in json.loads((source["dir"] / "manifest.json").read_text())["tasks"]}
-    assert (show["adapter_sha256"], show["config_sha256"]) == (manifest["pairs"]["adapter_sha256"], manifest["pairs"]["config_sha256"])
+    assert (show["adapter_sha256"], show["config_sha256"]) == (
+        manifest["pairs"]["adapter_sha256"],
+        manifest["pairs"]["config_sha256"],
+    )
     evaluated = invoke("eval", "sentiment", "--json")  # the imported task trains on nothing but evaluates as before
     assert json.loads(evaluated.stdout)["score"] == manifest["sentiment"]["score"]
 
@@ -498,11 +598,15 @@ def test_import_appends_and_a_name_clash_changes_nothing(invoke, settings, sourc
 
     before = snapshot(settings)
     line = one_line_error(invoke("import", source["tar"]))
-    assert line == (f"Error: cannot import {source['tar']}: the registry already has task(s) 'sentiment', 'pairs', 'similarity': "
-                    "import into another registry (--home), or export the bundle without them (--tasks)")
+    assert line == (
+        f"Error: cannot import {source['tar']}: the registry already has task(s) 'sentiment', 'pairs', 'similarity': "
+        "import into another registry (--home), or export the bundle without them (--tasks)"
+    )
     assert snapshot(settings) == before
     assert invoke("export", "--output", tmp_path / "mine", "--tasks", "own,pairs").exit_code == 0
-    assert one_line_error(invoke("import", tmp_path / "mine")).startswith(f"Error: cannot import {tmp_path / 'mine'}: the registry already has task(s) 'own', 'pairs':")
+    assert one_line_error(invoke("import", tmp_path / "mine")).startswith(
+        f"Error: cannot import {tmp_path / 'mine'}: the registry already has task(s) 'own', 'pairs':"
+    )
     assert snapshot(settings) == before
 
 
@@ -521,8 +625,10 @@ def test_import_refuses_another_base_and_float16(invoke, settings, source, tiny_
     with open_registry(settings).read() as session:
         ours = session.scalar(text("SELECT sha256 FROM bases"))
     line = one_line_error(invoke("import", source["dir"]))
-    assert line == (f"Error: {source['dir']} is built on base {manifest['base']['sha256'][:12]}, this registry's base is "
-                    f"{ours[:12]}: import it into a registry with that base, or a new one (--home)")
+    assert line == (
+        f"Error: {source['dir']} is built on base {manifest['base']['sha256'][:12]}, this registry's base is "
+        f"{ours[:12]}: import it into a registry with that base, or a new one (--home)"
+    )
     line = one_line_error(invoke("import", source["half"]))
     assert line == (f"Error: {source['half']} holds float16 weights, which can be served but not imported "
                     "(the registry keeps the exact float32 artifacts): export it again with --dtype float32")

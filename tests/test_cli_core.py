@@ -71,7 +71,11 @@ def test_newer_schema_is_refused_and_unchanged(run_cli, tiny_base, settings):
     before = snapshot(settings)
     for command in (["list"], ["db", "upgrade"], ["init", "--base", str(tiny_base)]):
         line = one_line_error(run_cli(*command))
-        assert line == f"Error: registry schema is at ffff9999, newer than this code ({db.SCHEMA_REVISION}): upgrade adapter-registry"
+        assert (
+            line
+            == f"Error: registry schema is at ffff9999, newer than this code ({db.SCHEMA_REVISION}): upgrade "
+               "adapter-registry"
+        )
     assert snapshot(settings) == before
 
 

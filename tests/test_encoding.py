@@ -144,14 +144,21 @@ def test_batches_within_max_tokens_cover_every_row_once():
     for b in plan:
         rows, width = b["input_ids"].shape
         assert rows <= 16 and (rows * width <= 40 or rows == 1)  # a row longer than the budget goes alone
-    assert len(plan) > len(list(encoding.batches(enc, 16, pad_id=0, shuffle=False, seed=0)))  # the budget cut some batches
+    assert len(plan) > len(
+        list(encoding.batches(enc, 16, pad_id=0, shuffle=False, seed=0))
+    )  # the budget cut some batches
     # Short and long rows: cut apart where the padding saved passes the cost of a pass, kept together otherwise.
     mixed = encoding.Encoded([np.ones(n, np.int64) for n in [4] * 8 + [60] * 8], np.zeros(16, np.int64))
-    shapes = [tuple(b["input_ids"].shape) for b in encoding.batches(mixed, 16, pad_id=0, shuffle=False, seed=0, max_tokens=4096)]
+    shapes = [
+        tuple(b["input_ids"].shape)
+        for b in encoding.batches(mixed, 16, pad_id=0, shuffle=False, seed=0, max_tokens=4096)
+    ]
     assert shapes == [(8, 4), (8, 60)]  # one pass would pad 8 x 56 = 448 tokens > PASS_COST_TOKENS
     close = encoding.Encoded([np.ones(n, np.int64) for n in [50] * 8 + [60] * 8], np.zeros(16, np.int64))
-    assert [tuple(b["input_ids"].shape) for b in encoding.batches(close, 16, pad_id=0, shuffle=False, seed=0,
-                                                                  max_tokens=4096)] == [(16, 60)]  # 80 tokens saved < 256
+    assert [
+        tuple(b["input_ids"].shape)
+        for b in encoding.batches(close, 16, pad_id=0, shuffle=False, seed=0, max_tokens=4096)
+    ] == [(16, 60)]  # 80 tokens saved < 256
     shortest = min(range(len(lengths)), key=lengths.__getitem__)
     (alone,) = list(encoding.batches(encoding.Encoded([enc.input_ids[shortest]], enc.labels[:1]), 4, pad_id=0,
                                      shuffle=False, seed=0, max_tokens=1))

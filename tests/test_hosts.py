@@ -84,10 +84,18 @@ def team(tmp_path_factory, pg_skip_reason):
         cleanups.append(s3.stop)
         bucket = f"team-{uuid.uuid4().hex[:12]}"
         s3.make_bucket(bucket)
-        env = {"PATH": os.environ["PATH"], "HOME": os.environ.get("HOME", str(root)), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1",
-               "REGISTRY_DB_URL": url.set(host=hosts.gateway, port=relay.port).render_as_string(hide_password=False),
-               "REGISTRY_STORE": f"s3://{bucket}/artifacts", **s3.env(),
-               "REGISTRY_HEARTBEAT_SECONDS": str(HEARTBEAT), "REGISTRY_STALE_AFTER_SECONDS": str(STALE_AFTER)}
+        env = {
+            "PATH": os.environ["PATH"],
+            "HOME": os.environ.get("HOME", str(root)),
+            "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1",
+            "OMP_NUM_THREADS": "1",
+            "REGISTRY_DB_URL": url.set(host=hosts.gateway, port=relay.port).render_as_string(hide_password=False),
+            "REGISTRY_STORE": f"s3://{bucket}/artifacts",
+            **s3.env(),
+            "REGISTRY_HEARTBEAT_SECONDS": str(HEARTBEAT),
+            "REGISTRY_STALE_AFTER_SECONDS": str(STALE_AFTER),
+        }
         team = Team(hosts=hosts, env=env, root=root, data=write_data(root / "data.tsv"))
         base = write_tiny_bert(root / "tiny-bert")
         result = team.run(1, "init", "--base", str(base))

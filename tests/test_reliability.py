@@ -170,7 +170,11 @@ def launcher(tmp_path_factory):
 
 
 def registry_env(settings: Settings) -> dict[str, str]:
-    return {"REGISTRY_HOME": str(settings.home), "REGISTRY_DB_URL": settings.db_url, "REGISTRY_STORE": settings.store_url}
+    return {
+        "REGISTRY_HOME": str(settings.home),
+        "REGISTRY_DB_URL": settings.db_url,
+        "REGISTRY_STORE": settings.store_url,
+    }
 
 
 def write_data(path: Path, n: int = 48, seed: int = 0) -> Path:
@@ -180,7 +184,10 @@ def write_data(path: Path, n: int = 48, seed: int = 0) -> Path:
     lines = ["sentence\tlabel"]
     for i in range(n):
         label = i % 2
-        lines.append(" ".join(rng.choices(words[1 - label], k=4) + rng.choices(["the", "a", "this", "movie"], k=2)) + f"\t{label}")
+        lines.append(
+            " ".join(rng.choices(words[1 - label], k=4) + rng.choices(["the", "a", "this", "movie"], k=2))
+            + f"\t{label}"
+        )
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -219,7 +226,8 @@ def task_status(registry, name: str) -> str | None:
 
 
 def check_after_kill(run_cli, registry, name: str, before: dict, last_run: int) -> tuple[str, int]:
-    """Invariants after a kill, once dead runs are swept: what the kill left (none, interrupted or ready), the last run."""
+    """Invariants after a kill, once dead runs are swept: what the kill left (none, interrupted or ready), the last
+    run."""
     _, runs = sweep(run_cli)
     assert not [run for run in runs if run["status"] == "running"], runs  # a dead process is swept at once
     problems = verify_problems(run_cli)
@@ -326,7 +334,10 @@ def test_kill_9_at_each_step_of_publishing(run_cli, settings, registry, tmp_path
         assert run_cli("verify", "--prune").exit_code == 0, point
 
     assert run_cli("verify", "--prune").exit_code == 0
-    assert [(t["name"], t["position"]) for t in json.loads(run_cli("list", "--json").stdout)] == [("first", 1), ("victim", 2)]
+    assert [(t["name"], t["position"]) for t in json.loads(run_cli("list", "--json").stdout)] == [
+        ("first", 1),
+        ("victim", 2),
+    ]
 
 
 def task_versions(run_cli, name: str) -> list[tuple[int, bool, str]]:
@@ -391,8 +402,14 @@ def test_concurrent_adds_get_distinct_consecutive_positions(run_cli, settings, t
     assert "database is locked" not in "".join(outputs)
     assert sorted(codes) == [0, 0, 0, 0, 1], outputs
     loser = outputs[codes.index(1)].strip().splitlines()
-    assert len(loser) == 1 and loser[0] in {f"Error: task 'alpha' already exists ({why}): pick another name{hint}" for why, hint in (
-        ("training", ""), ("another process is adding it", ""), ("ready", ", or pass --new-version to train its next version"))}, loser
+    assert len(loser) == 1 and loser[0] in {
+        f"Error: task 'alpha' already exists ({why}): pick another name{hint}"
+        for why, hint in (
+            ("training", ""),
+            ("another process is adding it", ""),
+            ("ready", ", or pass --new-version to train its next version"),
+        )
+    }, loser
     assert codes[0] == 0 or codes[4] == 0  # exactly one of the two alphas won
     listed = json.loads(run_cli("list", "--json").stdout)
     assert sorted(t["position"] for t in listed) == [1, 2, 3, 4]
@@ -552,7 +569,10 @@ def trained(run_cli, settings, tiny_base, tmp_path):
     result = run_cli(*add_args("sentiment", write_data(tmp_path / "data.tsv")))
     assert result.exit_code == 0, result.output
     shown = json.loads(run_cli("show", "sentiment", "--json").stdout)
-    paths = {kind: Path(settings.store_url, shown[f"{kind}_sha256"][:2], shown[f"{kind}_sha256"]) for kind in ("adapter", "config")}
+    paths = {
+        kind: Path(settings.store_url, shown[f"{kind}_sha256"][:2], shown[f"{kind}_sha256"])
+        for kind in ("adapter", "config")
+    }
     return SimpleNamespace(shown=shown, **paths)
 
 
@@ -580,16 +600,20 @@ def test_verify_finds_missing_and_corrupt_artifacts(run_cli, settings, trained):
     result = run_cli("verify")
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
-        f"artifact {adapter_sha[:12]} (adapter of ready task 'sentiment', run 1) is missing from the store {settings.store_url}: "
-        "restore the file or the store from a backup, or re-add the task under a new name"]
+        f"artifact {adapter_sha[:12]} (adapter of ready task 'sentiment', run 1) is missing from the store "
+        f"{settings.store_url}: "
+        "restore the file or the store from a backup, or re-add the task under a new name"
+    ]
     trained.adapter.write_bytes(adapter)
 
     trained.config.write_bytes(config.replace(b'"seed": 0', b'"seed": 1'))
     result = run_cli("verify")
     assert result.exit_code == 1
     assert result.stdout.splitlines() == [
-        f"artifact {config_sha[:12]} (config of ready task 'sentiment') in {settings.store_url} does not match its sha256 "
-        "(corrupt or tampered): restore the file from a backup, or re-add the task under a new name"]
+        f"artifact {config_sha[:12]} (config of ready task 'sentiment') in {settings.store_url} does not match its "
+        "sha256 "
+        "(corrupt or tampered): restore the file from a backup, or re-add the task under a new name"
+    ]
     trained.config.write_bytes(config)
 
     sql(settings, f"UPDATE artifacts SET size = size + 1 WHERE sha256 = '{adapter_sha}'")
@@ -619,8 +643,10 @@ def test_verify_checks_ready_tasks_and_positions(run_cli, settings, trained):
         session.add(Task(name="stale", base_id=base.id, status="failed", position=2))
     registry.close()
     assert sorted(p["message"] for p in verify_problems(run_cli)) == [
-        "failed task 'stale' holds position 2, which only ready tasks do: the database was altered; restore it from a backup",
-        f"the config of ready task 'sentiment' names base abababababab, not this registry's base {trained.shown['base_sha256'][:12]}: "
+        "failed task 'stale' holds position 2, which only ready tasks do: the database was altered; restore it from a "
+        "backup",
+        "the config of ready task 'sentiment' names base abababababab, not this registry's base "
+        f"{trained.shown['base_sha256'][:12]}: "
         "restore the database and store from a backup",
     ]
 
@@ -633,13 +659,20 @@ def test_verify_prune_removes_unreferenced_files_only_when_no_task_trains(run_cl
     temporary.write_bytes(b"half an adapter")
     result = run_cli("verify")
     assert result.exit_code == 1
-    assert result.stdout.splitlines() == sorted([
-        f"store file {stray} is not in the database (left by an interrupted add-task?): remove it with `registry verify --prune`",
-        f"store file {temporary} is a stray temporary file (left by an interrupted add-task?): remove it with `registry verify --prune`",
-    ], key=lambda line: line.split()[2])
+    assert result.stdout.splitlines() == sorted(
+        [
+            f"store file {stray} is not in the database (left by an interrupted add-task?): remove it with `registry "
+            "verify --prune`",
+            f"store file {temporary} is a stray temporary file (left by an interrupted add-task?): remove it with "
+            "`registry verify --prune`",
+        ],
+        key=lambda line: line.split()[2],
+    )
 
     registry = open_registry(settings)
-    add_rows(registry, "busy", runs=[("running", this_host(), os.getpid(), 1)])  # a live add-task may be about to publish
+    add_rows(
+        registry, "busy", runs=[("running", this_host(), os.getpid(), 1)]
+    )  # a live add-task may be about to publish
     result = run_cli("verify", "--prune")
     assert result.exit_code == 1 and stray.exists() and temporary.exists()
     assert result.stdout.splitlines() == [
@@ -651,8 +684,9 @@ def test_verify_prune_removes_unreferenced_files_only_when_no_task_trains(run_cl
     registry.close()
     result = run_cli("verify", "--prune")
     assert result.exit_code == 0, result.output
-    assert result.stdout.splitlines() == [f"removed unreferenced file {path}" for path in sorted([str(stray), str(temporary)])] + [
-        "ok: 5 artifacts and 1 ready tasks verified, no unreferenced files in the store"]
+    assert result.stdout.splitlines() == [
+        f"removed unreferenced file {path}" for path in sorted([str(stray), str(temporary)])
+    ] + ["ok: 5 artifacts and 1 ready tasks verified, no unreferenced files in the store"]
     assert not stray.exists() and not temporary.exists() and trained.adapter.exists()
     registry = open_registry(settings)
     assert task_status(registry, "busy") == "failed"
@@ -676,7 +710,8 @@ def test_verify_and_runs_do_not_import_torch(trained, settings):
     code = (
         "import sys\nfrom registry.cli.main import cli\n"
         "for command in (['verify'], ['runs', '--sweep']):\n"
-        "    try:\n        cli(command, prog_name='registry')\n    except SystemExit as exit:\n        assert exit.code == 0, command\n"
+        "    try:\n        cli(command, prog_name='registry')\n    except SystemExit as exit:\n        assert "
+        "exit.code == 0, command\n"
         "print('HEAVY', [m for m in ('torch', 'transformers', 'datasets') if m in sys.modules])\n"
     )
     env = {**os.environ, **registry_env(settings)}

@@ -111,8 +111,14 @@ def test_bomb_and_oversized_members_are_refused_before_extracting(bundle, tmp_pa
     for name, problem in (("bomb", "is a compressed or damaged tar"), ("big-member", "bytes, manifest.json says")):
         path = str(bundles[name])
         for command in (["import", path], ["predict", "--bundle", path, "--task", "sentiment", "hi"]):
-            out = subprocess.run([sys.executable, "-m", "registry.cli", "--home", str(tmp_path / "home"), *command], cwd=REPO,
-                                 capture_output=True, text=True, preexec_fn=limited, timeout=300)
+            out = subprocess.run(
+                [sys.executable, "-m", "registry.cli", "--home", str(tmp_path / "home"), *command],
+                cwd=REPO,
+                capture_output=True,
+                text=True,
+                preexec_fn=limited,
+                timeout=300,
+            )
             assert out.returncode == 1 and out.stderr.count("\n") == 1, (out.returncode, out.stderr)
             assert problem in out.stderr, out.stderr
     assert not (tmp_path / "home").exists()

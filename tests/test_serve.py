@@ -98,8 +98,14 @@ class Server:
 @contextmanager
 def serving(settings: Settings, *args):
     """Start `registry serve --port 0 ARGS` on loopback; always stopped (SIGTERM, then SIGKILL) at the end."""
-    process = subprocess.Popen([*REGISTRY, "serve", "--host", "127.0.0.1", "--port", "0", *map(str, args)],
-                               env=env_of(settings), cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    process = subprocess.Popen(
+        [*REGISTRY, "serve", "--host", "127.0.0.1", "--port", "0", *map(str, args)],
+        env=env_of(settings),
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         server = Server(process)
         deadline = time.monotonic() + 30
@@ -168,9 +174,13 @@ def test_every_endpoint(server, trained):
     assert single.status_code == 200
     results = single.json()["results"]
     assert [r["task"] for r in results] == ["sentiment", "sentiment"]
-    assert all(r["label"] in ("negative", "positive") and set(r["probabilities"]) == {"negative", "positive"} for r in results)
+    assert all(
+        r["label"] in ("negative", "positive") and set(r["probabilities"]) == {"negative", "positive"} for r in results
+    )
     assert all(r["score"] == max(r["probabilities"].values()) for r in results)
-    pairs = server.post({"task": "pairs", "inputs": [{"text": "good film", "text_pair": "great movie"}]}).json()["results"]
+    pairs = server.post({"task": "pairs", "inputs": [{"text": "good film", "text_pair": "great movie"}]}).json()[
+        "results"
+    ]
     assert pairs[0]["task"] == "pairs" and pairs[0]["label"] in ("0", "1")
     value = server.post({"task": "similarity", "inputs": [{"text": "love", "text_pair": "love"}]}).json()["results"][0]
     assert isinstance(value["label"], float) and value["probabilities"] is None
@@ -179,8 +189,12 @@ def test_every_endpoint(server, trained):
     metrics = httpx.get(f"{server.url}/metrics").text
     assert 'registry_serve_requests_total{task="sentiment"}' in metrics
     assert 'registry_serve_errors_total{status="404",task=""}' in metrics
-    for name in ("registry_serve_request_seconds_bucket", "registry_serve_batch_inputs_bucket", "registry_serve_queue_inputs",
-                 "registry_serve_tasks_loaded 3.0"):
+    for name in (
+        "registry_serve_request_seconds_bucket",
+        "registry_serve_batch_inputs_bucket",
+        "registry_serve_queue_inputs",
+        "registry_serve_tasks_loaded 3.0",
+    ):
         assert name in metrics
 
 
@@ -197,8 +211,14 @@ def test_mixed_requests_equal_registry_predict(server, trained):
 
 def test_64_concurrent_clients_get_their_own_answers(server, trained):
     words = "good great bad awful love hate film movie not very".split()
-    rows = [{"task": "sentiment" if i % 2 else "pairs", "text": " ".join(words[(i + k) % 10] for k in range(1 + i % 7)),
-             **({} if i % 2 else {"text_pair": " ".join(words[(3 * i + k) % 10] for k in range(1 + i % 5))})} for i in range(64)]
+    rows = [
+        {
+            "task": "sentiment" if i % 2 else "pairs",
+            "text": " ".join(words[(i + k) % 10] for k in range(1 + i % 7)),
+            **({} if i % 2 else {"text_pair": " ".join(words[(3 * i + k) % 10] for k in range(1 + i % 5))}),
+        }
+        for i in range(64)
+    ]
     expected = predicted(trained, rows)
 
     async def client(row: dict, http: httpx.AsyncClient) -> list[dict]:
@@ -246,7 +266,9 @@ def fresh(dialect, tmp_path, tiny_base, pg_skip_reason) -> Settings:
 
 def test_hot_add_serves_a_new_task_while_a_client_loops(fresh, task_data):
     add_task(fresh, task_data, "sentiment")
-    probe = {"inputs": [{"task": "sentiment", "text": "good great film"}, {"task": "sentiment", "text": "awful bad movie"}]}
+    probe = {
+        "inputs": [{"task": "sentiment", "text": "good great film"}, {"task": "sentiment", "text": "awful bad movie"}]
+    }
     new = {"task": "pairs", "inputs": [{"text": "good film", "text_pair": "great movie"}]}
     with serving(fresh) as server:  # the default poll: every 2 s
         before = server.post(probe).json()
@@ -256,7 +278,11 @@ def test_hot_add_serves_a_new_task_while_a_client_loops(fresh, task_data):
         def loop() -> None:
             with httpx.Client(timeout=60) as http:
                 while not stop.is_set():
-                    statuses.append(http.post(f"{server.url}/v1/predict", json={"task": "sentiment", "inputs": ["not good"]}).status_code)
+                    statuses.append(
+                        http.post(
+                            f"{server.url}/v1/predict", json={"task": "sentiment", "inputs": ["not good"]}
+                        ).status_code
+                    )
 
         client = threading.Thread(target=loop)
         client.start()
@@ -275,12 +301,26 @@ def test_hot_add_serves_a_new_task_while_a_client_loops(fresh, task_data):
 
 
 def test_replaced_adapters_are_swapped_and_dropped_tasks_go(tmp_path, tiny_base, task_data):
-    """What a task's current version changing looks like to the server: its row names another adapter; a task no longer ready goes."""
+    """What a task's current version changing looks like to the server: its row names another adapter; a task no
+    longer ready goes."""
     settings, _ = make_settings(tmp_path, "sqlite")
     assert registry_cli(settings, "init", "--base", tiny_base).returncode == 0
     add_task(settings, task_data, "sentiment")
-    result = registry_cli(settings, "add-task", "other", "--data", task_data / "sentiment", "--epochs", "1", "--lr", "0.03",
-                          "--seed", "7", "-q", *TASKS["sentiment"])
+    result = registry_cli(
+        settings,
+        "add-task",
+        "other",
+        "--data",
+        task_data / "sentiment",
+        "--epochs",
+        "1",
+        "--lr",
+        "0.03",
+        "--seed",
+        "7",
+        "-q",
+        *TASKS["sentiment"],
+    )
     assert result.returncode == 0, result.stderr
     texts = ["good great film", "awful bad movie", "not good"]
     with serving(settings, "--poll-seconds", "0.2") as server:
@@ -289,14 +329,26 @@ def test_replaced_adapters_are_swapped_and_dropped_tasks_go(tmp_path, tiny_base,
         assert [r["probabilities"] for r in mine] != [r["probabilities"] for r in other]
         engine = create_engine(settings.db_url)
         with engine.begin() as connection:
-            connection.execute(text("UPDATE tasks SET adapter_sha256 = (SELECT adapter_sha256 FROM tasks WHERE name = 'other'), "
-                                    "config_sha256 = (SELECT config_sha256 FROM tasks WHERE name = 'other') WHERE name = 'sentiment'"))
-        wait_until(lambda: [r["probabilities"] for r in server.post({"task": "sentiment", "inputs": texts}).json()["results"]]
-                   == [r["probabilities"] for r in other], 10, "the replaced adapter answering")
+            connection.execute(
+                text(
+                    "UPDATE tasks SET adapter_sha256 = (SELECT adapter_sha256 FROM tasks WHERE name = 'other'), "
+                    "config_sha256 = (SELECT config_sha256 FROM tasks WHERE name = 'other') WHERE name = 'sentiment'"
+                )
+            )
+        wait_until(
+            lambda: (
+                [r["probabilities"] for r in server.post({"task": "sentiment", "inputs": texts}).json()["results"]]
+                == [r["probabilities"] for r in other]
+            ),
+            10,
+            "the replaced adapter answering",
+        )
         with engine.begin() as connection:
             connection.execute(text("UPDATE tasks SET status = 'failed' WHERE name = 'other'"))
         engine.dispose()
-        wait_until(lambda: server.post({"task": "other", "inputs": texts}).status_code == 404, 10, "the dropped task going")
+        wait_until(
+            lambda: server.post({"task": "other", "inputs": texts}).status_code == 404, 10, "the dropped task going"
+        )
         assert [task["name"] for task in httpx.get(f"{server.url}/v1/tasks").json()] == ["sentiment"]
         assert server.post({"task": "sentiment", "inputs": texts}).status_code == 200
 
@@ -307,8 +359,18 @@ def sqlite_only(settings: Settings) -> None:
 
 
 BAD_BODIES = [  # (id, body, status, the field (422) or words in the detail)
-    ("unknown-task", {"task": "nope", "inputs": ["x"]}, 404, "no task named 'nope' is served here; tasks: sentiment, pairs, similarity"),
-    ("unknown-task-mixed", {"inputs": [{"task": "sentiment", "text": "x"}, {"task": "nope", "text": "y"}]}, 404, "'nope'"),
+    (
+        "unknown-task",
+        {"task": "nope", "inputs": ["x"]},
+        404,
+        "no task named 'nope' is served here; tasks: sentiment, pairs, similarity",
+    ),
+    (
+        "unknown-task-mixed",
+        {"inputs": [{"task": "sentiment", "text": "x"}, {"task": "nope", "text": "y"}]},
+        404,
+        "'nope'",
+    ),
     ("no-inputs", {"task": "sentiment"}, 422, ["body", "inputs"]),
     ("empty-inputs", {"task": "sentiment", "inputs": []}, 422, ["body", "inputs"]),
     ("inputs-not-a-list", {"task": "sentiment", "inputs": "good"}, 422, ["body", "inputs"]),
@@ -316,7 +378,12 @@ BAD_BODIES = [  # (id, body, status, the field (422) or words in the detail)
     ("unknown-field", {"task": "sentiment", "inputs": ["x"], "top_k": 2}, 422, ["body", "top_k"]),
     ("no-task", {"inputs": ["good", {"text": "bad"}]}, 422, ["body", "inputs", 0, "task"]),
     ("pair-missing", {"task": "pairs", "inputs": ["good film"]}, 422, ["body", "inputs", 0, "text_pair"]),
-    ("pair-unwanted", {"inputs": [{"task": "sentiment", "text": "a", "text_pair": "b"}]}, 422, ["body", "inputs", 0, "text_pair"]),
+    (
+        "pair-unwanted",
+        {"inputs": [{"task": "sentiment", "text": "a", "text_pair": "b"}]},
+        422,
+        ["body", "inputs", 0, "text_pair"],
+    ),
     ("too-many-inputs", {"task": "sentiment", "inputs": ["good"] * 5}, 413, "5 inputs in one request, at most 4"),
     ("too-many-bytes", {"task": "sentiment", "inputs": ["good " * 500]}, 413, "over 2048 bytes"),
 ]
@@ -334,17 +401,26 @@ def test_every_bad_input_is_refused_and_the_server_goes_on(trained):
                 assert expected in [error["loc"] for error in detail], (case, detail)
             else:
                 assert expected in detail, (case, detail)
-        broken = [("not-json", b'{"task": "sentiment", "inputs": [', 422), ("lone-surrogate", b'{"task": "sentiment", "inputs": ["\\ud800"]}', 422)]
+        broken = [
+            ("not-json", b'{"task": "sentiment", "inputs": [', 422),
+            ("lone-surrogate", b'{"task": "sentiment", "inputs": ["\\ud800"]}', 422),
+        ]
         for case, content, status in broken:
-            response = httpx.post(f"{server.url}/v1/predict", content=content, headers={"content-type": "application/json"})
+            response = httpx.post(
+                f"{server.url}/v1/predict", content=content, headers={"content-type": "application/json"}
+            )
             assert response.status_code == status, (case, response.text)
         assert response.json()["detail"][0]["loc"] == ["body", "inputs", 0, "text"]
-        chunked = httpx.post(f"{server.url}/v1/predict", content=iter([b'{"task": "sentiment", "inputs": ["', b"x" * 4096, b'"]}']))
+        chunked = httpx.post(
+            f"{server.url}/v1/predict", content=iter([b'{"task": "sentiment", "inputs": ["', b"x" * 4096, b'"]}'])
+        )
         assert chunked.status_code == 413  # no Content-Length: counted as it arrives
         assert server.post({"task": "sentiment", "inputs": ["good"]}).json() == good
         assert httpx.get(f"{server.url}/healthz").status_code == 200
         exposed = httpx.get(f"{server.url}/metrics").text
-        refused = re.findall(r'^registry_serve_errors_total\{status="(\d+)",task="[^"]*"\} (\S+)$', exposed, re.MULTILINE)
+        refused = re.findall(
+            r'^registry_serve_errors_total\{status="(\d+)",task="[^"]*"\} (\S+)$', exposed, re.MULTILINE
+        )
         counts = {status: sum(float(n) for s, n in refused if s == status) for status, _ in refused}
         assert counts == {"404": 2, "413": 3, "422": 10}
 
@@ -353,14 +429,20 @@ def test_a_full_queue_answers_503_with_retry_after(trained):
     sqlite_only(trained)
     with serving(trained, "--max-queue", "4", "--max-wait-ms", "3000", "--max-batch-size", "64") as server:
         first: list[httpx.Response] = []
-        waiting = threading.Thread(target=lambda: first.append(server.post({"task": "sentiment", "inputs": ["a", "b", "c", "d"]})))
+        waiting = threading.Thread(
+            target=lambda: first.append(server.post({"task": "sentiment", "inputs": ["a", "b", "c", "d"]}))
+        )
         waiting.start()
         try:
             wait_until(lambda: metric(server, "registry_serve_queue_inputs") == 4, 10, "four inputs queued")
             full = server.post({"task": "sentiment", "inputs": ["e"]})
         finally:
             waiting.join(timeout=60)
-        assert full.status_code == 503 and full.headers["retry-after"] == "1" and "the queue is full" in full.json()["detail"]
+        assert (
+            full.status_code == 503
+            and full.headers["retry-after"] == "1"
+            and "the queue is full" in full.json()["detail"]
+        )
         assert first[0].status_code == 200 and len(first[0].json()["results"]) == 4
 
 
@@ -368,7 +450,9 @@ def test_sigterm_answers_requests_in_flight_then_exits(trained):
     sqlite_only(trained)
     with serving(trained, "--max-wait-ms", "2000", "--max-batch-size", "64") as server:
         answered: list[httpx.Response] = []
-        in_flight = threading.Thread(target=lambda: answered.append(server.post({"task": "sentiment", "inputs": ["good", "bad"]})))
+        in_flight = threading.Thread(
+            target=lambda: answered.append(server.post({"task": "sentiment", "inputs": ["good", "bad"]}))
+        )
         in_flight.start()
         try:
             wait_until(lambda: metric(server, "registry_serve_queue_inputs") == 2, 10, "the request queued")

@@ -72,7 +72,10 @@ def test_fsspec_memory_store():
 
 def test_s3_missing_bucket_is_one_clear_error(s3_server):
     store = Store(f"s3://no-such-bucket-{uuid.uuid4().hex[:8]}/artifacts")
-    with pytest.raises(ArtifactError, match=r"cannot write .* in the store s3://no-such-bucket-\w+/artifacts: .*check that the store exists"):
+    with pytest.raises(
+        ArtifactError,
+        match=r"cannot write .* in the store s3://no-such-bucket-\w+/artifacts: .*check that the store exists",
+    ):
         store.put(b"x")
 
 
@@ -103,7 +106,10 @@ def test_s3_persistent_errors_give_up_after_bounded_attempts_and_write_nothing(s
     monkeypatch.setattr("registry.store.RETRY_PAUSE", 0.01)
     store, relay, bucket = flaky_store(s3_server, refuse=1000)
     try:
-        with pytest.raises(StoreUnavailable, match=r"^the store s3://\S+ failed to .* after 3 attempts \(.*\): check that it is reachable") as error:
+        with pytest.raises(
+            StoreUnavailable,
+            match=r"^the store s3://\S+ failed to .* after 3 attempts \(.*\): check that it is reachable",
+        ) as error:
             store.put(b"weights")
         assert "\n" not in str(error.value)
         assert 3 <= relay.refused <= 3 * 3  # 3 attempts (the HTTP client may reconnect within one)

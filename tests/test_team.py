@@ -71,7 +71,10 @@ def test_verify_catches_a_corrupt_object_and_prunes_a_stray_one(team, team_cli, 
     store.fs.pipe_file(stray, b"left by a killed add-task")
 
     report = verify(team_cli)
-    assert sorted((p["kind"], p["subject"]) for p in report["problems"]) == [("corrupt", adapter), ("unreferenced", stray)]
+    assert sorted((p["kind"], p["subject"]) for p in report["problems"]) == [
+        ("corrupt", adapter),
+        ("unreferenced", stray),
+    ]
     result = team_cli("predict", "--task", "sentiment", "good")
     assert result.exit_code == 1 and "does not match its sha256" in result.stderr
 
@@ -95,8 +98,10 @@ def test_a_corrupt_cached_base_is_discarded_and_fetched_again(team, team_cli, ad
         "the next command that needs it fetches it again; or remove it now with `registry verify --prune`"))]
 
     assert checkpoint.unpack(registry, base) == weights.parent
-    assert capsys.readouterr().err == (f"cache: the cached base {weights.parent} has a model.safetensors that does not "
-                                       "match its sha256 (corrupt or changed): discarded, fetching it again from the store\n")
+    assert capsys.readouterr().err == (
+        f"cache: the cached base {weights.parent} has a model.safetensors that does not "
+        "match its sha256 (corrupt or changed): discarded, fetching it again from the store\n"
+    )
     assert weights.read_bytes() == original
     assert hashlib.sha256(original).hexdigest() == base.sha256
     assert verify(team_cli)["ok"]
@@ -134,8 +139,11 @@ def test_a_corrupt_tokens_cache_is_discarded_and_made_again(team, team_cli, adde
     assert [(p["kind"], p["subject"]) for p in report["problems"]] == [("cache", str(tokens[0]))]
     result = team_cli(*add_args("again", added))  # same data: same cache entries
     assert result.exit_code == 0, result.output
-    assert f"cache: the tokenised split {tokens[0]} does not match its sha256 (corrupt or changed): discarded, tokenising again" \
+    assert (
+        f"cache: the tokenised split {tokens[0]} does not match its sha256 (corrupt or changed): discarded, "
+        "tokenising again"
         in result.stderr.splitlines()
+    )
     remade = sorted((team.cache_dir / "tokens").glob("encoded-*.safetensors"))
     assert len(remade) == 2 and tokens[1] in remade  # the corrupt one made again (safetensors' header order, so
     assert all(cache.tokens_problem(path) is None for path in remade)  # its name, may differ from the first time)
@@ -170,8 +178,14 @@ def test_runs_record_the_base_they_loaded_and_verify_checks_it(team, team_cli, a
 def test_store_unreachable_is_one_line_and_publishes_nothing(team, team_cli, added):
     """An S3 endpoint that refuses every connection: one clear line after the bounded retries; nothing published."""
     before = json.loads(team_cli("list", "--json").stdout)
-    env = {**os.environ, "REGISTRY_HOME": str(team.home), "REGISTRY_DB_URL": team.db_url, "REGISTRY_STORE": team.store_url,
-           "AWS_ENDPOINT_URL": "http://127.0.0.1:9", "AWS_MAX_ATTEMPTS": "1"}  # port 9 (discard): nothing listens
+    env = {
+        **os.environ,
+        "REGISTRY_HOME": str(team.home),
+        "REGISTRY_DB_URL": team.db_url,
+        "REGISTRY_STORE": team.store_url,
+        "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
+        "AWS_MAX_ATTEMPTS": "1",
+    }  # port 9 (discard): nothing listens
     data = write_data(Path(team.home) / "other.tsv", seed=3)
     result = subprocess.run([sys.executable, "-m", "cli", *add_args("unreachable", data)], env=env, cwd=REPO,
                             capture_output=True, text=True, timeout=300)
@@ -181,5 +195,7 @@ def test_store_unreachable_is_one_line_and_publishes_nothing(team, team_cli, add
         and "after 3 attempts" in line and "check that it is reachable" in line, result.stderr
     after = json.loads(team_cli("list", "--json").stdout)
     assert [t for t in after if t["name"] != "unreachable"] == before
-    assert [t["status"] for t in after if t["name"] == "unreachable"] == ["failed"]  # the run says why; the name is free
+    assert [t["status"] for t in after if t["name"] == "unreachable"] == [
+        "failed"
+    ]  # the run says why; the name is free
     assert verify(team_cli)["ok"]

@@ -27,21 +27,24 @@ def upgrade() -> None:
     sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
     sa.PrimaryKeyConstraint('sha256', name=op.f('pk_artifacts'))
     )
-    op.create_table('bases',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('name', sa.String(length=200), nullable=False),
-    sa.Column('source', sa.String(length=1024), nullable=False),
-    sa.Column('model_type', sa.String(length=64), nullable=False),
-    sa.Column('sha256', sa.String(length=64), nullable=False),
-    sa.Column('config_sha256', sa.String(length=64), nullable=False),
-    sa.Column('tokenizer_sha256', sa.String(length=64), nullable=False),
-    sa.Column('config', sa.JSON(), nullable=False),
-    sa.Column('parameters', sa.BigInteger(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['config_sha256'], ['artifacts.sha256'], name=op.f('fk_bases_config_sha256_artifacts')),
-    sa.ForeignKeyConstraint(['sha256'], ['artifacts.sha256'], name=op.f('fk_bases_sha256_artifacts')),
-    sa.ForeignKeyConstraint(['tokenizer_sha256'], ['artifacts.sha256'], name=op.f('fk_bases_tokenizer_sha256_artifacts')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_bases'))
+    op.create_table(
+        "bases",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("name", sa.String(length=200), nullable=False),
+        sa.Column("source", sa.String(length=1024), nullable=False),
+        sa.Column("model_type", sa.String(length=64), nullable=False),
+        sa.Column("sha256", sa.String(length=64), nullable=False),
+        sa.Column("config_sha256", sa.String(length=64), nullable=False),
+        sa.Column("tokenizer_sha256", sa.String(length=64), nullable=False),
+        sa.Column("config", sa.JSON(), nullable=False),
+        sa.Column("parameters", sa.BigInteger(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(["config_sha256"], ["artifacts.sha256"], name=op.f("fk_bases_config_sha256_artifacts")),
+        sa.ForeignKeyConstraint(["sha256"], ["artifacts.sha256"], name=op.f("fk_bases_sha256_artifacts")),
+        sa.ForeignKeyConstraint(
+            ["tokenizer_sha256"], ["artifacts.sha256"], name=op.f("fk_bases_tokenizer_sha256_artifacts")
+        ),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_bases")),
     )
     op.create_table('tasks',
     sa.Column('id', sa.Integer(), nullable=False),
@@ -70,45 +73,53 @@ def upgrade() -> None:
     sa.UniqueConstraint('name', name=op.f('uq_tasks_name')),
     sa.UniqueConstraint('position', name=op.f('uq_tasks_position'))
     )
-    op.create_table('evaluations',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('task_id', sa.Integer(), nullable=False),
-    sa.Column('adapter_sha256', sa.String(length=64), nullable=False),
-    sa.Column('tasks_present', sa.Integer(), nullable=False),
-    sa.Column('data_fingerprint', sa.String(length=64), nullable=True),
-    sa.Column('score', sa.Float(), nullable=False),
-    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
-    sa.ForeignKeyConstraint(['adapter_sha256'], ['artifacts.sha256'], name=op.f('fk_evaluations_adapter_sha256_artifacts')),
-    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_evaluations_task_id_tasks')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_evaluations'))
+    op.create_table(
+        "evaluations",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("task_id", sa.Integer(), nullable=False),
+        sa.Column("adapter_sha256", sa.String(length=64), nullable=False),
+        sa.Column("tasks_present", sa.Integer(), nullable=False),
+        sa.Column("data_fingerprint", sa.String(length=64), nullable=True),
+        sa.Column("score", sa.Float(), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.ForeignKeyConstraint(
+            ["adapter_sha256"], ["artifacts.sha256"], name=op.f("fk_evaluations_adapter_sha256_artifacts")
+        ),
+        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_evaluations_task_id_tasks")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_evaluations")),
     )
     with op.batch_alter_table('evaluations', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_evaluations_task_id'), ['task_id'], unique=False)
 
-    op.create_table('runs',
-    sa.Column('id', sa.Integer(), nullable=False),
-    sa.Column('task_id', sa.Integer(), nullable=False),
-    sa.Column('status', sa.String(length=16), nullable=False),
-    sa.Column('hyperparams', sa.JSON(), nullable=False),
-    sa.Column('seed', sa.Integer(), nullable=False),
-    sa.Column('versions', sa.JSON(), nullable=False),
-    sa.Column('device', sa.String(length=64), nullable=True),
-    sa.Column('host', sa.String(length=255), nullable=True),
-    sa.Column('pid', sa.Integer(), nullable=True),
-    sa.Column('data_fingerprint', sa.String(length=64), nullable=True),
-    sa.Column('validation_from', sa.String(length=1024), nullable=True),
-    sa.Column('trainable_params', sa.BigInteger(), nullable=True),
-    sa.Column('score', sa.Float(), nullable=True),
-    sa.Column('best_epoch', sa.Integer(), nullable=True),
-    sa.Column('adapter_sha256', sa.String(length=64), nullable=True),
-    sa.Column('error', sa.Text(), nullable=True),
-    sa.Column('started_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('heartbeat_at', sa.DateTime(timezone=True), nullable=False),
-    sa.Column('finished_at', sa.DateTime(timezone=True), nullable=True),
-    sa.CheckConstraint("status IN ('pending', 'running', 'succeeded', 'failed', 'interrupted')", name=op.f('ck_runs_status')),
-    sa.ForeignKeyConstraint(['adapter_sha256'], ['artifacts.sha256'], name=op.f('fk_runs_adapter_sha256_artifacts')),
-    sa.ForeignKeyConstraint(['task_id'], ['tasks.id'], name=op.f('fk_runs_task_id_tasks')),
-    sa.PrimaryKeyConstraint('id', name=op.f('pk_runs'))
+    op.create_table(
+        "runs",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("task_id", sa.Integer(), nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("hyperparams", sa.JSON(), nullable=False),
+        sa.Column("seed", sa.Integer(), nullable=False),
+        sa.Column("versions", sa.JSON(), nullable=False),
+        sa.Column("device", sa.String(length=64), nullable=True),
+        sa.Column("host", sa.String(length=255), nullable=True),
+        sa.Column("pid", sa.Integer(), nullable=True),
+        sa.Column("data_fingerprint", sa.String(length=64), nullable=True),
+        sa.Column("validation_from", sa.String(length=1024), nullable=True),
+        sa.Column("trainable_params", sa.BigInteger(), nullable=True),
+        sa.Column("score", sa.Float(), nullable=True),
+        sa.Column("best_epoch", sa.Integer(), nullable=True),
+        sa.Column("adapter_sha256", sa.String(length=64), nullable=True),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("heartbeat_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("finished_at", sa.DateTime(timezone=True), nullable=True),
+        sa.CheckConstraint(
+            "status IN ('pending', 'running', 'succeeded', 'failed', 'interrupted')", name=op.f("ck_runs_status")
+        ),
+        sa.ForeignKeyConstraint(
+            ["adapter_sha256"], ["artifacts.sha256"], name=op.f("fk_runs_adapter_sha256_artifacts")
+        ),
+        sa.ForeignKeyConstraint(["task_id"], ["tasks.id"], name=op.f("fk_runs_task_id_tasks")),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_runs")),
     )
     with op.batch_alter_table('runs', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_runs_task_id'), ['task_id'], unique=False)
