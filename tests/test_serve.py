@@ -23,7 +23,6 @@ from pathlib import Path
 
 import httpx
 import pytest
-from sqlalchemy import create_engine, text
 
 from registry.config import Settings
 from tests.helpers import make_settings, stop, write_task_data
@@ -300,57 +299,39 @@ def test_hot_add_serves_a_new_task_while_a_client_loops(fresh, task_data):
         print(f"hot-add: answered {waited:.2f} s after add-task returned")
 
 
-def test_replaced_adapters_are_swapped_and_dropped_tasks_go(tmp_path, tiny_base, task_data):
-    """What a task's current version changing looks like to the server: its row names another adapter; a task no
-    longer ready goes."""
-    settings, _ = make_settings(tmp_path, "sqlite")
-    assert registry_cli(settings, "init", "--base", tiny_base).returncode == 0
-    add_task(settings, task_data, "sentiment")
-    result = registry_cli(
-        settings,
-        "add-task",
-        "other",
-        "--data",
-        task_data / "sentiment",
-        "--epochs",
-        "1",
-        "--lr",
-        "0.03",
-        "--seed",
-        "7",
-        "-q",
-        *TASKS["sentiment"],
-    )
-    assert result.returncode == 0, result.stderr
+def test_a_running_server_follows_promotions_and_retirements(fresh, task_data):
+    """A new current version is served without a restart, a rollback brings the old answers back bit for bit, a
+    retired task goes; the other task's answers never change."""
+    add_task(fresh, task_data, "sentiment")
+    add_task(fresh, task_data, "pairs")
     texts = ["good great film", "awful bad movie", "not good"]
-    with serving(settings, "--poll-seconds", "0.2") as server:
-        mine = server.post({"task": "sentiment", "inputs": texts}).json()["results"]
-        other = server.post({"task": "other", "inputs": texts}).json()["results"]
-        assert [r["probabilities"] for r in mine] != [r["probabilities"] for r in other]
-        engine = create_engine(settings.db_url)
-        with engine.begin() as connection:
-            connection.execute(
-                text(
-                    "UPDATE tasks SET adapter_sha256 = (SELECT adapter_sha256 FROM tasks WHERE name = 'other'), "
-                    "config_sha256 = (SELECT config_sha256 FROM tasks WHERE name = 'other') WHERE name = 'sentiment'"
-                )
-            )
-        wait_until(
-            lambda: (
-                [r["probabilities"] for r in server.post({"task": "sentiment", "inputs": texts}).json()["results"]]
-                == [r["probabilities"] for r in other]
-            ),
-            10,
-            "the replaced adapter answering",
-        )
-        with engine.begin() as connection:
-            connection.execute(text("UPDATE tasks SET status = 'failed' WHERE name = 'other'"))
-        engine.dispose()
-        wait_until(
-            lambda: server.post({"task": "other", "inputs": texts}).status_code == 404, 10, "the dropped task going"
-        )
+    pairs = [{"text": "good film", "text_pair": "great movie"}]
+
+    def answers(server, task, inputs):
+        response = server.post({"task": task, "inputs": inputs})
+        assert response.status_code == 200, response.text
+        return [r["probabilities"] for r in response.json()["results"]]
+
+    with serving(fresh, "--poll-seconds", "0.2") as server:
+        first, other = answers(server, "sentiment", texts), answers(server, "pairs", pairs)
+        result = registry_cli(fresh, "add-task", "sentiment", "--new-version", "--promote", "--data",
+                              task_data / "sentiment", "--epochs", "1", "--lr", "0.03", "--seed", "7", "-q",
+                              *TASKS["sentiment"])
+        assert result.returncode == 0, result.stderr
+        wait_until(lambda: answers(server, "sentiment", texts) != first, 10, "version 2 answering")
+        second = answers(server, "sentiment", texts)
+        from_registry = registry_cli(fresh, "predict", "--task", "sentiment", "--json", *texts)
+        for row, served in zip(json.loads(from_registry.stdout), second):
+            assert row["probabilities"] == pytest.approx(served, abs=1e-5)
+        assert registry_cli(fresh, "promote", "sentiment", "--version", "1").returncode == 0
+        wait_until(lambda: answers(server, "sentiment", texts) == first, 10, "the rollback to version 1 answering")
+        assert registry_cli(fresh, "retire", "pairs").returncode == 0
+        wait_until(lambda: server.post({"task": "pairs", "inputs": pairs}).status_code == 404, 10,
+                   "the retired task going")
         assert [task["name"] for task in httpx.get(f"{server.url}/v1/tasks").json()] == ["sentiment"]
-        assert server.post({"task": "sentiment", "inputs": texts}).status_code == 200
+        assert registry_cli(fresh, "restore", "pairs").returncode == 0
+        wait_until(lambda: server.post({"task": "pairs", "inputs": pairs}).status_code == 200, 10, "the restored task")
+        assert answers(server, "pairs", pairs) == other
 
 
 def sqlite_only(settings: Settings) -> None:
