@@ -601,6 +601,9 @@ BAD_FILES = sorted(
         "data.txt",
         "config.json",
         "fifo",
+        "hole.tsv",
+        "holes.tsv",
+        "stray.tsv",
     ]
 )
 
