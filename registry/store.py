@@ -86,7 +86,7 @@ class Store:
         """The bytes of artifact `sha`, refused when missing or when they no longer hash to `sha`."""
         try:
             data = self.call(f"read artifact {sha[:12]}", self.fs.cat_file, self.path(sha))
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # no file, or a file where its shard directory should be
             raise ArtifactError(
                 f"artifact {sha[:12]} is missing from the store {self.url}: run `registry verify`"
             ) from None
