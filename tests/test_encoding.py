@@ -166,11 +166,11 @@ def test_batches_within_max_tokens_cover_every_row_once():
 
 
 def test_tokenise_is_what_encode_stores(tokenizer):
-    import datasets
+    import pyarrow as pa
 
     texts, pairs = ["a good film " * 30, "bad"], ["it was fine", "awful " * 40]
     ids, types = encoding.tokenise(tokenizer, texts, pairs, max_length=24)
-    split = datasets.Dataset.from_dict({"a": texts, "b": pairs, "label": [0, 1]})
+    split = pa.table({"a": texts, "b": pairs, "label": [0, 1]})
     stored = encoding.encode(split, ["a", "b"], tokenizer, max_length=24, cache_dir=None, cache_key="k")
     assert [list(x) for x in stored.input_ids] == ids and all(len(x) == 24 for x in ids)
     assert types is not None and [list(x) for x in stored.token_type_ids] == types

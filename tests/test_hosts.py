@@ -144,7 +144,7 @@ def test_predict_on_another_host_and_export_on_a_fourth_match_the_adding_host(te
     on_other = team.json(3, "predict", "--task", "alpha", *texts())  # host 3 never had alpha: fetched from S3
     assert on_other == on_adder
 
-    bundle = team.home(4) / "bundle"
+    bundle = team.root / "host4-bundle"  # outside every registry home: export never writes inside one
     exported = team.run(4, "export", "--tasks", "all", "--output", str(bundle))
     assert exported.returncode == 0, exported.stderr
     from_bundle = team.json(4, "predict", "--bundle", str(bundle), "--task", "alpha", *texts())
