@@ -16,7 +16,7 @@ import time
 
 from bench.common import REPO
 
-BENCHMARKS = ("step_time", "scale", "adapters_lib", "glue", "cola", "bundle", "serve", "team")
+BENCHMARKS = ("step_time", "scale", "adapters_lib", "glue", "cola", "bundle", "serve", "team", "transfer")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,7 +10,7 @@ from registry.cli.output import emit, json_option, table
 from registry.config import Settings
 from registry.core import open_registry
 
-RUN_COLUMNS = ("run", "task", "status", "score", "device", "started_at", "finished_at", "error")
+RUN_COLUMNS = ("run", "task", "status", "from", "score", "device", "started_at", "finished_at", "error")
 
 
 @click.command()

@@ -60,7 +60,9 @@ def print_task(row: dict) -> None:
 @click.command()
 @click.argument("name", required=False)
 @click.option(
-    "--matrix", is_flag=True, help="Show R[i][j], task j's score after adding task i, with ACC and BWT (GEM)."
+    "--matrix", is_flag=True,
+    help="Show R[i][j], task j's score after adding task i, with ACC, BWT and FWT (GEM); FWT needs scratch runs "
+         "(add-task --compare-scratch)."
 )
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), help="Also draw the history to this PNG file.")
 @json_option
@@ -85,11 +87,13 @@ def history(settings: Settings, name: str | None, matrix: bool, plot: str | None
 
 
 def print_matrix(result: dict) -> None:
-    """R as a lower-triangular table, then ACC and BWT."""
+    """R as a lower-triangular table, a row of each task's FWT, then ACC, BWT and the mean FWT."""
     rows = [{"after adding": name, **{task: score for task, score in zip(result["tasks"], scores)}}
             for name, scores in zip(result["tasks"], result["matrix"])]
+    if any(value is not None for value in result["fwt"]):
+        rows.append({"after adding": "FWT", **dict(zip(result["tasks"], result["fwt"]))})
     table(rows, ["after adding", *result["tasks"]])
-    click.echo(f"ACC {fmt(result['acc'])}   BWT {fmt(result['bwt'])}")
+    click.echo(f"ACC {fmt(result['acc'])}   BWT {fmt(result['bwt'])}   FWT {fmt(result['fwt_mean'])}")
 
 
 COMMANDS = [list_, show, history]

@@ -51,6 +51,16 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--new-version", is_flag=True,
               help="Train the next version of an existing task (same task type and labels).")
 @click.option("--promote", is_flag=True, help="With --new-version: make it current whatever it scores.")
+@click.option("--init-from", default="none", show_default=True, metavar="auto|none|TASK",
+              help="Start the adapters and LayerNorms from an earlier task's (the head is new): TASK, or auto: the "
+                   "earlier task whose adapters a quick probe on this data scores best, or none unless one beats "
+                   "scratch. The earlier task is only read.")
+@click.option("--compare-scratch", is_flag=True,
+              help="With --init-from: also train from scratch (same data, seed, epochs); the better run is "
+                   "published and `history --matrix` shows the forward transfer (FWT).")
+@click.option("--base-dropout/--no-base-dropout", default=True, show_default=True,
+              help="Keep the frozen base's dropout while training (the paper's recipe); without it a step is "
+                   "faster.")
 @device_option
 @quiet_option
 @json_option
@@ -58,26 +68,32 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str, ...], label_column: str | None,
              task_type: str | None, metric: str | None, epochs: int, lr: float, batch_size: int, adapter_size: int,
              max_length: int, max_train_samples: int | None, strict: bool, seed: int, sweep: bool, new_version: bool,
-             promote: bool, device: str, quiet: bool, as_json: bool) -> None:
+             promote: bool, init_from: str, compare_scratch: bool, base_dropout: bool, device: str, quiet: bool,
+             as_json: bool) -> None:
     """Train an adapter for a new task on the frozen base and add it as the next task, or train a task's next version.
 
     A new version becomes current when it scores at least as well as the current one on its validation
     data (both are printed), or with --promote; otherwise it is kept as a candidate (`registry promote`).
 
     Example: registry add-task cola --data ../shared/data/glue/CoLA --epochs 3
+
+    Example: registry add-task mrpc --data ../shared/data/glue/MRPC --init-from auto
     """
     if promote and not new_version:
         raise click.UsageError("--promote needs --new-version (a new task's first version is always current)")
+    if compare_scratch and init_from == "none":
+        raise click.UsageError("--compare-scratch needs --init-from auto or TASK (the run is already from scratch)")
     from registry.tasks import DataOptions, add_task as add
     from registry.train import TrainConfig
 
     registry = open_registry(settings)
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, adapter_size=adapter_size,
-                         max_length=max_length, seed=seed)
+                         max_length=max_length, seed=seed, base_dropout=base_dropout)
     options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
                           metric=metric, max_train_samples=max_train_samples, strict=strict)
     row = add(registry, name, source, config, options, new_version=new_version, promote=promote, sweep=sweep,
-              device=device, progress=not quiet and sys.stderr.isatty(),
+              init_from=init_from, compare_scratch=compare_scratch, device=device,
+              progress=not quiet and sys.stderr.isatty(),
               echo=lambda line: quiet or click.echo(line, err=True))
     emit(row, as_json, fields)
 

@@ -10,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import Row, case, func, select
+from sqlalchemy.sql import alias
 
 from registry.core import Registry
 from registry.errors import UnknownTask
@@ -99,7 +100,10 @@ def show_task(registry: Registry, name: str) -> dict[str, Any]:
     with registry.query() as connection:
         base = registry.base(connection)
         task = find_task(connection, name)
-        task_runs = connection.execute(select(runs).where(runs.c.task_id == task.id).order_by(runs.c.id)).all()
+        source = alias(tasks)
+        task_runs = connection.execute(select(runs, source.c.name.label("init_task"))
+                                       .outerjoin(source, runs.c.init_task_id == source.c.id)
+                                       .where(runs.c.task_id == task.id).order_by(runs.c.id)).all()
         versions = connection.execute(select(task_versions).where(task_versions.c.task_id == task.id)
                                       .order_by(task_versions.c.version)).all()
         events = connection.execute(select(task_events).where(task_events.c.task_id == task.id)
@@ -142,10 +146,12 @@ def event_row(event: Row) -> dict[str, Any]:
 
 
 def run_row(run: Row) -> dict[str, Any]:
-    """A run as a plain dict."""
+    """A run as a plain dict; `init_from` is the earlier task's version its adapters started from (None: scratch)."""
     return {
         "run": run.id,
         "status": run.status,
+        "init_from": start_point(run),
+        "selection": run.selection,
         "hyperparams": run.hyperparams,
         "seed": run.seed,
         "device": run.device,
@@ -158,6 +164,13 @@ def run_row(run: Row) -> dict[str, Any]:
         "finished_at": iso(run.finished_at),
         "error": run.error,
     }
+
+
+def start_point(run: Row) -> dict[str, Any] | None:
+    """Where a run's adapters started: the earlier task (`init_task`, joined by name), version and adapter bytes."""
+    if run.init_task_id is None:
+        return None
+    return {"task": run.init_task, "version": run.init_version, "adapter_sha256": run.init_adapter_sha256}
 
 
 def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]:
@@ -198,15 +211,21 @@ def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]
 
 
 def score_matrix(registry: Registry) -> dict[str, Any]:
-    """The continual-learning matrix R[i][j]: task j's score once the registry held i+1 tasks (GEM's ACC and BWT).
+    """The continual-learning matrix R[i][j]: task j's score once the registry held i+1 tasks (GEM's ACC, BWT, FWT).
 
     R[i][j] is the latest evaluation of task j recorded with i+1 tasks present; the diagonal falls back
-    to the validation score the task was published with.
+    to the validation score the task was published with. FWT is per task, see `forward_transfer`.
     """
     with registry.query() as connection:
         ready = connection.execute(select(tasks).where(tasks.c.status == "ready").order_by(tasks.c.position)).all()
         scores = connection.execute(select(evaluations.c.task_id, evaluations.c.tasks_present, evaluations.c.score)
                                     .order_by(evaluations.c.id)).all()
+        published = dict(connection.execute(
+            select(task_versions.c.task_id, task_versions.c.run_id).join(tasks, task_versions.c.task_id == tasks.c.id)
+            .where(task_versions.c.version == tasks.c.current_version)).all())
+        succeeded = connection.execute(
+            select(runs.c.id, runs.c.task_id, runs.c.score, runs.c.seed, runs.c.data_fingerprint, runs.c.hyperparams,
+                   runs.c.init_task_id).where(runs.c.status == "succeeded").order_by(runs.c.id)).all()
     latest = {(task_id, present): score for task_id, present, score in scores}
     size = len(ready)
     matrix: list[list[float | None]] = [[None] * size for _ in range(size)]
@@ -218,5 +237,25 @@ def score_matrix(registry: Registry) -> dict[str, Any]:
     complete = size and None not in final and None not in (matrix[j][j] for j in range(size))
     acc = sum(final) / size if complete else None
     bwt = sum(final[j] - matrix[j][j] for j in range(size - 1)) / (size - 1) if complete and size > 1 else None
+    fwt = [forward_transfer(published.get(task.id), succeeded) for task in ready]
+    measured = [value for value in fwt if value is not None]
     return {"tasks": [task.name for task in ready], "metrics": [task.metric for task in ready],
-            "matrix": matrix, "acc": acc, "bwt": bwt}
+            "matrix": matrix, "acc": acc, "bwt": bwt, "fwt": fwt,
+            "fwt_mean": sum(measured) / len(measured) if measured else None}
+
+
+def forward_transfer(published_run: int | None, succeeded: list[Row]) -> float | None:
+    """A task's forward transfer: its score when started from an earlier task minus its score from scratch.
+
+    GEM's FWT adapted to one adapter per task: the two runs are of the task's current version's training
+    (same data, seed and hyper-parameters as the run that produced it, as `add-task --compare-scratch` trains
+    them), the latest of each kind. None until both exist.
+    """
+    run = next((r for r in succeeded if r.id == published_run), None)
+    if run is None:
+        return None
+    alike = [r for r in succeeded if (r.task_id, r.data_fingerprint, r.seed, r.hyperparams)
+             == (run.task_id, run.data_fingerprint, run.seed, run.hyperparams)]
+    transferred = [r.score for r in alike if r.init_task_id is not None]
+    scratch = [r.score for r in alike if r.init_task_id is None]
+    return transferred[-1] - scratch[-1] if transferred and scratch else None

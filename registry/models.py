@@ -29,7 +29,7 @@ class Task(Base):
 
     __table__ = schema.tasks
 
-    runs = relationship("Run", order_by="Run.id")
+    runs = relationship("Run", order_by="Run.id", foreign_keys="Run.task_id")
 
 
 class Run(Base):

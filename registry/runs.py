@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import aliased
 
 from registry.catalog import find_task, iso
 from registry.core import Registry
@@ -169,7 +170,9 @@ class Heartbeat:
 
 def list_runs(registry: Registry, name: str | None = None) -> list[dict[str, Any]]:
     """Every run (of one task, or all), oldest first."""
-    query = select(Run, Task.name).join(Task, Run.task_id == Task.id).order_by(Run.id)
+    source = aliased(Task)
+    query = (select(Run, Task.name, source.name).join(Task, Run.task_id == Task.id)
+             .outerjoin(source, Run.init_task_id == source.id).order_by(Run.id))
     with registry.read() as session:
         if name is not None:
             query = query.where(Run.task_id == find_task(session, name).id)
@@ -178,6 +181,7 @@ def list_runs(registry: Registry, name: str | None = None) -> list[dict[str, Any
                 "run": run.id,
                 "task": task_name,
                 "status": run.status,
+                "from": f"{source_name} v{run.init_version}" if source_name else "scratch",
                 "score": run.score,
                 "device": run.device,
                 "host": run.host,
@@ -187,5 +191,5 @@ def list_runs(registry: Registry, name: str | None = None) -> list[dict[str, Any
                 "finished_at": iso(run.finished_at),
                 "error": run.error,
             }
-            for run, task_name in session.execute(query)
+            for run, task_name, source_name in session.execute(query)
         ]

@@ -108,7 +108,7 @@ tasks = Table(
     CheckConstraint(f"status IN {TASK_STATUSES}", name="status"),
 )
 
-# One training run of a task (a sweep records one per grid point).
+# One training run of a task (a sweep records one per grid point, --compare-scratch one more from scratch).
 runs = Table(
     "runs", metadata,
     Column("id", Integer, primary_key=True),
@@ -130,6 +130,12 @@ runs = Table(
     moment("started_at"),
     moment("heartbeat_at"),
     moment("finished_at", nullable=True),
+    # Where the run's adapters started (revision 0003): an earlier task's version and its adapter bytes, or
+    # nothing (from scratch); `selection` holds how `--init-from` chose it (auto's probe scores).
+    Column("init_task_id", Integer, ForeignKey("tasks.id")),
+    Column("init_version", Integer),
+    artifact_ref("init_adapter_sha256", nullable=True),
+    Column("selection", JSON),
     CheckConstraint(f"status IN {RUN_STATUSES}", name="status"),
 )
 

@@ -22,7 +22,7 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 from sqlalchemy import Row, func, select, update
 
-from registry import checkpoint, data, encoding, lifecycle, train
+from registry import checkpoint, data, encoding, lifecycle, train, transfer
 from registry.adapters import AdapterModel, trainable_parameters
 from registry.data import head_size
 from registry.catalog import find_task, task_row
@@ -76,6 +76,8 @@ def add_task(
     new_version: bool = False,
     promote: bool = False,
     sweep: bool = False,
+    init_from: str = "none",
+    compare_scratch: bool = False,
     device: str = "auto",
     progress: bool = False,
     echo: Callable[[str], None] = lambda line: None,
@@ -84,9 +86,13 @@ def add_task(
 
     A new version becomes current with `promote`, or when it scores at least as well as the current
     version on its validation data (both scores are printed); otherwise it is kept as a candidate.
+    `init_from` starts the adapters from an earlier task's (a name), from the one `auto` picks, or from
+    scratch (`none`); `compare_scratch` also trains the same runs from scratch, and the best run is published.
     """
     validate_name(name)
     train.check_config(config)
+    named = transfer.named_source(registry, init_from, config.adapter_size) if init_from not in ("none", "auto") \
+        else None
     target = train.pick_device(device)
     sweep_stale_runs(registry)
     with registry.read() as session:
@@ -114,8 +120,9 @@ def add_task(
     for line in loaded.inferred:
         echo(line)
     grid = [config]
-    if sweep:
-        grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, SWEEP_SIZES)]
+    if sweep:  # a source fixes the adapter size: the sweep is then over learning rates only
+        sizes = SWEEP_SIZES if init_from == "none" else (config.adapter_size,)
+        grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, sizes)]
 
     # From here on the task always has a run recording this process, so a kill is visible to the next command.
     if new_version:
@@ -132,13 +139,28 @@ def add_task(
             train_set, validation_set = (
                 encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
                 for split in ("train", "validation"))
+            choice = transfer.Choice(named, {"requested": init_from, "chosen": init_from}) if named else None
+            if init_from == "auto":
+                probe_model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels),
+                                          config.seed, base_dropout=config.base_dropout)
+                choice = transfer.choose(registry, probe_model, train_set, task_type=loaded.task_type,
+                                         metric=loaded.metric, adapter_size=config.adapter_size,
+                                         pad_id=tokenizer.pad_token_id, device=target, seed=config.seed, echo=echo)
+                del probe_model
+            origin, selection = (choice.source, choice.selection) if choice else (None, None)
+            plan = [(run_config, origin) for run_config in grid]
+            if compare_scratch and origin is not None:
+                plan += [(run_config, None) for run_config in grid]
+            record_start(registry, run_id, origin, selection)
             best = None
-            for run_config in grid:
-                run_id = run_id or open_run(registry, task_id, run_config, loaded, target, loaded_base)
-                result, n_trainable = train_one(registry, run_id, task_id, base_dir, run_config, loaded,
-                                                train_set, validation_set, tokenizer.pad_token_id, target, progress)
+            for run_config, start in plan:
+                run_id = run_id or open_run(registry, task_id, run_config, loaded, target, loaded_base, start,
+                                            selection)
+                result, n_trainable = train_one(registry, run_id, task_id, base_dir, run_config, loaded, train_set,
+                                                validation_set, tokenizer.pad_token_id, target, progress, start)
                 finish_run(registry, run_id, result, n_trainable)
                 echo(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
+                     f"{f'from {start.name}' if start else 'from scratch'} "
                      f"best {loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
                 if best is None or result.best_score > best[1].best_score:
                     best = (run_id, result, run_config, n_trainable)
@@ -158,7 +180,8 @@ def add_task(
              f"`registry promote {name} --version {published.version}` makes it current")
     with registry.read() as session:
         return {**task_row(session.get(Task, task_id), base.parameters), "published_version": published.version,
-                "published_current": published.current, "why": published.why}
+                "published_current": published.current, "why": published.why,
+                "init_from": origin.name if origin else None}
 
 
 def check_max_length(max_length: int, base_config: dict) -> None:
@@ -206,24 +229,51 @@ def load_tokenizer(base_dir):
     return AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
 
 
-def build_model(base_dir, adapter_size: int, head_size: int, seed: int) -> AdapterModel:
-    """The frozen base with freshly initialised adapters and one head; same seed, same weights."""
-    from transformers import AutoModel
+# The dropout probabilities of the model families we support (BERT's names, then DistilBERT's).
+DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
+
+
+def build_model(base_dir, adapter_size: int, head_size: int, seed: int, *, base_dropout: bool = True) -> AdapterModel:
+    """The frozen base with freshly initialised adapters and one head; same seed, same weights.
+
+    Without `base_dropout` the base is loaded with its dropout probabilities at 0 (and so the head's, which
+    takes the base's): no dropout masks, and attention may use the fused kernel.
+    """
+    from transformers import AutoConfig, AutoModel
 
     checkpoint.quiet_transformers()
-    encoder = AutoModel.from_pretrained(base_dir, trust_remote_code=False)
+    config = AutoConfig.from_pretrained(base_dir, trust_remote_code=False)
+    if not base_dropout:
+        for key in DROPOUT_KEYS:
+            if hasattr(config, key):
+                setattr(config, key, 0.0)
+    encoder = AutoModel.from_pretrained(base_dir, config=config, trust_remote_code=False)
     torch.manual_seed(seed)
     return AdapterModel(encoder, adapter_size, [head_size])
 
 
 def open_run(registry: Registry, task_id: int, config: train.TrainConfig, loaded: data.TaskData,
-             device: torch.device, base_sha256: str | None = None) -> int:
+             device: torch.device, base_sha256: str | None = None, source: transfer.Source | None = None,
+             selection: dict | None = None) -> int:
     """Record a run in state `running`."""
     with registry.write() as session:
-        run = new_run(task_id, config, loaded, device, base_sha256)
+        run = Run(task_id=task_id, **run_fields(config, loaded, device, base_sha256), **start_fields(source, selection))
         session.add(run)
         session.flush()
         return run.id
+
+
+def start_fields(source: transfer.Source | None, selection: dict | None) -> dict:
+    """A run's starting point: the earlier task (and version, and adapter bytes) it started from, and how
+    that was chosen."""
+    return dict(init_task_id=source.task_id if source else None, init_version=source.version if source else None,
+                init_adapter_sha256=source.adapter_sha256 if source else None, selection=selection)
+
+
+def record_start(registry: Registry, run_id: int, source: transfer.Source | None, selection: dict | None) -> None:
+    """Record the starting point of a run opened before it was chosen."""
+    with registry.write() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(**start_fields(source, selection)))
 
 
 def record_loaded_base(registry: Registry, run_id: int, base_sha256: str) -> None:
@@ -231,12 +281,6 @@ def record_loaded_base(registry: Registry, run_id: int, base_sha256: str) -> Non
     with registry.write() as session:
         run = session.get(Run, run_id)
         run.versions = {**run.versions, "base_sha256": base_sha256}
-
-
-def new_run(task_id: int, config: train.TrainConfig, loaded: data.TaskData, device: torch.device,
-            base_sha256: str | None = None) -> Run:
-    """A `running` run of this process."""
-    return Run(task_id=task_id, **run_fields(config, loaded, device, base_sha256))
 
 
 def run_fields(config: train.TrainConfig, loaded: data.TaskData, device: torch.device,
@@ -253,9 +297,14 @@ def run_fields(config: train.TrainConfig, loaded: data.TaskData, device: torch.d
                 validation_from=loaded.validation_from)
 
 
-def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress):
-    """One run: build, fit, and commit every epoch's metrics as they come (add_task's Heartbeat keeps the run alive)."""
-    model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), config.seed)
+def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress,
+              source: transfer.Source | None = None):
+    """One run: build (from `source`'s adapters, or fresh), fit, and commit every epoch's metrics as they come
+    (add_task's Heartbeat keeps the run alive)."""
+    model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), config.seed,
+                        base_dropout=config.base_dropout)
+    if source is not None:
+        transfer.start_from(model, transfer.source_tensors(registry, source))
 
     def record(epoch: train.EpochResult) -> None:
         with registry.write() as session:

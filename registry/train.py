@@ -32,6 +32,7 @@ class TrainConfig:
     max_length: int = 128
     warmup: float = 0.1
     seed: int = 0
+    base_dropout: bool = True  # the frozen base's dropout while training (the paper keeps it)
 
     def as_dict(self) -> dict:
         return asdict(self)

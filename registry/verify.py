@@ -123,6 +123,9 @@ def artifact_users(session, base, tasks: list[Task]) -> dict[str, list[str]]:
                 users[sha].append(f"{what} of {task.status} task {task.name!r}")
     for run_id, sha in session.execute(select(Run.id, Run.adapter_sha256).where(Run.adapter_sha256.is_not(None))):
         users[sha].append(f"run {run_id}")
+    for run_id, sha in session.execute(select(Run.id, Run.init_adapter_sha256)
+                                       .where(Run.init_adapter_sha256.is_not(None))):
+        users[sha].append(f"start of run {run_id}")
     for evaluation_id, sha in session.execute(select(Evaluation.id, Evaluation.adapter_sha256)):
         users[sha].append(f"evaluation {evaluation_id}")
     return users

@@ -62,14 +62,14 @@ def test_older_and_newer_revisions_are_refused(settings):
     settings.home.mkdir(parents=True)
     db.upgrade(settings.db_url, "0001")
     engine = db.make_engine(settings.db_url)
-    older = r"^registry schema is at 0001, code expects 0002: run `registry db upgrade`$"
+    older = r"^registry schema is at 0001, code expects 0003: run `registry db upgrade`$"
     with pytest.raises(SchemaMismatch, match=older):
         db.check_schema(engine)
     db.upgrade(settings.db_url)
     db.check_schema(engine)
     with engine.begin() as connection:
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
-    newer = r"^registry schema is at ffff9999, newer than this code \(0002\): upgrade adapter-registry$"
+    newer = r"^registry schema is at ffff9999, newer than this code \(0003\): upgrade adapter-registry$"
     with pytest.raises(SchemaMismatch, match=newer):
         db.check_schema(engine)
     engine.dispose()
@@ -92,11 +92,11 @@ def test_plain_alembic_uses_registry_home(tmp_path):
     alembic = [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini")]
     subprocess.run([*alembic, "upgrade", "head"], check=True, env=env, cwd=REPO, capture_output=True)
     current = subprocess.run([*alembic, "current"], check=True, env=env, cwd=REPO, capture_output=True, text=True)
-    assert "0002 (head)" in current.stdout
+    assert "0003 (head)" in current.stdout
     assert (home / "registry.db").exists()
 
 
-# --- 0001 -> 0002 (task versions) on a registry holding data ------------------------------------
+# --- upgrades on registries holding data --------------------------------------------------------
 
 T0 = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 OLD_COLUMNS = {  # every table of revision 0001 and its columns, to compare rows across the upgrade and back
@@ -157,10 +157,20 @@ def fill_0001(engine) -> None:
             connection.execute(text(f"INSERT INTO {table} ({columns}) VALUES ({params})"), values)
 
 
-def old_rows(engine) -> dict[str, list[tuple]]:
+COLUMNS_0002 = {  # every table of revision 0002 and its columns
+    **OLD_COLUMNS, "tasks": OLD_COLUMNS["tasks"] + ", current_version, retired_at",
+    "evaluations": OLD_COLUMNS["evaluations"] + ", version",
+    "task_versions": "id, task_id, version, run_id, data_source, data_fingerprint, adapter_size, adapter_sha256, "
+                     "config_sha256, score, trainable_params, created_at, why",
+    "task_events": "id, task_id, version, action, at, by, why",
+}
+STARTING_POINT = ("init_task_id", "init_version", "init_adapter_sha256", "selection")  # on runs since 0003
+
+
+def old_rows(engine, tables: dict[str, str] = OLD_COLUMNS) -> dict[str, list[tuple]]:
     with engine.connect() as connection:
         return {table: [tuple(row) for row in connection.execute(text(f"SELECT {columns} FROM {table} ORDER BY 1"))]
-                for table, columns in OLD_COLUMNS.items()}
+                for table, columns in tables.items()}
 
 
 def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settings, run_cli):
@@ -172,11 +182,11 @@ def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settin
 
     refused = run_cli("list")
     assert refused.exit_code == 1
-    assert refused.stderr == "Error: registry schema is at 0001, code expects 0002: run `registry db upgrade`\n"
+    assert refused.stderr == "Error: registry schema is at 0001, code expects 0003: run `registry db upgrade`\n"
     assert old_rows(engine) == before
 
     upgraded = run_cli("db", "upgrade")
-    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0002\n", upgraded.output
+    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0003\n", upgraded.output
     assert old_rows(engine) == before
     with engine.connect() as connection:
         versions = connection.execute(text(
@@ -219,4 +229,47 @@ def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settin
     assert db.revision_at(settings.db_url) == "0001"
     command.upgrade(db.alembic_config(settings.db_url), "head")
     assert old_rows(engine) == before
+    engine.dispose()
+
+
+def test_upgrade_from_0002_keeps_everything_and_leaves_every_run_from_scratch(settings, run_cli, monkeypatch):
+    settings.home.mkdir(parents=True)
+    db.upgrade(settings.db_url, "0001")
+    engine = db.make_engine(settings.db_url)
+    fill_0001(engine)
+    db.upgrade(settings.db_url, "0002")  # a registry as revision 0002's code leaves it: versions and events too
+    before = old_rows(engine, COLUMNS_0002)
+    assert len(before["task_versions"]) == len(before["task_events"]) == 2 and len(before["runs"]) == 4
+
+    refused = run_cli("list")
+    assert refused.exit_code == 1
+    assert refused.stderr == "Error: registry schema is at 0002, code expects 0003: run `registry db upgrade`\n"
+    assert old_rows(engine, COLUMNS_0002) == before
+
+    upgraded = run_cli("db", "upgrade")
+    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0003\n", upgraded.output
+    assert old_rows(engine, COLUMNS_0002) == before
+    with engine.connect() as connection:
+        starts = connection.execute(text(f"SELECT {', '.join(STARTING_POINT)} FROM runs ORDER BY id")).all()
+    assert [tuple(s) for s in starts] == [(None, None, None, None)] * 4
+    shown = json.loads(run_cli("show", "cola", "--json").stdout)
+    assert [(r["run"], r["init_from"], r["selection"]) for r in shown["runs"]] == [(2, None, None), (3, None, None)]
+    matrix = json.loads(run_cli("history", "--matrix", "--json").stdout)
+    assert matrix["fwt"] == [None, None] and matrix["fwt_mean"] is None
+
+    from alembic import command
+
+    command.downgrade(db.alembic_config(settings.db_url), "0002")
+    assert not set(STARTING_POINT) & {column["name"] for column in inspect(engine).get_columns("runs")}
+    assert old_rows(engine, COLUMNS_0002) == before
+    assert db.revision_at(settings.db_url) == "0002"
+    command.upgrade(db.alembic_config(settings.db_url), "head")
+    assert old_rows(engine, COLUMNS_0002) == before
+
+    # the old revision's check refuses the new schema: its code knows neither 0003 nor its migration
+    monkeypatch.setattr(db, "SCHEMA_REVISION", "0002")
+    monkeypatch.setattr(db, "known_revisions", lambda: {"0001", "0002"})
+    newer = r"^registry schema is at 0003, newer than this code \(0002\): upgrade adapter-registry$"
+    with pytest.raises(SchemaMismatch, match=newer):
+        db.check_schema(engine)
     engine.dispose()
