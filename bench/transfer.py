@@ -75,8 +75,8 @@ def run_job(sequence: str, seed: int, dropout: bool, epochs: int, rows_cap: int 
         tasks.append({
             "task": name, "metric": shown["metric"], "rows": rows if rows < 10**9 else "all",
             "scratch": scratch["score"], "auto": (transferred or scratch)["score"],
-            "chosen": selection.get("chosen"), "probe": selection.get("scores"),
-            "probe_seconds": selection.get("seconds", 0.0), "add_seconds": seconds,
+            "chosen": selection.get("chosen"), "trial_losses": selection.get("losses"),
+            "trial_seconds": selection.get("seconds", 0.0), "add_seconds": seconds,
             "scratch_seconds": run_seconds(scratch), "auto_seconds": run_seconds(transferred or scratch),
             "published": shown["score"]})
     final = {name: evaluate_task(registry, name)["score"] for name, _, _ in SEQUENCES[sequence]}

@@ -54,7 +54,9 @@ def print_task(row: dict) -> None:
     click.echo("")
     table(row["events"], EVENT_COLUMNS, empty="(no events)")
     click.echo("")
-    table(row["runs"], ("run", "status", "score", "best_epoch", "device", "started_at", "finished_at", "error"))
+    runs = [{**run, "from": f"{run['init_from']['task']} v{run['init_from']['version']}" if run["init_from"]
+             else "scratch"} for run in row["runs"]]
+    table(runs, ("run", "status", "from", "score", "best_epoch", "device", "started_at", "finished_at", "error"))
 
 
 @click.command()

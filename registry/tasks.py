@@ -141,12 +141,12 @@ def add_task(
                 for split in ("train", "validation"))
             choice = transfer.Choice(named, {"requested": init_from, "chosen": init_from}) if named else None
             if init_from == "auto":
-                probe_model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels),
-                                          config.seed, base_dropout=config.base_dropout)
-                choice = transfer.choose(registry, probe_model, train_set, task_type=loaded.task_type,
-                                         metric=loaded.metric, adapter_size=config.adapter_size,
-                                         pad_id=tokenizer.pad_token_id, device=target, seed=config.seed, echo=echo)
-                del probe_model
+                head = head_size(loaded.task_type, loaded.labels)
+                choice = transfer.choose(
+                    registry, lambda: build_model(base_dir, config.adapter_size, head, config.seed,
+                                                  base_dropout=config.base_dropout),
+                    train_set, config, task_type=loaded.task_type, metric=loaded.metric,
+                    pad_id=tokenizer.pad_token_id, device=target, echo=echo)
             origin, selection = (choice.source, choice.selection) if choice else (None, None)
             plan = [(run_config, origin) for run_config in grid]
             if compare_scratch and origin is not None:

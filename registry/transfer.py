@@ -1,11 +1,12 @@
 """Forward transfer: a new task's adapters and LayerNorms start from an earlier task's stored ones.
 
-`add-task --init-from TASK` names the source; `--init-from auto` scores every earlier task (and `none`,
-the paper's initialisation) with a cheap probe and takes the best, or `none` unless a source beats it
-by `AUTO_MARGIN`. The probe: the [CLS] features of up to `PROBE_ROWS` training rows through the frozen
-base with the candidate's adapters (a forward pass, no training), a ridge classifier or regressor on
-them, and the task's own metric on its 5-fold out-of-fold predictions. A source whose adapters already
-make the [CLS] vector say what the new task needs scores high.
+`add-task --init-from TASK` names the source; `--init-from auto` tries `none` (the paper's
+initialisation) and every earlier task in a short trial and takes the best, or `none` unless a source
+beats it by `AUTO_MARGIN`. A trial trains the new task briefly from that start — one epoch over
+`TRIAL_ROWS` training rows, the run's own learning rate, schedule and seed — and measures the loss on
+`HELD_ROWS` other training rows. It asks the question that matters (does training go better from
+here?) at a few percent of a run's cost; a probe of the frozen features alone (a ridge regression on
+the [CLS] vectors) chose sources that then trained worse than scratch (docs/benchmarks.md).
 
 The head is always new (the label spaces of two tasks rarely mean the same). The source's stored files
 are only read: the new task gets its own copy of the weights, and adding it changes no earlier task.
@@ -15,27 +16,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 from sqlalchemy import select
 
-from registry import metrics, train
+from registry import train
 from registry.adapters import AdapterModel
 from registry.catalog import find_task
 from registry.core import Registry
-from registry.encoding import Encoded, batches
+from registry.encoding import Encoded
 from registry.errors import TrainingError
 from registry.schema import tasks
 
-PROBE_ROWS = 1000
-PROBE_FOLDS = 5
-RIDGE = 0.1  # ridge penalty per training row, on standardised features
-AUTO_MARGIN = 0.02  # a source must beat `none` on the probe by this much (in the task's metric) to be chosen
-CRITERION = (f"ridge probe on [CLS] features of {PROBE_ROWS} training rows, {PROBE_FOLDS}-fold, "
-             f"the task's metric; a source must beat none by {AUTO_MARGIN}")
+TRIAL_ROWS = 768  # 24 steps of 32
+HELD_ROWS = 256
+AUTO_MARGIN = 0.02  # a source's held-out loss must be this fraction below none's to be chosen
+CRITERION = (f"held-out loss ({HELD_ROWS} training rows) after one epoch on {TRIAL_ROWS} other training rows "
+             f"from each start; a source must beat none by {AUTO_MARGIN:.0%}")
 
 
 @dataclass(frozen=True)
@@ -93,88 +93,64 @@ class Choice:
     selection: dict
 
 
-def choose(registry: Registry, model: AdapterModel, train_set: Encoded, *, task_type: str, metric: str,
-           adapter_size: int, pad_id: int, device: torch.device, seed: int,
+def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
+           task_type: str, metric: str, pad_id: int, device: torch.device,
            echo: Callable[[str], None] = lambda line: None) -> Choice:
-    """Score `none` and every earlier task with adapters of `adapter_size` by the probe; pick the best.
+    """Try `none` and every earlier task with adapters of the run's size; pick the best start.
 
-    `model` is a freshly initialised model for the new task (its slot 0 is `none`); it is left as it was.
+    `build()` makes the new task's freshly initialised model (the same weights every call).
     """
     started = time.perf_counter()
-    rows = probe_rows(train_set, seed)
-    fresh = model.task_state_dict()
-    scores: dict[str | None, float] = {None: probe(model, rows, task_type, metric, pad_id, device, seed)}
+    trial_rows, held_rows = trial_split(train_set, config.seed)
     earlier = candidates(registry)
-    sources = [s for s in earlier if s.adapter_size == adapter_size]
-    skipped = [s.name for s in earlier if s.adapter_size != adapter_size]
-    for source in sources:
-        start_from(model, source_tensors(registry, source))
-        scores[source.name] = probe(model, rows, task_type, metric, pad_id, device, seed)
-    model.load_task_state_dict(fresh)
-    best = max(sources, key=lambda s: scores[s.name], default=None)
-    chosen = best if best is not None and scores[best.name] - scores[None] > AUTO_MARGIN else None
-    figures = ", ".join(f"{name or 'none'} {score:.4f}" for name, score in scores.items())
+    sources = [s for s in earlier if s.adapter_size == config.adapter_size]
+    skipped = [s.name for s in earlier if s.adapter_size != config.adapter_size]
+    losses: dict[str | None, float] = {}
+    for source in [None, *sources] if sources else []:  # with no source there is nothing to compare
+        model = build()
+        if source is not None:
+            start_from(model, source_tensors(registry, source))
+        losses[source.name if source else None] = trial(model, trial_rows, held_rows, config, task_type=task_type,
+                                                        metric=metric, pad_id=pad_id, device=device)
+    best = min(sources, key=lambda s: losses[s.name], default=None)
+    chosen = best if best is not None and losses[best.name] < (1 - AUTO_MARGIN) * losses[None] else None
+    figures = ", ".join(f"{name or 'none'} {loss:.4f}" for name, loss in losses.items())
     if chosen is not None:
-        why = f"{chosen.name} scored {scores[chosen.name] - scores[None]:+.4f} over none on the probe"
+        why = f"{chosen.name}'s held-out loss is {1 - losses[chosen.name] / losses[None]:.1%} below none's"
     elif best is not None:
-        why = f"no source beat none by more than {AUTO_MARGIN} on the probe (best: {best.name})"
+        why = f"no source's held-out loss is {AUTO_MARGIN:.0%} below none's (best: {best.name})"
     else:
         why = "no earlier task with adapters of this size"
-    echo(f"--init-from auto: probe {metric} on {len(rows)} training rows: {figures} → "
-         f"{chosen.name if chosen else 'none'} ({why})")
-    selection = {"requested": "auto", "criterion": CRITERION, "rows": len(rows),
-                 "scores": [{"task": name, "score": score} for name, score in scores.items()],
+    tried = (f"held-out loss after a short trial from each start on {len(trial_rows)} + {len(held_rows)} training "
+             f"rows: {figures} " if losses else "")
+    echo(f"--init-from auto: {tried}→ {chosen.name if chosen else 'none'} ({why})")
+    selection = {"requested": "auto", "criterion": CRITERION, "rows": [len(trial_rows), len(held_rows)],
+                 "losses": [{"task": name, "loss": loss} for name, loss in losses.items()],
                  "skipped": skipped, "chosen": chosen.name if chosen else None, "why": why,
                  "seconds": round(time.perf_counter() - started, 3)}
     return Choice(chosen, selection)
 
 
-def probe_rows(train_set: Encoded, seed: int) -> Encoded:
-    """A seeded subset of at most PROBE_ROWS training rows."""
-    n = len(train_set)
-    keep = np.sort(np.random.default_rng(seed).permutation(n)[:PROBE_ROWS])
-    types = train_set.token_type_ids
-    return Encoded(input_ids=[train_set.input_ids[i] for i in keep], labels=train_set.labels[keep],
+def subset(encoded: Encoded, keep: np.ndarray) -> Encoded:
+    """The rows `keep` of `encoded`, in that order."""
+    types = encoded.token_type_ids
+    return Encoded(input_ids=[encoded.input_ids[i] for i in keep], labels=encoded.labels[keep],
                    token_type_ids=[types[i] for i in keep] if types is not None else None)
 
 
-def features(model: AdapterModel, rows: Encoded, pad_id: int, device: torch.device) -> np.ndarray:
-    """The [CLS] representation of every row, in row order, in eval mode (no dropout)."""
-    model.to(device)
-    model.eval()
-    out = np.empty((len(rows), model.encoder.config.hidden_size), dtype=np.float64)
-    with torch.inference_mode():
-        for batch in batches(rows, 64, pad_id=pad_id, shuffle=False, seed=0):
-            inputs = train.model_inputs(batch, device)
-            out[batch["index"].numpy()] = model.encode(**inputs).float().cpu().numpy()
-    return out
+def trial_split(train_set: Encoded, seed: int) -> tuple[Encoded, Encoded]:
+    """Seeded, disjoint trial and held-out rows of the training split (a quarter held out when it is small)."""
+    order = np.random.default_rng(seed).permutation(len(train_set))
+    held = min(HELD_ROWS, max(1, len(order) // 4))
+    return subset(train_set, order[held:held + TRIAL_ROWS]), subset(train_set, order[:held])
 
 
-def probe(model: AdapterModel, rows: Encoded, task_type: str, metric: str, pad_id: int, device: torch.device,
-          seed: int) -> float:
-    """The task's metric of a ridge probe on the model's [CLS] features, on out-of-fold predictions."""
-    x = features(model, rows, pad_id, device)
-    labels = rows.labels
-    if task_type == "regression":
-        targets = labels.astype(np.float64)[:, None]
-    else:
-        targets = np.eye(int(labels.max()) + 1)[labels]
-    folds = np.random.default_rng(seed).permutation(len(labels)) % PROBE_FOLDS
-    predicted = np.empty_like(targets)
-    for fold in range(PROBE_FOLDS):
-        fit, held = folds != fold, folds == fold
-        if not held.any():
-            continue
-        predicted[held] = ridge(x[fit], targets[fit], x[held])
-    if task_type == "regression":
-        return metrics.compute(metric, predicted[:, 0], labels)[metric]
-    return metrics.compute(metric, predicted.argmax(axis=1), labels)[metric]
-
-
-def ridge(x: np.ndarray, y: np.ndarray, x_new: np.ndarray) -> np.ndarray:
-    """Ridge regression of y on standardised x with an intercept; its predictions for x_new."""
-    mean, scale = x.mean(axis=0), x.std(axis=0) + 1e-6
-    a, b = (x - mean) / scale, (x_new - mean) / scale
-    y_mean = y.mean(axis=0)
-    weights = np.linalg.solve(a.T @ a + RIDGE * len(a) * np.eye(a.shape[1]), a.T @ (y - y_mean))
-    return b @ weights + y_mean
+def trial(model: AdapterModel, trial_rows: Encoded, held_rows: Encoded, config: train.TrainConfig, *,
+          task_type: str, metric: str, pad_id: int, device: torch.device) -> float:
+    """The mean loss on `held_rows` after one epoch on `trial_rows` with the run's recipe."""
+    fitted = train.fit(model, trial_rows, held_rows, replace(config, epochs=1), task_type=task_type, metric=metric,
+                       pad_id=pad_id, device=device)
+    model.load_task_state_dict(fitted.best_state)
+    outputs = torch.from_numpy(train.predict(model, held_rows, pad_id=pad_id, device=device))
+    labels = torch.from_numpy(held_rows.labels)
+    return float(train.loss_fn(outputs, labels, task_type))

@@ -10,7 +10,7 @@ import pytest
 from safetensors.torch import load as load_tensors
 from torch import nn
 
-from registry import metrics, transfer
+from registry import transfer
 from registry.core import open_registry
 from tests.helpers import one_line_error, snapshot, write_task_data
 
@@ -62,24 +62,36 @@ def test_init_from_a_task_starts_from_its_adapters_and_leaves_it_byte_identical(
     assert {k: after[k] for k in ("adapter_sha256", "score", "version", "position")} == {
         k: a[k] for k in ("adapter_sha256", "score", "version", "position")}
     assert json.loads(run_cli("eval", "a", "--json", "--quiet").stdout)["score"] == a["score"]
-    listed = run_cli("runs", "b")
-    assert "a v1" in listed.stdout
+    for command in ("runs", "show"):  # the tables say where each run started
+        assert "a v1" in run_cli(command, "b").stdout and "scratch" in run_cli(command, "fresh").stdout
 
 
-def test_auto_scores_every_candidate_and_chooses_by_its_rule(settings, run_cli, data):
+def test_auto_tries_every_candidate_and_chooses_by_its_rule(settings, run_cli, data):
     add(run_cli, "small", data / "pairs", "--epochs", "1", "--adapter-size", "16")
     _, stderr = add(run_cli, "sim", data / "similarity", "--epochs", "2", "--init-from", "auto", "--compare-scratch")
     runs = shown(run_cli, "sim")["runs"]
     selection = runs[0]["selection"]
-    scores = {entry["task"]: entry["score"] for entry in selection["scores"]}
-    assert set(scores) == {None, "a"} and selection["skipped"] == ["small"]  # another adapter size: not a candidate
-    assert selection["rows"] == 48 and selection["criterion"] == transfer.CRITERION
-    chosen = "a" if scores["a"] - scores[None] > transfer.AUTO_MARGIN else None
+    losses = {entry["task"]: entry["loss"] for entry in selection["losses"]}
+    assert set(losses) == {None, "a"} and selection["skipped"] == ["small"]  # another adapter size: not a candidate
+    assert selection["rows"] == [36, 12] and selection["criterion"] == transfer.CRITERION  # 48 rows: a quarter held
+    chosen = "a" if losses["a"] < (1 - transfer.AUTO_MARGIN) * losses[None] else None
     assert selection["chosen"] == chosen
-    assert "--init-from auto: probe spearman on 48 training rows: none " in stderr
+    assert "--init-from auto: held-out loss after a short trial from each start on 36 + 12 training rows: none " \
+        in stderr
     assert f"→ {chosen or 'none'}" in stderr
     starts = [run["init_from"]["task"] if run["init_from"] else None for run in runs]
     assert starts == (["a", None] if chosen else [None])  # --compare-scratch trains scratch only beside a source
+
+
+def test_auto_picks_a_start_that_already_knows_the_task(settings, run_cli, data):
+    """`teacher` learned this very data: a short trial from it ends with a lower held-out loss than from scratch."""
+    teacher, _ = add(run_cli, "teacher", data / "sentiment", "--epochs", "30", "--lr", "3e-3", "--batch-size", "8")
+    assert teacher["score"] >= 0.8
+    add(run_cli, "again", data / "sentiment", "--epochs", "1", "--init-from", "auto")
+    (run,) = shown(run_cli, "again")["runs"]
+    losses = {entry["task"]: entry["loss"] for entry in run["selection"]["losses"]}
+    assert losses["teacher"] < (1 - transfer.AUTO_MARGIN) * losses[None] and losses["teacher"] < losses["a"], losses
+    assert run["selection"]["chosen"] == "teacher" and run["init_from"]["task"] == "teacher"
 
 
 def test_compare_scratch_gives_the_forward_transfer_and_the_better_run_is_published(settings, run_cli, data,
@@ -108,7 +120,7 @@ def test_auto_with_no_earlier_task_trains_from_scratch(settings, run_cli, tiny_b
     assert "→ none (no earlier task with adapters of this size)" in stderr
     (run,) = shown(run_cli, "first")["runs"]
     assert run["init_from"] is None and run["selection"]["chosen"] is None
-    assert [entry["task"] for entry in run["selection"]["scores"]] == [None]
+    assert run["selection"]["losses"] == []  # nothing to compare: no trial
 
 
 def test_a_new_version_and_a_sweep_start_from_the_task_itself(settings, run_cli, data):
@@ -156,16 +168,3 @@ def test_without_base_dropout_no_dropout_runs_and_the_run_says_so(settings, run_
     assert {m.p for m in off.modules() if isinstance(m, nn.Dropout)} == {0.0}
     assert off.encoder.config.attention_probs_dropout_prob == 0.0
     assert max(m.p for m in on.modules() if isinstance(m, nn.Dropout)) > 0
-
-
-@pytest.mark.parametrize("dialect", ["sqlite"])  # numbers only, no database
-def test_the_ridge_probe_finds_a_linear_signal_and_not_noise(dialect):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(400, 16))
-    labels = (x[:, 0] + 0.3 * x[:, 1] > 0).astype(int)
-    fit, held = slice(0, 300), slice(300, 400)
-    predicted = transfer.ridge(x[fit], np.eye(2)[labels[fit]], x[held]).argmax(axis=1)
-    assert metrics.compute("accuracy", predicted, labels[held])["accuracy"] > 0.9
-    noise = rng.integers(0, 2, size=400)
-    predicted = transfer.ridge(x[fit], np.eye(2)[noise[fit]], x[held]).argmax(axis=1)
-    assert metrics.compute("accuracy", predicted, noise[held])["accuracy"] < 0.65
