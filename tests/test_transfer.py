@@ -157,12 +157,12 @@ def test_a_retired_task_is_no_source(settings, run_cli, data):
     assert "no earlier task with adapters of this size" in stderr  # nor a candidate of auto
 
 
-def test_without_base_dropout_no_dropout_runs_and_the_run_says_so(settings, run_cli, data, tiny_base):
+def test_the_base_dropout_is_off_unless_asked_and_the_run_says_so(settings, run_cli, data, tiny_base):
     from registry.tasks import build_model
 
-    add(run_cli, "b", data / "sentiment", "--epochs", "1", "--no-base-dropout")
-    assert shown(run_cli, "b")["runs"][0]["hyperparams"]["base_dropout"] is False
-    assert shown(run_cli, "a")["runs"][0]["hyperparams"]["base_dropout"] is True
+    add(run_cli, "b", data / "sentiment", "--epochs", "1", "--base-dropout")
+    assert shown(run_cli, "b")["runs"][0]["hyperparams"]["base_dropout"] is True
+    assert shown(run_cli, "a")["runs"][0]["hyperparams"]["base_dropout"] is False  # the default
     off = build_model(tiny_base, 8, 2, 0, base_dropout=False)
     on = build_model(tiny_base, 8, 2, 0)
     assert {m.p for m in off.modules() if isinstance(m, nn.Dropout)} == {0.0}
