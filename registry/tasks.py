@@ -233,11 +233,11 @@ def load_tokenizer(base_dir):
 DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
 
 
-def build_model(base_dir, adapter_size: int, head_size: int, seed: int, *, base_dropout: bool = True) -> AdapterModel:
+def build_model(base_dir, adapter_size: int, head_size: int, seed: int, *, base_dropout: bool = False) -> AdapterModel:
     """The frozen base with freshly initialised adapters and one head; same seed, same weights.
 
-    Without `base_dropout` the base is loaded with its dropout probabilities at 0 (and so the head's, which
-    takes the base's): no dropout masks, and attention may use the fused kernel.
+    Unless `base_dropout`, the base is loaded with its dropout probabilities at 0 (and so the head's, which
+    takes the base's): no dropout masks, and attention may use the fused kernel (train.TrainConfig's default).
     """
     from transformers import AutoConfig, AutoModel
 

@@ -697,8 +697,8 @@ def test_runs_lists_and_filters(run_cli, trained):
     result = run_cli("runs")
     assert result.exit_code == 0
     header, row = result.stdout.splitlines()
-    assert header.split() == ["run", "task", "status", "score", "device", "started_at", "finished_at", "error"]
-    assert row.split()[:3] == ["1", "sentiment", "succeeded"]
+    assert header.split() == ["run", "task", "status", "from", "score", "device", "started_at", "finished_at", "error"]
+    assert row.split()[:4] == ["1", "sentiment", "succeeded", "scratch"]
     runs = json.loads(run_cli("runs", "sentiment", "--json").stdout)
     assert [(r["run"], r["task"], r["status"], r["device"]) for r in runs] == [(1, "sentiment", "succeeded", "cpu")]
     assert runs[0]["score"] == trained.shown["score"] and runs[0]["finished_at"] and runs[0]["error"] is None

@@ -163,8 +163,8 @@ def test_the_base_dropout_is_off_unless_asked_and_the_run_says_so(settings, run_
     add(run_cli, "b", data / "sentiment", "--epochs", "1", "--base-dropout")
     assert shown(run_cli, "b")["runs"][0]["hyperparams"]["base_dropout"] is True
     assert shown(run_cli, "a")["runs"][0]["hyperparams"]["base_dropout"] is False  # the default
-    off = build_model(tiny_base, 8, 2, 0, base_dropout=False)
-    on = build_model(tiny_base, 8, 2, 0)
+    off = build_model(tiny_base, 8, 2, 0)
+    on = build_model(tiny_base, 8, 2, 0, base_dropout=True)
     assert {m.p for m in off.modules() if isinstance(m, nn.Dropout)} == {0.0}
     assert off.encoder.config.attention_probs_dropout_prob == 0.0
     assert max(m.p for m in on.modules() if isinstance(m, nn.Dropout)) > 0
