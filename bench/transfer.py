@@ -62,10 +62,10 @@ def run_job(sequence: str, seed: int, dropout: bool, epochs: int, rows_cap: int 
     config = TrainConfig(epochs=epochs, seed=seed, base_dropout=dropout)
     tasks = []
     for position, (name, directory, rows) in enumerate(SEQUENCES[sequence]):
-        rows = min(rows or rows_cap or 10**9, rows_cap or 10**9)
+        rows = min(filter(None, (rows, rows_cap)), default=None)  # the sequence's rows, or fewer with --quick
         started = time.perf_counter()
         add_task(registry, name, str(GLUE_DIR / directory), config,
-                 DataOptions(max_train_samples=rows if rows < 10**9 else None),
+                 DataOptions(max_train_samples=rows),
                  init_from="auto" if position else "none", compare_scratch=bool(position))
         seconds = time.perf_counter() - started
         shown = catalog.show_task(registry, name)
@@ -73,7 +73,7 @@ def run_job(sequence: str, seed: int, dropout: bool, epochs: int, rows_cap: int 
         transferred = next((run for run in shown["runs"] if run["init_from"] is not None), None)
         selection = scratch["selection"] or {}
         tasks.append({
-            "task": name, "metric": shown["metric"], "rows": rows if rows < 10**9 else "all",
+            "task": name, "metric": shown["metric"], "rows": rows or "all",
             "scratch": scratch["score"], "auto": (transferred or scratch)["score"],
             "chosen": selection.get("chosen"), "trial_losses": selection.get("losses"),
             "trial_seconds": selection.get("seconds", 0.0), "add_seconds": seconds,

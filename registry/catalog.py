@@ -237,7 +237,10 @@ def score_matrix(registry: Registry) -> dict[str, Any]:
     complete = size and None not in final and None not in (matrix[j][j] for j in range(size))
     acc = sum(final) / size if complete else None
     bwt = sum(final[j] - matrix[j][j] for j in range(size - 1)) / (size - 1) if complete and size > 1 else None
-    fwt = [forward_transfer(published.get(task.id), succeeded) for task in ready]
+    by_task: dict[int, list[Row]] = {}
+    for run in succeeded:
+        by_task.setdefault(run.task_id, []).append(run)
+    fwt = [forward_transfer(published.get(task.id), by_task.get(task.id, [])) for task in ready]
     measured = [value for value in fwt if value is not None]
     return {"tasks": [task.name for task in ready], "metrics": [task.metric for task in ready],
             "matrix": matrix, "acc": acc, "bwt": bwt, "fwt": fwt,
@@ -247,6 +250,7 @@ def score_matrix(registry: Registry) -> dict[str, Any]:
 def forward_transfer(published_run: int | None, succeeded: list[Row]) -> float | None:
     """A task's forward transfer: its score when started from an earlier task minus its score from scratch.
 
+    `succeeded` holds the task's succeeded runs, oldest first.
     GEM's FWT adapted to one adapter per task: the two runs are of the task's current version's training
     (same data, seed and hyper-parameters as the run that produced it, as `add-task --compare-scratch` trains
     them), the latest of each kind. None until both exist.
@@ -254,8 +258,8 @@ def forward_transfer(published_run: int | None, succeeded: list[Row]) -> float |
     run = next((r for r in succeeded if r.id == published_run), None)
     if run is None:
         return None
-    alike = [r for r in succeeded if (r.task_id, r.data_fingerprint, r.seed, r.hyperparams)
-             == (run.task_id, run.data_fingerprint, run.seed, run.hyperparams)]
+    alike = [r for r in succeeded if (r.data_fingerprint, r.seed, r.hyperparams)
+             == (run.data_fingerprint, run.seed, run.hyperparams)]
     transferred = [r.score for r in alike if r.init_task_id is not None]
     scratch = [r.score for r in alike if r.init_task_id is None]
     return transferred[-1] - scratch[-1] if transferred and scratch else None

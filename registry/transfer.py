@@ -148,9 +148,8 @@ def trial_split(train_set: Encoded, seed: int) -> tuple[Encoded, Encoded]:
 def trial(model: AdapterModel, trial_rows: Encoded, held_rows: Encoded, config: train.TrainConfig, *,
           task_type: str, metric: str, pad_id: int, device: torch.device) -> float:
     """The mean loss on `held_rows` after one epoch on `trial_rows` with the run's recipe."""
-    fitted = train.fit(model, trial_rows, held_rows, replace(config, epochs=1), task_type=task_type, metric=metric,
-                       pad_id=pad_id, device=device)
-    model.load_task_state_dict(fitted.best_state)
+    train.fit(model, trial_rows, held_rows, replace(config, epochs=1), task_type=task_type, metric=metric,
+              pad_id=pad_id, device=device)  # one epoch: the model ends with the weights fit kept
     outputs = torch.from_numpy(train.predict(model, held_rows, pad_id=pad_id, device=device))
     labels = torch.from_numpy(held_rows.labels)
     return float(train.loss_fn(outputs, labels, task_type))
