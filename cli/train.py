@@ -52,9 +52,9 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
               help="Train the next version of an existing task (same task type and labels).")
 @click.option("--promote", is_flag=True, help="With --new-version: make it current whatever it scores.")
 @click.option("--init-from", default="none", show_default=True, metavar="auto|none|TASK",
-              help="Start the adapters and LayerNorms from an earlier task's (the head is new): TASK, or auto: the "
-                   "earlier task whose adapters a quick probe on this data scores best, or none unless one beats "
-                   "scratch. The earlier task is only read.")
+              help="Start the adapters and LayerNorms from an earlier task's (the head is new): TASK, or auto: "
+                   "the start whose short trial on this data ends with the lowest held-out loss, none unless a "
+                   "task beats scratch by 2%. The earlier task is only read.")
 @click.option("--compare-scratch", is_flag=True,
               help="With --init-from: also train from scratch (same data, seed, epochs); the better run is "
                    "published and `history --matrix` shows the forward transfer (FWT).")

@@ -131,7 +131,7 @@ runs = Table(
     moment("heartbeat_at"),
     moment("finished_at", nullable=True),
     # Where the run's adapters started (revision 0003): an earlier task's version and its adapter bytes, or
-    # nothing (from scratch); `selection` holds how `--init-from` chose it (auto's probe scores).
+    # nothing (from scratch); `selection` holds how `--init-from` chose it (auto's trial losses).
     Column("init_task_id", Integer, ForeignKey("tasks.id")),
     Column("init_version", Integer),
     artifact_ref("init_adapter_sha256", nullable=True),

@@ -4,9 +4,10 @@
 initialisation) and every earlier task in a short trial and takes the best, or `none` unless a source
 beats it by `AUTO_MARGIN`. A trial trains the new task briefly from that start — one epoch over
 `TRIAL_ROWS` training rows, the run's own learning rate, schedule and seed — and measures the loss on
-`HELD_ROWS` other training rows. It asks the question that matters (does training go better from
-here?) at a few percent of a run's cost; a probe of the frozen features alone (a ridge regression on
-the [CLS] vectors) chose sources that then trained worse than scratch (docs/benchmarks.md).
+`HELD_ROWS` other training rows: does training go better from here? Each trial costs a short run
+(auto took 1.5-2x a run from scratch with two to four earlier tasks). Neither it nor the first design,
+a ridge probe of the frozen [CLS] features, is reliable yet: both rate SST-2's adapters a good start for
+STS-B, which then trains worse than scratch (README, docs/benchmarks.md).
 
 The head is always new (the label spaces of two tasks rarely mean the same). The source's stored files
 are only read: the new task gets its own copy of the weights, and adding it changes no earlier task.
