@@ -51,6 +51,10 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
     else:
         tasks = live.RegistryTasks(open_registry(settings), names, device=device)
     app = server.create_app(tasks, ServeLimits(**limits), watch=bundle_path is None)
+    if bundle_path is None:  # the read-only dashboard (`registry ui`) under /ui, on a connection of its own
+        from registry.dashboard.app import create_app, open_read_only
+
+        app.mount("/ui", create_app(open_read_only(settings)))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
