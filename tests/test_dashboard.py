@@ -110,10 +110,10 @@ def dashboard(request, tiny_base, tmp_path_factory, pg_skip_reason):
 needs_browser = pytest.mark.skipif(browser.MISSING is not None, reason=browser.MISSING or "")
 
 
-def load(dashboard, path: str, shot: str) -> browser.Element:
+def load(dashboard, path: str, shot: str, size: str = "1280,900") -> browser.Element:
     """The page at `path` as Chromium renders it, after a screenshot of it (a real PNG)."""
     url = dashboard.url + path
-    png = browser.screenshot(url, dashboard.shots / f"dashboard-{shot}-{dashboard.dialect}.png")
+    png = browser.screenshot(url, dashboard.shots / f"dashboard-{shot}-{dashboard.dialect}.png", size)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = browser.dom(url)
     body = page.one("body")
@@ -144,7 +144,7 @@ def test_tasks_page_lists_ready_tasks_sorts_them_and_toggles_retired(dashboard):
 @needs_browser
 def test_task_page_marks_the_current_version_and_shows_events_runs_and_one_series_per_run(dashboard):
     shown = catalog.show_task(open_read_only(dashboard.settings), "sentiment")
-    page = load(dashboard, "/tasks/sentiment", "task")
+    page = load(dashboard, "/tasks/sentiment", "task", "1280,1560")
     assert page.one("h1", id="task-name").text() == "sentiment"
     assert page.one(id="current-version").text() == "v2"
     versions = page.one("table", id="versions").all("tr", class_="version")
@@ -164,7 +164,10 @@ def test_task_page_marks_the_current_version_and_shows_events_runs_and_one_serie
     assert [s.attrs["data-series"] for s in series] == [f"run {v['run']} (v{v['version']})" for v in shown["versions"]]
     assert all(len(s.one("polyline").attrs["points"].split()) == EPOCHS for s in series)
     evaluations = page.one("svg", data_chart="evaluations").all("g", class_="series")
-    assert [s.attrs["data-series"] for s in evaluations] == ["v1", "v2"]
+    measured = [row["version"] for row in catalog.history(open_read_only(dashboard.settings), "sentiment")
+                if row["evaluation"] is not None and row["metric"] == "accuracy"]
+    assert [(s.attrs["data-series"], len(s.all("circle"))) for s in evaluations] == [
+        ("v1", measured.count(1)), ("v2", measured.count(2))]
 
 
 @needs_browser

@@ -106,7 +106,9 @@ def evaluation_chart(task: dict, rows: list[dict]) -> dict | None:
     if not by_version:
         return None
     series = [(f"v{version}", points) for version, points in sorted(by_version.items(), key=lambda kv: str(kv[0]))]
-    return line_chart(series, lambda x: datetime.fromtimestamp(x, timezone.utc).strftime("%m-%d %H:%M:%S"), x_count=3)
+    moments = [x for _, points in series for x, _ in points]
+    shape = "%H:%M:%S" if max(moments) - min(moments) < 86400 else "%Y-%m-%d"
+    return line_chart(series, lambda x: datetime.fromtimestamp(x, timezone.utc).strftime(shape), x_count=3)
 
 
 def matrix_view(result: dict) -> dict[str, Any]:

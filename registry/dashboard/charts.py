@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 WIDTH, HEIGHT = 560, 240
-MARGIN = {"left": 56, "right": 12, "top": 12, "bottom": 36}
+MARGIN = {"left": 56, "right": 40, "top": 12, "bottom": 36}
 # Okabe-Ito: told apart by colour-blind readers too
 COLOURS = ("#0072b2", "#e69f00", "#009e73", "#cc79a7", "#56b4e9", "#d55e00", "#f0e442", "#000000")
 
