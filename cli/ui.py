@@ -21,6 +21,7 @@ def ui(settings: Settings, host: str, port: int) -> None:
 
     Example: registry ui --port 8080   (then open http://127.0.0.1:8080/)
     """
+    import ipaddress
     import socket
 
     import uvicorn
@@ -39,6 +40,8 @@ def ui(settings: Settings, host: str, port: int) -> None:
     listener.listen(128)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
     click.echo(f"dashboard on http://{shown}:{listener.getsockname()[1]}/ (read-only; Ctrl-C stops)", err=True)
+    if not ipaddress.ip_address(listener.getsockname()[0]).is_loopback:
+        click.echo(f"warning: the dashboard has no login: whoever reaches {shown} can read this registry", err=True)
     try:
         uvicorn.Server(uvicorn.Config(create_app(registry), log_level="warning")).run(sockets=[listener])
     finally:

@@ -118,7 +118,7 @@ def load(dashboard, path: str, shot: str, size: str = "1280,900") -> browser.Ele
     page = browser.dom(url)
     body = page.one("body")
     assert "data-pwned" not in body.attrs, f"markup from the database ran on {path}"
-    assert not page.all("img"), f"markup from the database became an element on {path}"
+    assert not page.all("img") and not page.all("script"), f"markup from the database became an element on {path}"
     return page
 
 
@@ -237,7 +237,9 @@ def test_every_route_only_reads_and_crawling_them_changes_nothing(dashboard):
     with TestClient(app) as client:
         paths = ["/", "/?retired=1&sort=name&order=desc", "/matrix", "/health", "/tasks/nope",
                  *(f"/tasks/{quote(task['name'], safe='')}" for task in catalog.list_tasks(registry, retired=True))]
-        statuses = [client.get(path).status_code for path in paths]
+        answers = [client.get(path) for path in paths]
+        statuses = [answer.status_code for answer in answers]
+        assert all(a.headers["content-security-policy"].startswith("default-src 'none'") for a in answers)
         assert client.post("/").status_code == 405
     assert statuses == [200, 200, 200, 200, 404, 200, 200, 200]
     assert snapshot(dashboard.settings) == before
@@ -250,6 +252,7 @@ def test_the_dashboard_never_imports_torch(dashboard):
     script = (
         "import json, sys\n"
         "from fastapi.testclient import TestClient\n"
+        "import registry.cli.main\n"
         "from registry.config import resolve\n"
         "from registry.dashboard.app import create_app, open_read_only\n"
         "client = TestClient(create_app(open_read_only(resolve())))\n"
