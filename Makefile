@@ -35,10 +35,9 @@ demo: $(STAMP)
 bench: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH $(BIN)/python -m bench $(BENCH_ARGS)
 
-# Refresh the dashboard's screenshots in docs/img/ (the README shows one) from its browser tests on SQLite.
+# Refresh the dashboard's screenshots in docs/img/ (the README shows one) from the demo's registry (`make demo`).
 screenshots: $(STAMP) browser
-	REGISTRY_UI_SCREENSHOTS=$(CURDIR)/docs/img HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 \
-		$(BIN)/python -m pytest -q tests/test_dashboard.py -k "sqlite and page and not serve"
+	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/screenshots.sh
 
 clean:
 	rm -rf $(VENV) .registry demo-out
