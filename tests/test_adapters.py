@@ -19,7 +19,7 @@ from transformers import (
     RobertaModel,
 )
 
-from registry.adapters import (
+from registry.model.adapters import (
     Adapter,
     AdapterModel,
     AdapterWrapper,

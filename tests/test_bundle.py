@@ -20,12 +20,13 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from registry.cli.main import cli
-from registry import bundle, live
-from registry.config import Settings
-from registry.core import open_registry
+from registry.bundle import exchange as bundle
+from registry.serving import live
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
 from registry.errors import BundleError, DataError, UnknownTask
-from registry.models import Base
-from registry.predictor import Prediction, Predictor, pad_adapters
+from registry.storage.models import Base
+from registry.serving.predictor import Prediction, Predictor, pad_adapters
 from tests.helpers import make_settings, one_line_error, snapshot, write_task_data
 
 TASKS = {  # name: add-task options; sizes and lengths differ so padding and per-task max_length are exercised

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry import data, sources
+from registry.data import splits as data, sources
 from registry.errors import DataError, RegistryError
 from tests.helpers import SENTS, col, sentences
 

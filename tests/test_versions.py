@@ -13,10 +13,12 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select, text, update
 
-from registry import bundle, db, lifecycle
-from registry.core import open_registry
+from registry.bundle import exchange as bundle
+from registry.storage import db
+from registry.catalog import lifecycle
+from registry.storage.core import open_registry
 from registry.errors import RegistryError, RetireError
-from registry.models import Task
+from registry.storage.models import Task
 from tests.helpers import one_line_error, snapshot
 
 

@@ -24,13 +24,13 @@ import torch
 from safetensors.torch import load as load_tensors
 from sqlalchemy import select
 
-from registry import train
-from registry.adapters import AdapterModel
-from registry.catalog import find_task
-from registry.core import Registry
-from registry.encoding import Encoded
+from registry.training import train
+from registry.model.adapters import AdapterModel
+from registry.catalog.queries import find_task
+from registry.storage.core import Registry
+from registry.data.encoding import Encoded
 from registry.errors import TrainingError
-from registry.schema import tasks
+from registry.storage.schema import tasks
 
 TRIAL_ROWS = 768  # 24 steps of 32
 HELD_ROWS = 256

@@ -26,8 +26,8 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.config import ServeLimits as Limits
-from registry.predictor import Prediction, Predictor, Text
+from registry.storage.config import ServeLimits as Limits
+from registry.serving.predictor import Prediction, Predictor, Text
 
 log = logging.getLogger("registry.serve")
 

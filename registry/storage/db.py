@@ -92,7 +92,7 @@ def transaction(engine: Engine, *, write: bool = False) -> Iterator[Session]:
 
 @contextmanager
 def reading(engine: Engine) -> Iterator[Connection]:
-    """A Core connection in one read transaction (registry.catalog's queries)."""
+    """A Core connection in one read transaction (registry.catalog.queries's queries)."""
     with engine.connect() as connection, connection.begin():
         yield connection
 

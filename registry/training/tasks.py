@@ -3,8 +3,8 @@
 This is where data, training, the store and the database meet. Transactions are drawn here only for a
 task's runs and measurements (a run opened or finished, each epoch's metrics, an evaluation); the
 ones that decide which tasks exist, in which order and which version is current (reserving a name,
-publishing a version, promoting) are registry.lifecycle's, and the heartbeat and the sweep of dead
-runs are registry.runs'. A task's row reserves its name while it trains; a version becomes `ready`
+publishing a version, promoting) are registry.catalog.lifecycle's, and the heartbeat and the sweep of dead
+runs are registry.catalog.runs'. A task's row reserves its name while it trains; a version becomes `ready`
 only once its adapter is stored and verified.
 """
 
@@ -22,16 +22,19 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 from sqlalchemy import Row, func, select, update
 
-from registry import checkpoint, data, encoding, lifecycle, train, transfer
-from registry.adapters import AdapterModel, trainable_parameters
-from registry.data import head_size
-from registry.catalog import find_task, task_row
-from registry.core import Registry
+from registry.model import checkpoint
+from registry.data import splits as data, encoding
+from registry.catalog import lifecycle
+from registry.training import train, transfer
+from registry.model.adapters import AdapterModel, trainable_parameters
+from registry.data.splits import head_size
+from registry.catalog.queries import find_task, task_row
+from registry.storage.core import Registry
 from registry.errors import DataError, InvalidName, TaskExists, UnknownTask, VersionError
-from registry.models import Evaluation, Metric, Run, Task
-from registry.schema import utcnow
-from registry.runs import Heartbeat, sweep_stale_runs, this_host
-from registry.verify import ADAPTER_CONFIG_FORMAT
+from registry.storage.models import Evaluation, Metric, Run, Task
+from registry.storage.schema import utcnow
+from registry.catalog.runs import Heartbeat, sweep_stale_runs, this_host
+from registry.catalog.verify import ADAPTER_CONFIG_FORMAT
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256

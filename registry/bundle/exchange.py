@@ -8,8 +8,8 @@ A bundle is a directory (or the same tree in one .tar):
     adapters/NAME.safetensors   the task's trainable tensors (the stored artifact's bytes, in float32)
     adapters/NAME.json          the task's config artifact, byte for byte
 
-`export` writes one from a registry; `load` serves one as a `registry.predictor.Predictor` (as
-`registry.live` serves a registry's tasks); `import_bundle` adds a bundle's tasks to a registry.
+`export` writes one from a registry; `load` serves one as a `registry.serving.predictor.Predictor` (as
+`registry.serving.live` serves a registry's tasks); `import_bundle` adds a bundle's tasks to a registry.
 """
 
 from __future__ import annotations
@@ -30,20 +30,22 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 from sqlalchemy import Row, select
 
-from registry import checkpoint, lifecycle, schema
-from registry.adapters import AdapterModel
-from registry.catalog import find_task, task_row
-from registry.config import Settings
-from registry.core import Registry, open_registry
-from registry.data import head_size
+from registry.model import checkpoint
+from registry.catalog import lifecycle
+from registry.storage import schema
+from registry.model.adapters import AdapterModel
+from registry.catalog.queries import find_task, task_row
+from registry.storage.config import Settings
+from registry.storage.core import Registry, open_registry
+from registry.data.splits import head_size
 from registry.errors import (AlreadyInitialised, ArtifactError, BundleError, NotInitialised, RegistryError,
                              TaskExists, UnknownTask, printable)
-from registry.models import Task
-from registry.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
-from registry.schema import utcnow
-from registry.store import digest, sha256_of, write_atomic
-from registry.train import pick_device
-from registry.verify import TASK_CONFIG_FIELDS, adapter_problem, config_problem, tensor_header
+from registry.storage.models import Task
+from registry.serving.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
+from registry.storage.schema import utcnow
+from registry.storage.store import digest, sha256_of, write_atomic
+from registry.training.train import pick_device
+from registry.catalog.verify import TASK_CONFIG_FIELDS, adapter_problem, config_problem, tensor_header
 
 FORMAT = "adapter-registry/bundle@1"
 MANIFEST = "manifest.json"
@@ -242,8 +244,8 @@ def parse_manifest(data: bytes, shown) -> dict:
 
 def _manifest_problem(manifest: dict) -> str | None:
     """What is wrong with a manifest's fields, or None: add-task's checks of its own, and the layout export writes."""
-    from registry.data import check_task_fields
-    from registry.tasks import validate_name
+    from registry.data.splits import check_task_fields
+    from registry.training.tasks import validate_name
 
     for key in ("dtype", "base", "tasks", "files"):
         if key not in manifest:
@@ -583,7 +585,7 @@ def _move_into_place(source: Path, output: Path, force: bool) -> None:
 
 def _refuse_registry_paths(registry: Registry, output: Path) -> None:
     """Refuse an --output that is, holds or lies inside the registry's home, store or database (symlinks resolved)."""
-    from registry.db import sqlite_path
+    from registry.storage.db import sqlite_path
 
     places = {"registry home": registry.settings.home, "database": sqlite_path(registry.settings.db_url)}
     if registry.store.local:

@@ -7,7 +7,7 @@ row of a delimited file is a header is detected; without one, columns are named 
 position: ``"0"``, ``"1"``, ...
 
 Which sources there are, and how their validation rows are chosen, is described in
-:mod:`registry.data`. Every problem raises :class:`registry.errors.DataError` with a one-line message
+:mod:`registry.data.splits`. Every problem raises :class:`registry.errors.DataError` with a one-line message
 that names the file, column or row and says what to do.
 """
 

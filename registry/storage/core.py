@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, Row, select
 
-from registry import db, schema
-from registry.config import Settings
+from registry.storage import db, schema
+from registry.storage.config import Settings
 from registry.errors import NotInitialised
 
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ class Registry:
     @cached_property
     def store(self):
         """The artifact store, opened on first use (read commands that only query never import fsspec)."""
-        from registry.store import Store
+        from registry.storage.store import Store
 
         return Store(self.settings.store_url)
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from registry import cache
-from registry.store import write_atomic
+from registry.storage import cache
+from registry.storage.store import write_atomic
 
 if TYPE_CHECKING:  # imported lazily at run time: `pyarrow` and `torch` are slow to import
     import pyarrow as pa
@@ -145,7 +145,7 @@ def encode(
 ) -> Encoded:
     """Tokenise a split (pairs as pairs, truncated to ``max_length``), caching the result.
 
-    ``split`` holds ``text_columns`` and one label column (as :func:`registry.data.load` returns it).
+    ``split`` holds ``text_columns`` and one label column (as :func:`registry.data.splits.load` returns it).
     With a ``cache_dir`` the result is one safetensors file (flat int32 ids, int64 offsets, labels),
     named by sha256 of ``cache_key`` plus a digest of the split's texts and labels, then by the sha256
     of its own bytes; written to a temporary name and renamed into place, and re-hashed on every hit

@@ -13,7 +13,7 @@ from typing import BinaryIO, TypeVar
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from registry.db import first_line
+from registry.storage.db import first_line
 from registry.errors import ArtifactError, StoreUnavailable
 
 ATTEMPTS = 3  # tries of one store call before giving up (s3fs retries inside each of them as well)

@@ -20,11 +20,11 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import aliased
 
-from registry.catalog import find_task, iso
-from registry.core import Registry
+from registry.catalog.queries import find_task, iso
+from registry.storage.core import Registry
 from registry.errors import RegistryError
-from registry.models import Run, Task
-from registry.schema import utcnow
+from registry.storage.models import Run, Task
+from registry.storage.schema import utcnow
 
 HEARTBEAT_SECONDS = 15.0
 STALE_AFTER_SECONDS = 120.0

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from safetensors.torch import load as load_tensors
 from sqlalchemy import Row
 
-from registry import checkpoint
-from registry.bundle import load, ready_tasks, served_rows
-from registry.core import Registry
-from registry.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
+from registry.model import checkpoint
+from registry.bundle.exchange import load, ready_tasks, served_rows
+from registry.storage.core import Registry
+from registry.serving.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
 
 
 class FixedTasks:

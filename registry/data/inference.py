@@ -1,4 +1,4 @@
-"""What :mod:`registry.data` infers when the user does not say it, one rule per function.
+"""What :mod:`registry.data.splits` infers when the user does not say it, one rule per function.
 
 * :func:`profile` sums up a column: how many values are missing, how many distinct, whether they are
   numbers, whether they look like text.
@@ -13,7 +13,7 @@
 
 A label column *holds numbers* when at least :data:`NUMERIC_SHARE` of its present values are finite
 numbers. Its other values (``inf``, a header repeated as a row, ``3 stars``) are *stray*: never a
-class, never a reason to switch to classification; :mod:`registry.data` skips their rows and says so.
+class, never a reason to switch to classification; :mod:`registry.data.splits` skips their rows and says so.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from registry.errors import DataError
-from registry.sources import LABEL_NAMES, MIN_TEXT_TOKENS, SAMPLE, Table, looks_like_text, norm, to_number
+from registry.data.sources import LABEL_NAMES, MIN_TEXT_TOKENS, SAMPLE, Table, looks_like_text, norm, to_number
 
 __all__ = [
     "ColumnProfile",

@@ -5,7 +5,7 @@ Each class has one attribute per column of its table, with the column's name.
 
 from sqlalchemy.orm import DeclarativeBase, relationship
 
-from registry import schema
+from registry.storage import schema
 
 
 class Base(DeclarativeBase):

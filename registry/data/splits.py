@@ -12,14 +12,14 @@ Sources (`load(source)`):
   validation; ``test`` is never used. Offline, this fails with a DataError.
 
 Rows that cannot train — an empty text, no label, or a stray value in a label column of numbers
-(see :mod:`registry.inference`) — are skipped, counted and named (reason and first line numbers) in
+(see :mod:`registry.data.inference`) — are skipped, counted and named (reason and first line numbers) in
 one of the ``inferred`` lines, up to :data:`MAX_SKIPPED_SHARE` of a file. More than that, or any
 with ``strict=True``, is a DataError. The hold-out is drawn before skipping, so the same rows are
 validation rows whatever is skipped.
 
-Reading the files (formats, header detection, the hub) is :mod:`registry.sources`; the inference
-rules are :mod:`registry.inference`; tokenising and batching a loaded split is
-:mod:`registry.encoding`. Splits are held as ``pyarrow.Table`` (``datasets`` is imported only for a
+Reading the files (formats, header detection, the hub) is :mod:`registry.data.sources`; the inference
+rules are :mod:`registry.data.inference`; tokenising and batching a loaded split is
+:mod:`registry.data.encoding`. Splits are held as ``pyarrow.Table`` (``datasets`` is imported only for a
 hub source).
 
 Every problem with the data raises :class:`registry.errors.DataError` with a one-line message that
@@ -36,10 +36,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from registry import inference, metrics
+from registry.data import inference, metrics
 from registry.errors import DataError
-from registry.inference import MAX_SKIPPED_SHARE, canonical_label, hashable, is_missing, is_missing_label
-from registry.sources import Source, Table, load_dev, resolve, to_number
+from registry.data.inference import MAX_SKIPPED_SHARE, canonical_label, hashable, is_missing, is_missing_label
+from registry.data.sources import Source, Table, load_dev, resolve, to_number
 
 if TYPE_CHECKING:  # imported lazily at run time, with the first split built
     import pyarrow as pa
@@ -317,7 +317,7 @@ def load(
 
     * ``text_columns`` — one column (single sentence) or two (a pair, in that order);
     * ``label_column``; ``task_type`` — "classification" or "regression";
-    * ``metric`` — one of :data:`registry.metrics.METRICS`, checked against the task type;
+    * ``metric`` — one of :data:`registry.data.metrics.METRICS`, checked against the task type;
     * ``max_train_samples`` — keep a random subset of that many training rows (seeded);
     * ``strict`` — refuse data with any row that cannot train instead of skipping it.
 

@@ -29,13 +29,13 @@ from typing import Any
 
 from sqlalchemy import select
 
-from registry import cache
-from registry.core import Registry
-from registry.data import head_size
-from registry.lifecycle import CURRENT_FIELDS
-from registry.models import Artifact, Evaluation, Run, Task, TaskVersion
-from registry.runs import sweep_stale_runs
-from registry.store import digest
+from registry.storage import cache
+from registry.storage.core import Registry
+from registry.data.splits import head_size
+from registry.catalog.lifecycle import CURRENT_FIELDS
+from registry.storage.models import Artifact, Evaluation, Run, Task, TaskVersion
+from registry.catalog.runs import sweep_stale_runs
+from registry.storage.store import digest
 
 ADAPTER_CONFIG_FORMAT = "adapter-registry/adapter@1"
 SHA_NAME = re.compile(r"[0-9a-f]{64}")

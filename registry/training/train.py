@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from registry import metrics
-from registry.encoding import Encoded, batches
+from registry.data import metrics
+from registry.data.encoding import Encoded, batches
 from registry.errors import RegistryError, TrainingError
 
 

@@ -20,7 +20,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from registry.store import digest
+from registry.storage.store import digest
 
 MANIFEST = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"

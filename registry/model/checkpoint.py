@@ -14,13 +14,13 @@ from pathlib import Path
 from sqlalchemy import Row, select, text
 from sqlalchemy.exc import IntegrityError
 
-from registry import cache, db, schema
-from registry.adapters import ARCHITECTURES
-from registry.config import Settings
-from registry.core import Registry, database_exists, open_registry
+from registry.storage import cache, db, schema
+from registry.model.adapters import ARCHITECTURES
+from registry.storage.config import Settings
+from registry.storage.core import Registry, database_exists, open_registry
 from registry.errors import AlreadyInitialised, BaseModelError, NotInitialised
-from registry.models import Artifact, BaseCheckpoint
-from registry.store import Store, sha256_of, write_atomic
+from registry.storage.models import Artifact, BaseCheckpoint
+from registry.storage.store import Store, sha256_of, write_atomic
 
 WEIGHTS_FILE, CONFIG_FILE = cache.WEIGHTS_FILE, cache.CONFIG_FILE
 BASE_ID = 1  # the one row of `bases` (see register)

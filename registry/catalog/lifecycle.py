@@ -24,12 +24,12 @@ from dataclasses import dataclass
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
-from registry.catalog import find_task
-from registry.core import Registry
+from registry.catalog.queries import find_task
+from registry.storage.core import Registry
 from registry.errors import RegistryError, RetireError, TaskExists, VersionError
-from registry.models import Artifact, Run, Task, TaskVersion
-from registry.runs import this_host
-from registry.schema import task_events, utcnow
+from registry.storage.models import Artifact, Run, Task, TaskVersion
+from registry.catalog.runs import this_host
+from registry.storage.schema import task_events, utcnow
 
 PUBLISH_ATTEMPTS = 20
 # The fields of a version that the task row carries while that version is current.

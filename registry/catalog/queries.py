@@ -1,6 +1,6 @@
 """Read-only queries: the base, tasks in order, one task, score history.
 
-Core queries on registry.schema's tables: the read commands import neither torch, transformers nor the ORM.
+Core queries on registry.storage.schema's tables: the read commands import neither torch, transformers nor the ORM.
 Rows are read by column name, so the helpers here take ORM objects from the writers as well.
 """
 
@@ -12,9 +12,9 @@ from typing import Any
 from sqlalchemy import Row, case, func, select
 from sqlalchemy.sql import alias
 
-from registry.core import Registry
+from registry.storage.core import Registry
 from registry.errors import UnknownTask
-from registry.schema import evaluations, metrics, runs, task_events, task_versions, tasks
+from registry.storage.schema import evaluations, metrics, runs, task_events, task_versions, tasks
 
 
 def iso(moment: datetime | None) -> str | None:
