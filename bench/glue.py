@@ -72,6 +72,7 @@ def full_fine_tune(base: str, source: Path, rows: int | None, epochs: int, seed:
 
     from registry.model import checkpoint
     from registry.data import splits as data, encoding
+    from registry.formats import pick_device
     from registry.training import train
 
     checkpoint.quiet_transformers()
@@ -85,7 +86,7 @@ def full_fine_tune(base: str, source: Path, rows: int | None, epochs: int, seed:
     torch.manual_seed(seed)
     model = FullFineTune(AutoModel.from_pretrained(base), 1 if loaded.task_type == "regression" else len(loaded.labels))
     result = train.fit(model, train_set, validation_set, config, task_type=loaded.task_type, metric=loaded.metric,
-                       pad_id=tokenizer.pad_token_id, device=train.pick_device())
+                       pad_id=tokenizer.pad_token_id, device=pick_device())
     return result.best_score, time.perf_counter() - started, sum(p.numel() for p in model.parameters())
 
 

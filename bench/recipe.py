@@ -54,15 +54,15 @@ def run(variant: str, base: str, loaded, train_set, validation_set, pad_id: int,
     """The best validation score of one variant and seed."""
     from transformers import AutoModel
 
+    from registry.formats import head_size
     from registry.model import adapters
-    from registry.data import splits as data
     from registry.training import train
 
     config = train.TrainConfig(epochs=epochs, seed=seed, max_length=64)
     adapters.INIT_STD = 1e-2 if variant == "init 1e-2" else OUR_INIT_STD
     torch.manual_seed(seed)
     model = adapters.AdapterModel(AutoModel.from_pretrained(base), config.adapter_size,
-                                  [data.head_size(loaded.task_type, loaded.labels)])
+                                  [head_size(loaded.task_type, loaded.labels)])
     if variant == "embeddings LayerNorm trained":
         model.encoder.embeddings.LayerNorm.requires_grad_(True)
     result = train.fit(model, train_set, validation_set, config, task_type=loaded.task_type, metric=loaded.metric,

@@ -31,7 +31,7 @@ def promote(settings: Settings, name: str, version: int, why: str | None, as_jso
 
 
 def visibility_command(action: str, help_text: str) -> click.Command:
-    """`registry retire` or `registry restore`: one task's visibility, changed by registry.catalog.lifecycle's `action`."""
+    """`registry retire` or `registry restore`: one task's visibility, changed by catalog.lifecycle's `action`."""
 
     @click.command(name=action, help=help_text)
     @click.argument("name")

@@ -26,7 +26,7 @@ from sqlalchemy import create_engine, inspect, text
 
 from registry.cli.main import cli
 from registry.storage.config import Settings
-from registry.catalog.verify import tensor_header
+from registry.formats import tensor_header
 from tests.bad_bundles import plant_code, write_bad_bundles
 from tests.conftest import REPO
 from tests.helpers import make_settings, one_line_error, sentiment_rows, snapshot

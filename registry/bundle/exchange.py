@@ -37,15 +37,13 @@ from registry.model.adapters import AdapterModel
 from registry.catalog.queries import find_task, task_row
 from registry.storage.config import Settings
 from registry.storage.core import Registry, open_registry
-from registry.data.splits import head_size
 from registry.errors import (AlreadyInitialised, ArtifactError, BundleError, NotInitialised, RegistryError,
                              TaskExists, UnknownTask, printable)
 from registry.storage.models import Task
 from registry.serving.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
 from registry.storage.schema import utcnow
 from registry.storage.store import digest, sha256_of, write_atomic
-from registry.training.train import pick_device
-from registry.catalog.verify import TASK_CONFIG_FIELDS, adapter_problem, config_problem, tensor_header
+from registry.formats import TASK_CONFIG_FIELDS, adapter_problem, config_problem, head_size, pick_device, tensor_header
 
 FORMAT = "adapter-registry/bundle@1"
 MANIFEST = "manifest.json"
@@ -245,7 +243,7 @@ def parse_manifest(data: bytes, shown) -> dict:
 def _manifest_problem(manifest: dict) -> str | None:
     """What is wrong with a manifest's fields, or None: add-task's checks of its own, and the layout export writes."""
     from registry.data.splits import check_task_fields
-    from registry.training.tasks import validate_name
+    from registry.formats import validate_name
 
     for key in ("dtype", "base", "tasks", "files"):
         if key not in manifest:

@@ -14,18 +14,13 @@ from sqlalchemy.sql import alias
 
 from registry.storage.core import Registry
 from registry.errors import UnknownTask
+from registry.formats import hidden_size, layer_count
 from registry.storage.schema import evaluations, metrics, runs, task_events, task_versions, tasks
 
 
 def iso(moment: datetime | None) -> str | None:
     """A timestamp as ISO 8601 text (UTC)."""
     return moment.isoformat(timespec="seconds") if moment else None
-
-
-def base_info(registry: Registry) -> dict[str, Any]:
-    """The frozen base: name, source, sha256, model type, parameters."""
-    with registry.query() as connection:
-        return base_row(registry.base(connection))
 
 
 def base_row(base: Row) -> dict[str, Any]:
@@ -36,8 +31,8 @@ def base_row(base: Row) -> dict[str, Any]:
         "model_type": base.model_type,
         "sha256": base.sha256,
         "parameters": base.parameters,
-        "hidden_size": base.config.get("hidden_size") or base.config.get("dim"),
-        "layers": base.config.get("num_hidden_layers") or base.config.get("n_layers"),
+        "hidden_size": hidden_size(base.config),
+        "layers": layer_count(base.config),
         "created_at": iso(base.created_at),
     }
 

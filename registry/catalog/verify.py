@@ -20,26 +20,22 @@ Imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import json
 import re
-import struct
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 
+from registry.formats import TASK_CONFIG_FIELDS, adapter_problem, config_problem, head_size
 from registry.storage import cache
 from registry.storage.core import Registry
-from registry.data.splits import head_size
 from registry.catalog.lifecycle import CURRENT_FIELDS
 from registry.storage.models import Artifact, Evaluation, Run, Task, TaskVersion
 from registry.catalog.runs import sweep_stale_runs
 from registry.storage.store import digest
 
-ADAPTER_CONFIG_FORMAT = "adapter-registry/adapter@1"
 SHA_NAME = re.compile(r"[0-9a-f]{64}")
-TASK_CONFIG_FIELDS = ("task_type", "labels", "text_columns", "label_column", "metric", "adapter_size")
 
 
 @dataclass(frozen=True)
@@ -209,88 +205,6 @@ def check_current_versions(session, tasks: list[Task], report: Report) -> None:
             report.problems.append(Problem("version", task.name, (
                 f"ready task {task.name!r} does not carry the artifacts and score of its current version "
                 f"{task.current_version}: the database was altered; restore it from a backup")))
-
-
-def config_problem(raw: bytes, base_sha: str, task: dict[str, Any]) -> str | None:
-    """What is wrong with a task's config artifact, or None: it parses, names `base_sha` and repeats `task`'s fields."""
-    try:
-        config = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        return f"is not JSON ({type(exc).__name__})"
-    if not isinstance(config, dict) or config.get("format") != ADAPTER_CONFIG_FORMAT:
-        return f"is not an {ADAPTER_CONFIG_FORMAT} config"
-    if config.get("base_sha256") != base_sha:
-        return f"names base {str(config.get('base_sha256'))[:12]}, not this registry's base {base_sha[:12]}"
-    for key, value in task.items():
-        if config.get(key) != value:
-            return f"says {key} is {config.get(key)!r}, but the task's is {value!r}"
-    return None
-
-
-def tensor_header(raw: bytes) -> dict[str, dict]:
-    """The tensors a safetensors file declares (name: dtype, shape, data_offsets), read without loading them.
-
-    ValueError says what is wrong when `raw` is not a well-formed safetensors file.
-    """
-    if len(raw) < 8:
-        raise ValueError("shorter than a safetensors header")
-    (length,) = struct.unpack("<Q", raw[:8])
-    if 8 + length > len(raw):
-        raise ValueError("its header runs past the end of the file")
-    try:
-        header = json.loads(raw[8:8 + length])
-    except (ValueError, RecursionError):
-        raise ValueError("its header is not JSON") from None
-    if not isinstance(header, dict):
-        raise ValueError("its header is not a JSON object")
-    header.pop("__metadata__", None)
-    body = len(raw) - 8 - length
-    for name, entry in header.items():
-        if not (isinstance(entry, dict) and isinstance(entry.get("dtype"), str) and isinstance(entry.get("shape"), list)
-                and all(isinstance(n, int) and n >= 0 for n in entry["shape"])
-                and isinstance(entry.get("data_offsets"), list) and len(entry["data_offsets"]) == 2
-                and all(isinstance(n, int) for n in entry["data_offsets"])
-                and 0 <= entry["data_offsets"][0] <= entry["data_offsets"][1] <= body):
-            raise ValueError(f"tensor {name!r} is declared wrongly in its header")
-    return header
-
-
-def adapter_problem(raw: bytes, base_config: dict, adapter_size: int, head_size: int, dtype: str = "F32") -> str | None:
-    """What keeps a task's adapter file from loading on its base, or None.
-
-    Checked from the safetensors header alone (no torch): tensors of `dtype` (float32 in a registry), each of
-    the shape its kind has on a base of this hidden size with this bottleneck and head, and as many as the
-    base's layers need (per layer two adapters of four tensors and two layer norms of two, plus the head's
-    weight and bias).
-    """
-    try:
-        header = tensor_header(raw)
-    except ValueError as exc:
-        return f"is not a safetensors file ({exc})"
-    hidden = base_config.get("hidden_size") or base_config.get("dim")
-    layers = base_config.get("num_hidden_layers") or base_config.get("n_layers")
-    shapes = {".adapter.down_weight": [hidden, adapter_size], ".adapter.down_bias": [adapter_size],
-              ".adapter.up_weight": [adapter_size, hidden], ".adapter.up_bias": [hidden]}
-    counts = {"adapter": 0, "norm": 0, "head": 0}
-    for name, entry in sorted(header.items()):
-        if entry["dtype"] != dtype:
-            return f"holds {entry['dtype']} tensor {name!r}, where {dtype} is expected"
-        suffix = next((s for s in shapes if name.endswith(s)), None)
-        if suffix:
-            kind, want = "adapter", shapes[suffix]
-        elif name in ("head.weight", "head.bias"):
-            kind, want = "head", [head_size, hidden] if name == "head.weight" else [head_size]
-        elif name.endswith((".weight", ".bias")):
-            kind, want = "norm", [hidden]
-        else:
-            return f"holds tensor {name!r}, which no adapter has"
-        if entry["shape"] != want:
-            return f"holds tensor {name!r} of shape {entry['shape']}, where this base and task need {want}"
-        counts[kind] += 1
-    want = {"adapter": 8 * layers, "norm": 4 * layers, "head": 2} if isinstance(layers, int) else counts
-    if counts != want:
-        return f"holds {counts} tensors by kind, where a base of {layers} layers needs {want}"
-    return None
 
 
 def task_facts(task) -> dict[str, Any]:

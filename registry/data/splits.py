@@ -58,11 +58,6 @@ HOLDOUT_FRACTION = 0.1
 _SHOWN_LINES = 3                # line numbers shown per reason a row is skipped
 
 
-def head_size(task_type: str, labels: Sequence[str] | None) -> int:
-    """Outputs of a task's head: one per class, or one for regression."""
-    return 1 if task_type == "regression" else len(labels or ())
-
-
 @dataclass(frozen=True)
 class TaskData:
     """A task's data, validated, with labels mapped (int class index or float target).

@@ -243,8 +243,3 @@ class AdapterModel(nn.Module):
 def trainable_parameters(model: nn.Module) -> int:
     """Number of parameters that require grad."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def count_parameters(model: nn.Module) -> int:
-    """Number of parameters."""
-    return sum(p.numel() for p in model.parameters())

@@ -4,7 +4,7 @@
 injects its own stack of task adapters into a copy of its modules, so a server can build the next
 set of tasks while the current one keeps answering. Prediction tokenises through
 `encoding.tokenise`, truncating exactly as training did. Requests from the command line
-(`registry predict`) are read here too; `registry.bundle.exchange` and `registry.serving.live` say where tasks come from.
+(`registry predict`) are read here too; `registry.serving.live` says where tasks come from.
 """
 
 from __future__ import annotations
@@ -25,8 +25,7 @@ from registry.model import checkpoint
 from registry.model.adapters import AdapterModel
 from registry.data.encoding import Encoded, batches, tokenise
 from registry.errors import DataError, UnknownTask
-from registry.data.splits import head_size
-from registry.training.train import pick_device
+from registry.formats import head_size, pick_device
 
 # What `GET /v1/tasks` and a bundle's manifest say about each task.
 ABOUT_FIELDS = ("name", "position", "task_type", "labels", "metric", "score", "adapter_sha256")

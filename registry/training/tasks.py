@@ -14,7 +14,6 @@ import itertools
 import json
 import os
 import platform
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -27,16 +26,14 @@ from registry.data import splits as data, encoding
 from registry.catalog import lifecycle
 from registry.training import train, transfer
 from registry.model.adapters import AdapterModel, trainable_parameters
-from registry.data.splits import head_size
 from registry.catalog.queries import find_task, task_row
 from registry.storage.core import Registry
-from registry.errors import DataError, InvalidName, TaskExists, UnknownTask, VersionError
+from registry.errors import DataError, TaskExists, UnknownTask, VersionError
 from registry.storage.models import Evaluation, Metric, Run, Task
 from registry.storage.schema import utcnow
 from registry.catalog.runs import Heartbeat, sweep_stale_runs, this_host
-from registry.catalog.verify import ADAPTER_CONFIG_FORMAT
+from registry.formats import DROPOUT_KEYS, AdapterConfig, head_size, pick_device, validate_name
 
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256
 # → we keep 16/64.
 SWEEP_LRS = (3e-4, 1e-3, 3e-3)
@@ -53,13 +50,6 @@ class DataOptions:
     metric: str | None = None
     max_train_samples: int | None = None
     strict: bool = False  # refuse data with rows that cannot train instead of skipping them
-
-
-def validate_name(name: str) -> None:
-    """Task names are `[a-z0-9][a-z0-9_.-]*`, at most 100 characters, and never `..`."""
-    if not NAME_PATTERN.fullmatch(name) or ".." in name or len(name) > 100:
-        raise InvalidName(f"invalid task name {name!r}: use lowercase letters, digits, '_', '.', '-' "
-                          "(starting with a letter or digit)")
 
 
 def software_versions() -> dict[str, str]:
@@ -96,7 +86,7 @@ def add_task(
     train.check_config(config)
     named = transfer.named_source(registry, init_from, config.adapter_size) if init_from not in ("none", "auto") \
         else None
-    target = train.pick_device(device)
+    target = pick_device(device)
     sweep_stale_runs(registry)
     with registry.read() as session:
         base = registry.base(session)
@@ -232,10 +222,6 @@ def load_tokenizer(base_dir):
     return AutoTokenizer.from_pretrained(base_dir, trust_remote_code=False)
 
 
-# The dropout probabilities of the model families we support (BERT's names, then DistilBERT's).
-DROPOUT_KEYS = ("hidden_dropout_prob", "attention_probs_dropout_prob", "dropout", "attention_dropout")
-
-
 def build_model(base_dir, adapter_size: int, head_size: int, seed: int, *, base_dropout: bool = False) -> AdapterModel:
     """The frozen base with freshly initialised adapters and one head; same seed, same weights.
 
@@ -333,20 +319,19 @@ def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig,
                   state: dict[str, torch.Tensor]) -> tuple[bytes, bytes]:
     """The task's two artifacts: trainable tensors as safetensors, and its JSON config."""
     weights = save_tensors(dict(sorted(state.items())))
-    task_config = {
-        "format": ADAPTER_CONFIG_FORMAT,
-        "model_type": base.model_type,
-        "base_sha256": base.sha256,
-        "adapter_size": config.adapter_size,
-        "max_length": config.max_length,
-        "seed": config.seed,
-        "task_type": loaded.task_type,
-        "labels": list(loaded.labels) if loaded.labels is not None else None,
-        "text_columns": list(loaded.text_columns),
-        "label_column": loaded.label_column,
-        "metric": loaded.metric,
-    }
-    return weights, json.dumps(task_config, indent=2, sort_keys=True).encode()
+    task_config = AdapterConfig(
+        model_type=base.model_type,
+        base_sha256=base.sha256,
+        adapter_size=config.adapter_size,
+        max_length=config.max_length,
+        seed=config.seed,
+        task_type=loaded.task_type,
+        labels=list(loaded.labels) if loaded.labels is not None else None,
+        text_columns=list(loaded.text_columns),
+        label_column=loaded.label_column,
+        metric=loaded.metric,
+    )
+    return weights, task_config.to_json()
 
 
 def publish(registry: Registry, task_id: int, base, source: str, loaded: data.TaskData, run_id: int,
@@ -399,7 +384,7 @@ def evaluate_task(registry: Registry, name: str, source: str | None = None, *, d
     loaded = data.load_validation(source or task.data_source, text_columns=task.text_columns,
                                   label_column=task.label_column, task_type=task.task_type, labels=task.labels,
                                   metric=task.metric, seed=task_config["seed"])
-    scores = score_task(registry, base, task, loaded, train.pick_device(device), progress)
+    scores = score_task(registry, base, task, loaded, pick_device(device), progress)
     evaluation, tasks_present = record_evaluation(registry, task, loaded, scores)
     return {"task": name, "version": task.current_version, "metric": task.metric, "score": scores[task.metric],
             "scores": scores, "tasks_present": tasks_present, "evaluation": evaluation}

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from registry.data import metrics
 from registry.data.encoding import Encoded, batches
-from registry.errors import RegistryError, TrainingError
+from registry.errors import TrainingError
 
 
 @dataclass(frozen=True)
@@ -66,20 +66,6 @@ def check_config(config: TrainConfig) -> None:
         raise TrainingError(f"warm-up {config.warmup} is not a fraction of the steps in [0, 1)")
 
 
-def pick_device(requested: str | torch.device = "auto") -> torch.device:
-    """The torch device for `--device`: `auto` is CUDA when present, else CPU; `cuda` is refused where there is none.
-
-    The one device picker: training, evaluation and serving all call it.
-    """
-    if isinstance(requested, torch.device):
-        return requested
-    if requested == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise RegistryError("--device cuda: no CUDA device is available here; use --device auto or cpu")
-    return torch.device(requested)
-
-
 def model_inputs(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     """The tensors of a batch the model takes, on `device`."""
     names = ("input_ids", "attention_mask", "token_type_ids")
@@ -112,7 +98,6 @@ def fit(
     pad_id: int,
     device: torch.device,
     on_epoch: Callable[[EpochResult], None] = lambda result: None,
-    on_step: Callable[[], None] = lambda: None,
     progress: bool = False,
     make_optimizer: Callable[[torch.nn.Module, float], torch.optim.Optimizer] | None = None,
 ) -> FitResult:
@@ -158,7 +143,6 @@ def fit(
             losses.append(value)
             bar.update()
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-            on_step()
         bar.close()
         for parameter in trainable:
             if not torch.isfinite(parameter).all():  # the epoch's last step broke the weights
