@@ -97,13 +97,13 @@ def sample_items(registry, names: list[str], per_task: int) -> list[tuple[str, o
 
 def child(mode: str, bundle_dir: str, names: list[str]) -> None:
     """In a fresh process: load, predict one example per task, print the peak RSS in bytes."""
-    from registry.bundle import exchange as bundle
+    from registry.serving.loading import load as load_bundle
 
     predictors = []
     if mode == "shared":
-        predictors = [bundle.load(bundle_dir, names, device="cpu")]
+        predictors = [load_bundle(bundle_dir, names, device="cpu")]
     elif mode == "separate":
-        predictors = [bundle.load(bundle_dir, [name], device="cpu") for name in names]
+        predictors = [load_bundle(bundle_dir, [name], device="cpu") for name in names]
     for predictor in predictors:
         predictor.predict_many(
             [
@@ -164,7 +164,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     """Train (unless `workdir` holds the registry already), export, measure, print."""
     import torch
 
-    from registry.bundle import exchange as bundle
+    from registry.bundle.export import export
+    from registry.serving.loading import load as load_bundle
     from registry.storage.config import resolve
     from registry.storage.core import open_registry
 
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
     # --- size --------------------------------------------------------------------------------
     exported = {
-        key: bundle.export(registry, workdir / key, names, dtype=dtype, archive=archive, force=True)
+        key: export(registry, workdir / key, names, dtype=dtype, archive=archive, force=True)
         for key, dtype, archive in (
             ("bundle", "float32", False),
             ("bundle-tar", "float32", True),
@@ -234,8 +235,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     shuffled = items[:]
     random.Random(0).shuffle(shuffled)
     by_task = {name: [text for task, text in items if task == name] for name in names}
-    shared = bundle.load(workdir / "bundle", device="cpu")
-    singles = {name: bundle.load(workdir / "bundle", [name], device="cpu") for name in names}
+    shared = load_bundle(workdir / "bundle", device="cpu")
+    singles = {name: load_bundle(workdir / "bundle", [name], device="cpu") for name in names}
     batch = args.batch_size
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -31,11 +31,11 @@ def export(
 
     Example: registry export --tasks all --output bundle/ --archive
     """
-    from registry.bundle import exchange as bundle
+    from registry.bundle.export import export
 
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
     registry = open_registry(settings)
-    result = bundle.export(registry, output, names, dtype=dtype, archive=archive, force=force)
+    result = export(registry, output, names, dtype=dtype, archive=archive, force=force)
     emit(result, as_json, lambda r: fields({**r, "tasks": ", ".join(r["tasks"])}))
 
 
@@ -48,9 +48,9 @@ def import_(settings: Settings, path: str, as_json: bool) -> None:
 
     Example: registry import bundle.tar
     """
-    from registry.bundle import exchange as bundle
+    from registry.bundle.importer import import_bundle
 
-    result = bundle.import_bundle(settings, path)
+    result = import_bundle(settings, path)
 
     def render(r: dict) -> None:
         if r["initialised"]:
@@ -84,12 +84,12 @@ def predict(
 
     Example: registry predict --bundle bundle.tar --task sst2 "a gripping, funny film"
     """
-    from registry.bundle import exchange as bundle
+    from registry.serving.loading import load
     from registry.serving import live, predictor
 
     if bundle_path is not None:
         def open_predictor(names):
-            return bundle.load(bundle_path, names, device=device)
+            return load(bundle_path, names, device=device)
     else:
         def open_predictor(names):
             return live.from_registry(open_registry(settings), names, device=device)

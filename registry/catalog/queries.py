@@ -6,6 +6,7 @@ Rows are read by column name, so the helpers here take ORM objects from the writ
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
@@ -258,3 +259,30 @@ def forward_transfer(published_run: int | None, succeeded: list[Row]) -> float |
     transferred = [r.score for r in alike if r.init_task_id is not None]
     scratch = [r.score for r in alike if r.init_task_id is None]
     return transferred[-1] - scratch[-1] if transferred and scratch else None
+
+
+def ready_tasks(session, names: Sequence[str] | None) -> list[Row]:
+    """Rows of ready, unretired tasks by position, each with its current version's adapter: all, or those named
+    (UnknownTask lists the known ones)."""
+    if names is not None and not names:
+        raise UnknownTask("no task named: pass all, or NAME,NAME…")
+    if names is None:
+        rows = served_rows(session)
+        if not rows:
+            raise UnknownTask("the registry has no ready tasks: add one with `registry add-task NAME --data PATH`")
+        return list(rows)
+    picked = {name: find_task(session, name, ready=True) for name in names}
+    return sorted(picked.values(), key=lambda task: task.position)
+
+
+def served_rows(session, names: Sequence[str] | None = None) -> list[Row]:
+    """Rows of the tasks a registry serves now, by position, each with its current version's adapter: every ready,
+    unretired task, or those of `names` that are.
+
+    The one rule of what is served: `ready_tasks` and a server following the registry (serving.live) both use it.
+    """
+    query = select(tasks).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None)).order_by(tasks.c.position)
+    if names is not None:
+        query = query.where(tasks.c.name.in_(names))
+    return list(session.execute(query).all())
+

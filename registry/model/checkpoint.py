@@ -14,10 +14,11 @@ from pathlib import Path
 from sqlalchemy import Row, select, text
 from sqlalchemy.exc import IntegrityError
 
-from registry.storage import cache, db, schema
+from registry.storage import cache, db
 from registry.model.adapters import ARCHITECTURES
 from registry.storage.config import Settings
 from registry.storage.core import Registry, database_exists, open_registry
+from registry.storage.creation import rolled_back
 from registry.errors import AlreadyInitialised, BaseModelError, NotInitialised
 from registry.storage.models import Artifact, BaseCheckpoint
 from registry.storage.store import Store, sha256_of, write_atomic
@@ -143,14 +144,8 @@ def init(settings: Settings, source: str, name: str | None = None, *,
     checkpoint = load_checkpoint(source)  # every check that can fail runs before anything is written
     if checkpoint.converted_from:
         echo(f"base {source} is saved in {checkpoint.converted_from}: stored as float32, which adapters train against")
-    before = Before.of(settings)
-    try:
+    with rolled_back(settings):  # another init that won keeps its registry (register removed our files)
         return create(settings, source, name or default_name(source), checkpoint)
-    except AlreadyInitialised:  # another init won: the registry is theirs (register removed our files)
-        raise
-    except BaseException:
-        before.restore(settings)
-        raise
 
 
 def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
@@ -257,43 +252,3 @@ def write_base_files(store: Store, base: Row | BaseCheckpoint, target: Path) -> 
         write_atomic(target / filename, base64.b64decode(encoded))
     write_atomic(target / CONFIG_FILE, store.get(base.config_sha256))
     write_atomic(target / WEIGHTS_FILE, store.get(base.sha256))
-
-
-@dataclass(frozen=True)
-class Before:
-    """What a registry location held before `init` or `import` started a registry there, to put it back if they fail."""
-
-    home: bool
-    database: bool  # the SQLite file existed
-    tables: bool  # the database held the registry's tables
-    store: frozenset[str]
-
-    @classmethod
-    def of(cls, settings: Settings) -> Before:
-        path = db.sqlite_path(settings.db_url)
-        return cls(home=settings.home.exists(), database=path is None or path.exists(),
-                   tables=db.revision_at(settings.db_url) is not None, store=frozenset(Store(settings.store_url).all()))
-
-    def restore(self, settings: Settings) -> None:
-        """Remove the database, tables, rows and store files added since (a registry without a base has no tasks)."""
-        path = db.sqlite_path(settings.db_url)
-        if not self.database:
-            for suffix in ("", "-wal", "-shm", "-journal"):
-                Path(f"{path}{suffix}").unlink(missing_ok=True)
-        else:
-            engine = db.make_engine(settings.db_url)
-            try:
-                with engine.begin() as connection:
-                    if self.tables:  # a registry without a base holds no rows that name it
-                        connection.execute(schema.bases.delete())
-                        connection.execute(schema.artifacts.delete())
-                    else:
-                        schema.metadata.drop_all(connection)
-                        connection.exec_driver_sql("DROP TABLE alembic_version")
-            finally:
-                engine.dispose()
-        store = Store(settings.store_url)
-        for sha in set(store.all()) - self.store:
-            store.delete(sha)
-        if not self.home:
-            shutil.rmtree(settings.home, ignore_errors=True)

@@ -18,7 +18,8 @@ from safetensors.torch import load as load_tensors
 from sqlalchemy import Row
 
 from registry.model import checkpoint
-from registry.bundle.exchange import load, ready_tasks, served_rows
+from registry.catalog.queries import ready_tasks, served_rows
+from registry.serving.loading import load
 from registry.storage.core import Registry
 from registry.serving.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
 
