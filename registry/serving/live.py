@@ -77,7 +77,7 @@ class RegistryTasks:
 
 
 def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, device: str = "auto") -> Predictor:
-    """Serve ready tasks of a registry (default all) from its store, as `bundle.load` serves a bundle."""
+    """Serve ready tasks of a registry (default all) from its store, as `serving.loading.load` serves a bundle."""
     return RegistryTasks(registry, tasks, device=device).predictor
 
 
