@@ -6,13 +6,12 @@ import os
 from contextlib import nullcontext
 from pathlib import Path
 
-from sqlalchemy import select
 
 from registry.bundle.archive import opened
 from registry.bundle.manifest import BASE_DIR, MANIFEST
 from registry.bundle.verify import verify
 from registry.catalog import lifecycle
-from registry.catalog.queries import task_row
+from registry.catalog.queries import taken_names, task_row
 from registry.errors import ArtifactError, BundleError, NotInitialised, TaskExists
 from registry.formats import head_size
 from registry.model import checkpoint
@@ -138,7 +137,7 @@ def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[di
 
 def _refuse_clashes(session, names: list[str], shown) -> None:
     """TaskExists naming every bundle task whose name a registry task (not a failed one) holds."""
-    taken = session.scalars(select(Task.name).where(Task.name.in_(names), Task.status != "failed")).all()
+    taken = taken_names(session, names)
     if taken:
         clashes = ", ".join(repr(name) for name in names if name in taken)
         raise TaskExists(f"cannot import {shown}: the registry already has task(s) {clashes}: "

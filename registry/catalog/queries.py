@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, case, func, select
+from sqlalchemy import Row, Select, case, func, select
 from sqlalchemy.sql import alias
 
 from registry.storage.core import Registry
@@ -83,8 +83,7 @@ def find_task(connection, name: str, *, ready: bool = False, retired: bool = Fal
     if task is not None and ready and not retired and task.retired_at is not None:
         raise UnknownTask(f"task {name!r} is retired: `registry restore {name}` brings it back")
     if task is None:
-        known = connection.scalars(select(tasks.c.name).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None))
-                                   .order_by(tasks.c.position)).all()
+        known = connection.scalars(served(tasks.c.name)).all()
         raise UnknownTask(
             f"no {'ready ' if ready else ''}task named {name!r}; known tasks: {', '.join(known) or '(none)'}"
         )
@@ -281,8 +280,21 @@ def served_rows(session, names: Sequence[str] | None = None) -> list[Row]:
 
     The one rule of what is served: `ready_tasks` and a server following the registry (serving.live) both use it.
     """
-    query = select(tasks).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None)).order_by(tasks.c.position)
+    query = served()
     if names is not None:
         query = query.where(tasks.c.name.in_(names))
     return list(session.execute(query).all())
 
+
+def served(*columns) -> Select:
+    """SELECT (of `columns`, default whole rows) of the tasks served now: ready, not retired, by position.
+
+    The one place this rule is written: served_rows, find_task's list of known names and transfer's candidates.
+    """
+    return (select(*(columns or (tasks,))).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None))
+            .order_by(tasks.c.position))
+
+
+def taken_names(connection, names: Sequence[str]) -> list[str]:
+    """Those of `names` a task holds (any task but a failed one, whose name a new task may take over)."""
+    return list(connection.scalars(select(tasks.c.name).where(tasks.c.name.in_(names), tasks.c.status != "failed")))

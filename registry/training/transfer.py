@@ -22,15 +22,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
-from sqlalchemy import select
 
 from registry.training import train
 from registry.model.adapters import AdapterModel
-from registry.catalog.queries import find_task
+from registry.catalog.queries import find_task, served
 from registry.storage.core import Registry
 from registry.data.encoding import Encoded
 from registry.errors import TrainingError
-from registry.storage.schema import tasks
 
 TRIAL_ROWS = 768  # 24 steps of 32
 HELD_ROWS = 256
@@ -67,10 +65,8 @@ def named_source(registry: Registry, name: str, adapter_size: int) -> Source:
 
 def candidates(registry: Registry) -> list[Source]:
     """The ready, not retired tasks in order: what `auto` may start from (a new version, from its own task)."""
-    query = (select(tasks).where(tasks.c.status == "ready", tasks.c.retired_at.is_(None))
-             .order_by(tasks.c.position))
     with registry.query() as connection:
-        return [source_of(row) for row in connection.execute(query)]
+        return [source_of(row) for row in connection.execute(served())]
 
 
 def source_tensors(registry: Registry, source: Source) -> dict[str, torch.Tensor]:
