@@ -82,28 +82,69 @@ def add_task(
     `init_from` starts the adapters from an earlier task's (a name), from the one `auto` picks, or from
     scratch (`none`); `compare_scratch` also trains the same runs from scratch, and the best run is published.
     """
+    plan = plan_task(registry, name, source, config, options, new_version=new_version, sweep=sweep,
+                     init_from=init_from, device=device, echo=echo)
+    runs = RunRecorder.start(registry, plan)  # from here a kill is visible to the next command
+    try:
+        with Heartbeat(registry, runs.task_id):
+            prepared = prepare(registry, plan, runs, progress)
+            origin, selection = choose_start(registry, plan, prepared, echo)
+            runs.record_start(origin, selection)
+            starts = [origin, None] if compare_scratch and origin is not None else [origin]
+            best = train_runs(registry, plan, prepared, runs, starts, selection, progress, echo)
+            terms = {}
+            if new_version:
+                terms = compare_with_current(registry, name, plan.base, plan.loaded, best[1].best_score, promote,
+                                             plan.target, progress, echo)
+            runs.current = best[0]  # a failure to publish is recorded on the run being published
+            published = publish(registry, runs.task_id, plan.base, source, plan.loaded, *best, **terms)
+    except BaseException as exc:
+        runs.abandon(exc)
+        raise
+    if new_version:
+        echo(f"{name} version {published.version} is current ({published.why})" if published.current else
+             f"{name} version {published.version} is kept as a candidate ({published.why}): "
+             f"`registry promote {name} --version {published.version}` makes it current")
+    with registry.read() as session:
+        return {**task_row(session.get(Task, runs.task_id), plan.base.parameters),
+                "published_version": published.version, "published_current": published.current,
+                "why": published.why, "init_from": origin.name if origin else None}
+
+
+# --------------------------------------------------------------------------------------------
+# The plan: every check add-task makes before it writes anything
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one add-task will train: decided, and every check that can fail run, before anything is written."""
+
+    name: str
+    source: str
+    base: Row
+    existing: Task | None  # the task a new version is for; None for a new task
+    loaded: data.TaskData
+    config: train.TrainConfig  # as given: transfer's trials and the encoding follow it
+    grid: list[train.TrainConfig]  # one run per entry (a sweep's grid, else `config`)
+    init_from: str
+    named: transfer.Source | None  # the task `init_from` names
+    target: torch.device
+
+
+def plan_task(registry: Registry, name: str, source: str, config: train.TrainConfig, options: DataOptions, *,
+              new_version: bool, sweep: bool, init_from: str, device: str, echo: Callable[[str], None]) -> Plan:
+    """Check the name, the config, the source task, the existing task and the data; the runs to train."""
     validate_name(name)
     train.check_config(config)
     named = transfer.named_source(registry, init_from, config.adapter_size) if init_from not in ("none", "auto") \
         else None
     target = pick_device(device)
     sweep_stale_runs(registry)
-    with registry.read() as session:
-        base = registry.base(session)
-        existing = session.scalars(select(Task).where(Task.name == name)).first()
-        if new_version and existing is not None and existing.status == "ready":
-            find_task(session, name, ready=True)  # refuses a retired task, saying how to restore it
+    base, existing = existing_task(registry, name, new_version)
     if new_version:
-        if existing is None or existing.status != "ready":
-            state = f" ({existing.status})" if existing is not None else ""
-            raise UnknownTask(f"--new-version: no ready task named {name!r}{state}: "
-                              "drop --new-version to add it as a new task")
         task_type = options.task_type or existing.task_type
         options = replace(options, task_type=task_type,
                           metric=options.metric or (existing.metric if task_type == existing.task_type else None))
-    elif existing is not None and existing.status != "failed":
-        hint = ", or pass --new-version to train its next version" if existing.status == "ready" else ""
-        raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name{hint}")
     check_max_length(config.max_length, base.config)
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
@@ -116,65 +157,135 @@ def add_task(
     if sweep:  # a source fixes the adapter size: the sweep is then over learning rates only
         sizes = SWEEP_SIZES if init_from == "none" else (config.adapter_size,)
         grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, sizes)]
+    return Plan(name, source, base, existing if new_version else None, loaded, config, grid, init_from, named, target)
 
-    # From here on the task always has a run recording this process, so a kill is visible to the next command.
-    if new_version:
-        task_id, run_id = existing.id, open_run(registry, existing.id, grid[0], loaded, target)
-    else:
-        task_id, run_id = lifecycle.reserve(registry, name, base.id, describe(source, loaded),
-                                            run_fields(grid[0], loaded, target))
-    try:
-        with Heartbeat(registry, task_id):
-            base_dir = checkpoint.unpack(registry, base)
-            loaded_base = checkpoint.weights_sha256(base_dir)
-            record_loaded_base(registry, run_id, loaded_base)
-            tokenizer = load_tokenizer(base_dir)
-            train_set, validation_set = (
-                encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
-                for split in ("train", "validation"))
-            choice = transfer.Choice(named, {"requested": init_from, "chosen": init_from}) if named else None
-            if init_from == "auto":
-                head = head_size(loaded.task_type, loaded.labels)
-                choice = transfer.choose(
-                    registry, lambda: build_model(base_dir, config.adapter_size, head, config.seed,
-                                                  base_dropout=config.base_dropout),
-                    train_set, config, task_type=loaded.task_type, metric=loaded.metric,
-                    pad_id=tokenizer.pad_token_id, device=target, echo=echo)
-            origin, selection = (choice.source, choice.selection) if choice else (None, None)
-            plan = [(run_config, origin) for run_config in grid]
-            if compare_scratch and origin is not None:
-                plan += [(run_config, None) for run_config in grid]
-            record_start(registry, run_id, origin, selection)
-            best = None
-            for run_config, start in plan:
-                run_id = run_id or open_run(registry, task_id, run_config, loaded, target, loaded_base, start,
-                                            selection)
-                result, n_trainable = train_one(registry, run_id, task_id, base_dir, run_config, loaded, train_set,
-                                                validation_set, tokenizer.pad_token_id, target, progress, start)
-                finish_run(registry, run_id, result, n_trainable)
-                echo(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
-                     f"{f'from {start.name}' if start else 'from scratch'} "
-                     f"best {loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
-                if best is None or result.best_score > best[1].best_score:
-                    best = (run_id, result, run_config, n_trainable)
-                run_id = None
-            terms = {}
-            if new_version:
-                terms = compare_with_current(registry, name, base, loaded, best[1].best_score, promote, target,
-                                             progress, echo)
-            run_id = best[0]  # a failure to publish is recorded on the run being published
-            published = publish(registry, task_id, base, source, loaded, *best, **terms)
-    except BaseException as exc:
-        abandon(registry, task_id, run_id, exc)
-        raise
-    if new_version:
-        echo(f"{name} version {published.version} is current ({published.why})" if published.current else
-             f"{name} version {published.version} is kept as a candidate ({published.why}): "
-             f"`registry promote {name} --version {published.version}` makes it current")
+
+def existing_task(registry: Registry, name: str, new_version: bool) -> tuple[Row, Task | None]:
+    """The base, and the task called `name`: a new version needs it ready (and not retired), a new task its absence
+    (or a failed task, whose name it takes over)."""
     with registry.read() as session:
-        return {**task_row(session.get(Task, task_id), base.parameters), "published_version": published.version,
-                "published_current": published.current, "why": published.why,
-                "init_from": origin.name if origin else None}
+        base = registry.base(session)
+        existing = session.scalars(select(Task).where(Task.name == name)).first()
+        if new_version and existing is not None and existing.status == "ready":
+            find_task(session, name, ready=True)  # refuses a retired task, saying how to restore it
+    if new_version:
+        if existing is None or existing.status != "ready":
+            state = f" ({existing.status})" if existing is not None else ""
+            raise UnknownTask(f"--new-version: no ready task named {name!r}{state}: "
+                              "drop --new-version to add it as a new task")
+    elif existing is not None and existing.status != "failed":
+        hint = ", or pass --new-version to train its next version" if existing.status == "ready" else ""
+        raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name{hint}")
+    return base, existing
+
+
+# --------------------------------------------------------------------------------------------
+# The runs: every write about them, and which one a failure is recorded on
+
+
+@dataclass
+class RunRecorder:
+    """The runs of one add-task in the database; `current` is the open run a failure is recorded on."""
+
+    registry: Registry
+    plan: Plan
+    task_id: int
+    current: int | None
+
+    @classmethod
+    def start(cls, registry: Registry, plan: Plan) -> RunRecorder:
+        """Open the first run: on the task of a new version, or on a new task whose name it reserves."""
+        first, loaded, target = plan.grid[0], plan.loaded, plan.target
+        if plan.existing is not None:
+            return cls(registry, plan, plan.existing.id, open_run(registry, plan.existing.id, first, loaded, target))
+        task_id, run_id = lifecycle.reserve(registry, plan.name, plan.base.id, describe(plan.source, loaded),
+                                            run_fields(first, loaded, target))
+        return cls(registry, plan, task_id, run_id)
+
+    def record_loaded_base(self, base_sha256: str) -> None:
+        record_loaded_base(self.registry, self.current, base_sha256)
+
+    def record_start(self, source: transfer.Source | None, selection: dict | None) -> None:
+        record_start(self.registry, self.current, source, selection)
+
+    def open(self, config: train.TrainConfig, loaded_base: str, start: transfer.Source | None,
+             selection: dict | None) -> int:
+        """The open run (the first was opened by `start`), or a new one for `config` from `start`."""
+        self.current = self.current or open_run(self.registry, self.task_id, config, self.plan.loaded,
+                                                self.plan.target, loaded_base, start, selection)
+        return self.current
+
+    def finish(self, result: train.FitResult, n_trainable: int) -> None:
+        finish_run(self.registry, self.current, result, n_trainable)
+        self.current = None
+
+    def abandon(self, exc: BaseException) -> None:
+        abandon(self.registry, self.task_id, self.current, exc)
+
+
+# --------------------------------------------------------------------------------------------
+# Training: the base and the encoded splits once, then each run
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """What every run of one add-task trains on: the unpacked base, its tokenizer, the encoded splits."""
+
+    base_dir: object
+    loaded_base: str  # the sha256 of the base weights loaded
+    tokenizer: object
+    train_set: encoding.Encoded
+    validation_set: encoding.Encoded
+
+
+def prepare(registry: Registry, plan: Plan, runs: RunRecorder, progress: bool) -> Prepared:
+    """Unpack the base (its sha256 recorded on the run), load its tokenizer, encode both splits (cached)."""
+    base_dir = checkpoint.unpack(registry, plan.base)
+    loaded_base = checkpoint.weights_sha256(base_dir)
+    runs.record_loaded_base(loaded_base)
+    tokenizer = load_tokenizer(base_dir)
+    train_set, validation_set = (
+        encode_split(registry, plan.base, tokenizer, plan.loaded, split, plan.config.max_length, progress)
+        for split in ("train", "validation"))
+    return Prepared(base_dir, loaded_base, tokenizer, train_set, validation_set)
+
+
+def choose_start(registry: Registry, plan: Plan, prepared: Prepared,
+                 echo: Callable[[str], None]) -> tuple[transfer.Source | None, dict | None]:
+    """Where the runs start, and how that was chosen: the task `init_from` names, the one `auto`'s trials pick,
+    or scratch (None)."""
+    config, loaded = plan.config, plan.loaded
+    choice = transfer.Choice(plan.named, {"requested": plan.init_from, "chosen": plan.init_from}) \
+        if plan.named else None
+    if plan.init_from == "auto":
+        head = head_size(loaded.task_type, loaded.labels)
+        choice = transfer.choose(
+            registry, lambda: build_model(prepared.base_dir, config.adapter_size, head, config.seed,
+                                          base_dropout=config.base_dropout),
+            prepared.train_set, config, task_type=loaded.task_type, metric=loaded.metric,
+            pad_id=prepared.tokenizer.pad_token_id, device=plan.target, echo=echo)
+    return (choice.source, choice.selection) if choice else (None, None)
+
+
+def train_runs(registry: Registry, plan: Plan, prepared: Prepared, runs: RunRecorder,
+               starts: list[transfer.Source | None], selection: dict | None, progress: bool,
+               echo: Callable[[str], None]) -> tuple:
+    """Every run (from each start, each config of the grid), recorded as it goes; the best as
+    (run id, FitResult, config, trainable parameters)."""
+    best = None
+    for start in starts:
+        for run_config in plan.grid:
+            run_id = runs.open(run_config, prepared.loaded_base, start, selection)
+            result, n_trainable = train_one(registry, run_id, runs.task_id, prepared.base_dir, run_config,
+                                            plan.loaded, prepared.train_set, prepared.validation_set,
+                                            prepared.tokenizer.pad_token_id, plan.target, progress, start)
+            runs.finish(result, n_trainable)
+            echo(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
+                 f"{f'from {start.name}' if start else 'from scratch'} "
+                 f"best {plan.loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
+            if best is None or result.best_score > best[1].best_score:
+                best = (run_id, result, run_config, n_trainable)
+    return best
 
 
 def check_max_length(max_length: int, base_config: dict) -> None:
