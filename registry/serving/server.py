@@ -18,6 +18,7 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 from fastapi import FastAPI, Request
 from fastapi.exception_handlers import request_validation_exception_handler
@@ -336,48 +337,59 @@ class BodyLimit:
 def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) -> FastAPI:
     """The ASGI app serving `tasks` (FixedTasks or RegistryTasks) within `limits`; `watch` polls `tasks.refresh()`."""
     metrics = Metrics()
-    state: dict = {}
-
-    def loaded() -> int:
-        predictor = tasks.predictor
-        return len(predictor.tasks) if predictor is not None else 0
-
-    async def poll() -> None:
-        while True:
-            await asyncio.sleep(limits.poll_seconds)
-            try:
-                if await asyncio.to_thread(tasks.refresh):
-                    metrics.swaps.inc()
-                    metrics.tasks_loaded.set(loaded())
-                    log.warning(
-                        "now serving %d task(s): %s",
-                        loaded(),
-                        ", ".join(tasks.predictor.tasks if tasks.predictor else []),
-                    )
-            except Exception:  # the registry is unreachable or an artifact is bad: keep serving what is loaded
-                log.exception("could not refresh the served tasks; serving those loaded")
-
-    @asynccontextmanager
-    async def lifespan(app: FastAPI):
-        batcher = Batcher(tasks, limits, metrics)
-        state["batcher"] = batcher
-        metrics.tasks_loaded.set(loaded())
-        running = [asyncio.create_task(batcher.run())]
-        if watch:
-            running.append(asyncio.create_task(poll()))
-        try:
-            yield
-        finally:  # uvicorn has stopped taking requests and waited for those in flight
-            await batcher.drain()
-            log.warning("drained the queue; stopping")
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
-            batcher.model_thread.shutdown(wait=True)
-
     app = FastAPI(title="adapter-registry", summary="Every task of one frozen base, batched across requests and tasks.",
-                  version="1", lifespan=lifespan)
+                  version="1", lifespan=partial(lifespan, tasks=tasks, limits=limits, metrics=metrics, watch=watch))
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, metrics=metrics)
+    add_error_handlers(app, metrics)
+    add_routes(app, tasks, limits, metrics)
+    return app
+
+
+def loaded(tasks) -> int:
+    """How many tasks are served now."""
+    predictor = tasks.predictor
+    return len(predictor.tasks) if predictor is not None else 0
+
+
+async def poll(tasks, limits: Limits, metrics: Metrics) -> None:
+    """Every `poll_seconds`, let `tasks` look at their source again; a change swaps the predictor."""
+    while True:
+        await asyncio.sleep(limits.poll_seconds)
+        try:
+            if await asyncio.to_thread(tasks.refresh):
+                metrics.swaps.inc()
+                metrics.tasks_loaded.set(loaded(tasks))
+                log.warning(
+                    "now serving %d task(s): %s",
+                    loaded(tasks),
+                    ", ".join(tasks.predictor.tasks if tasks.predictor else []),
+                )
+        except Exception:  # the registry is unreachable or an artifact is bad: keep serving what is loaded
+            log.exception("could not refresh the served tasks; serving those loaded")
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI, *, tasks, limits: Limits, metrics: Metrics, watch: bool):
+    """The server's life: the batcher (in `app.state.batcher`) and the poller run; on stop, drain, then cancel."""
+    batcher = Batcher(tasks, limits, metrics)
+    app.state.batcher = batcher
+    metrics.tasks_loaded.set(loaded(tasks))
+    running = [asyncio.create_task(batcher.run())]
+    if watch:
+        running.append(asyncio.create_task(poll(tasks, limits, metrics)))
+    try:
+        yield
+    finally:  # uvicorn has stopped taking requests and waited for those in flight
+        await batcher.drain()
+        log.warning("drained the queue; stopping")
+        for task in running:
+            task.cancel()
+        await asyncio.gather(*running, return_exceptions=True)
+        batcher.model_thread.shutdown(wait=True)
+
+
+def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
+    """A malformed body is FastAPI's 422 (counted); a RequestError is its status and detail."""
 
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -387,6 +399,10 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
         return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
+
+
+def add_routes(app: FastAPI, tasks, limits: Limits, metrics: Metrics) -> None:
+    """/v1/predict, /v1/tasks, /healthz, /readyz, /metrics."""
 
     @app.post("/v1/predict", response_model=PredictResponse,
               responses={404: {"description": "Unknown task"}, 413: {"description": "Too many inputs or bytes"},
@@ -402,7 +418,7 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
         for task in counted:
             metrics.requests.labels(task).inc()
         try:
-            results = await state["batcher"].submit(parse(body, predictor, limits))
+            results = await app.state.batcher.submit(parse(body, predictor, limits))
         except RequestError as exc:
             for task in counted or [""]:
                 metrics.errors.labels(task, str(exc.status)).inc()
@@ -424,12 +440,10 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
         """Ready: the model is loaded with at least one task (503 otherwise)."""
-        n = loaded()
+        n = loaded(tasks)
         return JSONResponse({"status": "ready" if n else "no tasks loaded", "tasks": n}, 200 if n else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
         """Prometheus exposition: requests and errors per task, latency, batch sizes, queue depth, tasks loaded."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    return app
