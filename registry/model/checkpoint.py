@@ -18,7 +18,7 @@ from registry.storage import cache, db
 from registry.model.adapters import ARCHITECTURES
 from registry.storage.config import Settings
 from registry.storage.core import Registry, database_exists, open_registry
-from registry.storage.creation import rolled_back
+from registry.storage.creation import new_database, rolled_back
 from registry.errors import AlreadyInitialised, BaseModelError, NotInitialised
 from registry.storage.models import Artifact, BaseCheckpoint
 from registry.storage.store import Store, sha256_of, write_atomic
@@ -150,17 +150,8 @@ def init(settings: Settings, source: str, name: str | None = None, *,
 
 def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
     """Create the registry's database (schema at head) and record an already loaded checkpoint as its base."""
-    settings.home.mkdir(parents=True, exist_ok=True)
-    engine = db.make_engine(settings.db_url)
-    try:
-        if db.current_revision(engine) is None:
-            db.upgrade(settings.db_url)
-            db.enable_wal(engine)
-        db.check_schema(engine)
-        registry = Registry(settings=settings, engine=engine)
+    with new_database(settings) as registry:
         return register(registry, source, name, checkpoint)
-    finally:
-        engine.dispose()
 
 
 def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:

@@ -1,8 +1,9 @@
 """Starting a registry, all or nothing: what `init` and `import` share.
 
-`rolled_back(settings)` wraps the block that starts a registry at a location: when the block fails, every
-database file, table, row and store file it added is removed again, and a home it created goes too. Another
-process that started the registry there meanwhile (AlreadyInitialised) owns what is there: it is left alone.
+`new_database(settings)` creates a registry's database (schema at head). `rolled_back(settings)` wraps the
+block that starts a registry at a location: when the block fails, every database file, table, row and store file
+it added is removed again, and a home it created goes too. Another process that started the registry there
+meanwhile (AlreadyInitialised) owns what is there: it is left alone.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from pathlib import Path
 from registry.errors import AlreadyInitialised
 from registry.storage import db, schema
 from registry.storage.config import Settings
+from registry.storage.core import Registry
 from registry.storage.store import Store
 
 
@@ -30,6 +32,21 @@ def rolled_back(settings: Settings) -> Iterator[None]:
     except BaseException:
         before.restore(settings)
         raise
+
+
+@contextmanager
+def new_database(settings: Settings) -> Iterator[Registry]:
+    """The registry at `settings` for the block, its database created (schema at head) when it has none yet."""
+    settings.home.mkdir(parents=True, exist_ok=True)
+    engine = db.make_engine(settings.db_url)
+    try:
+        if db.current_revision(engine) is None:
+            db.upgrade(settings.db_url)
+            db.enable_wal(engine)
+        db.check_schema(engine)
+        yield Registry(settings=settings, engine=engine)
+    finally:
+        engine.dispose()
 
 
 @dataclass(frozen=True)
