@@ -18,18 +18,17 @@ class, never a reason to switch to classification; :mod:`registry.data.splits` s
 
 from __future__ import annotations
 
-import json
-import math
 import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from registry.errors import DataError
-from registry.data.sources import LABEL_NAMES, MIN_TEXT_TOKENS, SAMPLE, Table, looks_like_text, norm, to_number
+from registry.data.sources import LABEL_NAMES, SAMPLE, Table
+from registry.data.values import (MIN_TEXT_TOKENS, canonical_label, hashable, is_missing, is_missing_label,
+                                  looks_like_text, norm, to_number)
 
 __all__ = [
     "ColumnProfile",
@@ -60,38 +59,13 @@ TEXT_NAMES = re.compile(
 
 
 # --------------------------------------------------------------------------------------------
-# values
-
-
-def is_missing(value: Any) -> bool:
-    """None, NaN, or a blank string (an empty TSV/CSV field)."""
-    if type(value) is str:
-        return not value or value.isspace()
-    return value is None or (isinstance(value, float) and math.isnan(value))
-
-
-def is_missing_label(value: Any) -> bool:
-    """A missing value, or the word "nan" (a missing label as pandas writes it, not a class called "nan")."""
-    return is_missing(value) or (isinstance(value, str) and value.strip().lower() == "nan")
-
-
-def canonical_label(value: Any) -> str:
-    """The label map's string for a raw label: numbers canonically ("1.0" -> "1"), strings stripped."""
-    number = to_number(value)
-    if number is not None:
-        return str(int(number)) if number.is_integer() and abs(number) < 2**53 else repr(number)
-    return value.strip() if isinstance(value, str) else str(value)
+# labels
 
 
 def label_order(label: str) -> tuple:
     """Sort key of the label map: numbers first, in numeric order ("2" before "10"), then names alphabetically."""
     number = to_number(label)
     return (0, number, "") if number is not None else (1, 0.0, label)
-
-
-def hashable(value: Any) -> Any:
-    """A JSON list or object as its canonical text, so that it can be counted; anything else as it is."""
-    return json.dumps(value, sort_keys=True) if isinstance(value, (list, dict)) else value
 
 
 # --------------------------------------------------------------------------------------------
@@ -107,7 +81,7 @@ class ColumnProfile:
     numeric: bool           # at least NUMERIC_SHARE of the present values are numbers
     integer: bool           # ... and every one of those numbers is an integer
     stray: int              # present values of a numeric column that are not numbers
-    text: bool              # looks like text (sources.looks_like_text)
+    text: bool              # looks like text (values.looks_like_text)
     mean_chars: float       # mean length of a sample of present values
 
 

@@ -17,7 +17,6 @@ import csv
 import hashlib
 import io
 import json
-import math
 import os
 import re
 from collections.abc import Sequence
@@ -25,8 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 
+from registry.data.values import MIN_TEXT_TOKENS, looks_like_text, norm, to_number
 from registry.errors import DataError
 
 if TYPE_CHECKING:  # imported lazily at run time: `datasets` is slow to import
@@ -57,7 +56,6 @@ _HEADER_WORDS = set(LABEL_NAMES) | {
     "sentence", "sentence1", "sentence2", "text", "text_a", "text_b", "question", "question1",
     "question2", "premise", "hypothesis", "index", "idx", "id", "string",
 }
-MIN_TEXT_TOKENS = 3.0           # mean whitespace tokens for a column to look like text
 SAMPLE = 2000                   # rows sampled for the text-likeness / header heuristics
 
 
@@ -310,42 +308,6 @@ def _table_from_dataset(ds: datasets.Dataset, name: str) -> Table:
     if not columns or ds.num_rows == 0:
         raise DataError(f"{name} has no examples; pick a split with labelled rows")
     return Table(name=name, columns=columns, class_names=class_names)
-
-
-# --------------------------------------------------------------------------------------------
-# values
-
-
-def to_number(v: Any) -> float | None:
-    """A finite number from an int/float/numeric string; None otherwise (booleans are not numbers)."""
-    if isinstance(v, bool) or v is None:
-        return None
-    if isinstance(v, (int, float, np.integer, np.floating)):
-        f = float(v)
-        return f if math.isfinite(f) else None
-    if isinstance(v, str):
-        s = v.strip()
-        if not s or not (s[0].isdigit() or s[0] in "+-."):
-            return None  # fast path; also keeps "nan"/"inf" words out
-        try:
-            f = float(s)
-        except ValueError:
-            return None
-        return f if math.isfinite(f) else None
-    return None
-
-
-def looks_like_text(values: Sequence[str]) -> bool:
-    """The one rule for "this column holds text": its values (a sample, as strings) are mostly not numbers
-    and average MIN_TEXT_TOKENS or more whitespace-separated words."""
-    if not values or sum(to_number(v) is not None for v in values) >= 0.9 * len(values):
-        return False
-    return sum(len(v.split()) for v in values) / len(values) >= MIN_TEXT_TOKENS
-
-
-def norm(name: str) -> str:
-    """A column name as it is compared with known names: stripped, lower case."""
-    return name.strip().lower()
 
 
 # --------------------------------------------------------------------------------------------

@@ -38,8 +38,9 @@ import numpy as np
 
 from registry.data import inference, metrics
 from registry.errors import DataError
-from registry.data.inference import MAX_SKIPPED_SHARE, canonical_label, hashable, is_missing, is_missing_label
-from registry.data.sources import Source, Table, load_dev, resolve, to_number
+from registry.data.inference import MAX_SKIPPED_SHARE
+from registry.data.sources import Source, Table, load_dev, resolve
+from registry.data.values import canonical_label, hashable, is_missing, is_missing_label, to_number
 
 if TYPE_CHECKING:  # imported lazily at run time, with the first split built
     import pyarrow as pa
