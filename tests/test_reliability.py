@@ -32,7 +32,7 @@ from tests.helpers import REPO
 
 LAUNCHER = r"""
 import json, os, signal, sys, traceback
-import registry.cli.main, registry.tasks, registry.data, datasets  # the slow imports, once
+import registry.cli.main, registry.training.tasks, registry.data.splits, datasets  # the slow imports, once
 from transformers import AutoModel, AutoTokenizer  # noqa: F401
 
 def die(*args, **kwargs):
