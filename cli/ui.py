@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from registry.config import Settings
+from registry.storage.config import Settings
 
 
 @click.command()

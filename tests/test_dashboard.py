@@ -24,11 +24,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, update
 from sqlalchemy.exc import DBAPIError
 
-from registry import catalog
+from registry.catalog import queries as catalog
 from registry.cli.main import cli
-from registry.config import Settings
+from registry.storage.config import Settings
 from registry.dashboard.app import create_app, open_read_only, redact
-from registry.schema import tasks
+from registry.storage.schema import tasks
 from tests import browser
 from tests.helpers import make_settings, one_line_error, snapshot
 from tests.servers import free_port, wait_for_port
@@ -253,7 +253,7 @@ def test_the_dashboard_never_imports_torch(dashboard):
         "import json, sys\n"
         "from fastapi.testclient import TestClient\n"
         "import registry.cli.main\n"
-        "from registry.config import resolve\n"
+        "from registry.storage.config import resolve\n"
         "from registry.dashboard.app import create_app, open_read_only\n"
         "client = TestClient(create_app(open_read_only(resolve())))\n"
         "codes = [client.get(p).status_code for p in ('/', '/tasks/sentiment', '/matrix', '/health')]\n"

@@ -12,9 +12,10 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader
 from sqlalchemy import Engine, event
 
-from registry import catalog, db
-from registry.config import Settings
-from registry.core import Registry, open_registry
+from registry.catalog import queries as catalog
+from registry.storage import db
+from registry.storage.config import Settings
+from registry.storage.core import Registry, open_registry
 from registry.dashboard.charts import line_chart
 from registry.errors import RegistryError, UnknownTask
 
