@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import platform
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from safetensors.torch import load as load_tensors, save as save_tensors
@@ -27,11 +27,14 @@ from registry.adapters import AdapterModel, trainable_parameters
 from registry.data import head_size
 from registry.catalog import find_task, task_row
 from registry.core import Registry
-from registry.errors import DataError, InvalidName, TaskExists, UnknownTask, VersionError
+from registry.errors import DataError, InvalidName, OptionError, TaskExists, UnknownTask, VersionError
 from registry.models import Evaluation, Metric, Run, Task
+from registry.options import Auto, FromTask, InitFrom, Scratch
 from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
 from registry.verify import ADAPTER_CONFIG_FORMAT
+
+log = logging.getLogger("registry")
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 # The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256
@@ -76,23 +79,24 @@ def add_task(
     new_version: bool = False,
     promote: bool = False,
     sweep: bool = False,
-    init_from: str = "none",
+    init_from: InitFrom = Scratch(),
     compare_scratch: bool = False,
     device: str = "auto",
     progress: bool = False,
-    echo: Callable[[str], None] = lambda line: None,
 ) -> dict:
     """Train an adapter for a new task and publish it as the next task, or (`new_version`) the next version of one.
 
     A new version becomes current with `promote`, or when it scores at least as well as the current
     version on its validation data (both scores are printed); otherwise it is kept as a candidate.
-    `init_from` starts the adapters from an earlier task's (a name), from the one `auto` picks, or from
-    scratch (`none`); `compare_scratch` also trains the same runs from scratch, and the best run is published.
+    `init_from` starts the adapters from an earlier task's (FromTask), from the one Auto picks, or from
+    Scratch; `compare_scratch` also trains the same runs from scratch, and the best run is published.
+    What it infers and each run's score are logged (INFO) to the `registry` logger.
     """
+    check_options(new_version=new_version, promote=promote, init_from=init_from, compare_scratch=compare_scratch)
     validate_name(name)
     train.check_config(config)
-    named = transfer.named_source(registry, init_from, config.adapter_size) if init_from not in ("none", "auto") \
-        else None
+    named = transfer.named_source(registry, init_from.name, config.adapter_size) \
+        if isinstance(init_from, FromTask) else None
     target = train.pick_device(device)
     sweep_stale_runs(registry)
     with registry.read() as session:
@@ -118,10 +122,10 @@ def add_task(
     if new_version:
         check_fits(existing, loaded)
     for line in loaded.inferred:
-        echo(line)
+        log.info(line)
     grid = [config]
     if sweep:  # a source fixes the adapter size: the sweep is then over learning rates only
-        sizes = SWEEP_SIZES if init_from == "none" else (config.adapter_size,)
+        sizes = SWEEP_SIZES if isinstance(init_from, Scratch) else (config.adapter_size,)
         grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, sizes)]
 
     # From here on the task always has a run recording this process, so a kill is visible to the next command.
@@ -139,14 +143,14 @@ def add_task(
             train_set, validation_set = (
                 encode_split(registry, base, tokenizer, loaded, split, config.max_length, progress)
                 for split in ("train", "validation"))
-            choice = transfer.Choice(named, {"requested": init_from, "chosen": init_from}) if named else None
-            if init_from == "auto":
+            choice = transfer.Choice(named, {"requested": named.name, "chosen": named.name}) if named else None
+            if isinstance(init_from, Auto):
                 head = head_size(loaded.task_type, loaded.labels)
                 choice = transfer.choose(
                     registry, lambda: build_model(base_dir, config.adapter_size, head, config.seed,
                                                   base_dropout=config.base_dropout),
                     train_set, config, task_type=loaded.task_type, metric=loaded.metric,
-                    pad_id=tokenizer.pad_token_id, device=target, echo=echo)
+                    pad_id=tokenizer.pad_token_id, device=target)
             origin, selection = (choice.source, choice.selection) if choice else (None, None)
             plan = [(run_config, origin) for run_config in grid]
             if compare_scratch and origin is not None:
@@ -159,7 +163,7 @@ def add_task(
                 result, n_trainable = train_one(registry, run_id, task_id, base_dir, run_config, loaded, train_set,
                                                 validation_set, tokenizer.pad_token_id, target, progress, start)
                 finish_run(registry, run_id, result, n_trainable)
-                echo(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
+                log.info(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
                      f"{f'from {start.name}' if start else 'from scratch'} "
                      f"best {loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
                 if best is None or result.best_score > best[1].best_score:
@@ -168,20 +172,28 @@ def add_task(
             terms = {}
             if new_version:
                 terms = compare_with_current(registry, name, base, loaded, best[1].best_score, promote, target,
-                                             progress, echo)
+                                             progress)
             run_id = best[0]  # a failure to publish is recorded on the run being published
             published = publish(registry, task_id, base, source, loaded, *best, **terms)
     except BaseException as exc:
         abandon(registry, task_id, run_id, exc)
         raise
     if new_version:
-        echo(f"{name} version {published.version} is current ({published.why})" if published.current else
+        log.info(f"{name} version {published.version} is current ({published.why})" if published.current else
              f"{name} version {published.version} is kept as a candidate ({published.why}): "
              f"`registry promote {name} --version {published.version}` makes it current")
     with registry.read() as session:
         return {**task_row(session.get(Task, task_id), base.parameters), "published_version": published.version,
                 "published_current": published.current, "why": published.why,
                 "init_from": origin.name if origin else None}
+
+
+def check_options(*, new_version: bool, promote: bool, init_from: InitFrom, compare_scratch: bool) -> None:
+    """Refuse options that cannot go together (the CLI shows these as usage errors)."""
+    if promote and not new_version:
+        raise OptionError("--promote needs --new-version (a new task's first version is always current)")
+    if compare_scratch and isinstance(init_from, Scratch):
+        raise OptionError("--compare-scratch needs --init-from auto or TASK (the run is already from scratch)")
 
 
 def check_max_length(max_length: int, base_config: dict) -> None:
@@ -431,7 +443,7 @@ def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData,
 
 
 def compare_with_current(registry: Registry, name: str, base: Row, loaded: data.TaskData, score: float, promote: bool,
-                         device: torch.device, progress: bool, echo: Callable[[str], None]) -> dict:
+                         device: torch.device, progress: bool) -> dict:
     """How a new version of `name` that scored `score` is published: the current version is scored on the same
     validation rows (recorded as an evaluation), both are printed, and the new one is current only if it is at
     least as good, or with `promote`."""
@@ -440,7 +452,7 @@ def compare_with_current(registry: Registry, name: str, base: Row, loaded: data.
     old = score_task(registry, base, current, loaded, device, progress)[current.metric]
     record_evaluation(registry, current, loaded, {current.metric: old})
     version, metric = current.current_version, loaded.metric
-    echo(f"{metric} on the same validation data ({loaded.validation_from}): new version {score:.4f}, "
+    log.info(f"{metric} on the same validation data ({loaded.validation_from}): new version {score:.4f}, "
          f"current version {version} {old:.4f}")
     versus = f"{metric} {score:.4f} vs version {version}'s {old:.4f} on the same validation data"
     if promote:
