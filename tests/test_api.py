@@ -6,20 +6,16 @@ from __future__ import annotations
 
 import json
 import logging
-import subprocess
-import sys
-
 import pytest
 from click.testing import CliRunner
 
-import registry
 from registry import (Auto, Bundle, FromTask, Matrix, Registry, Rows, Scratch, Task, TaskDetail, TaskVersion,
                       TrainConfig)
 from registry.cli.main import cli
 from registry.errors import (AlreadyInitialised, BundleError, DataError, NotInitialised, OptionError, TaskExists,
                              UnknownTask, VersionError)
 from registry.results import plain
-from tests.helpers import REPO, snapshot, write_task_data
+from tests.helpers import snapshot, write_task_data
 
 FAST = TrainConfig(epochs=1, batch_size=16, lr=3e-3)
 
@@ -189,24 +185,6 @@ def test_runs_verify_and_to_pandas(reg, data):
     frame = reg.tasks().to_pandas()
     assert isinstance(frame, pandas.DataFrame) and list(frame["name"]) == ["a"]
     assert list(reg.matrix().to_pandas().columns) == ["a"]
-
-
-def test_lazy_import_and_listing_import_nothing_heavy(settings, reg):
-    code = (
-        "import sys\nimport registry\n"
-        "assert 'registry.api' not in sys.modules\n"
-        "from registry import Registry, TrainConfig\n"
-        f"r = Registry.open({str(settings.home)!r}, db={settings.db_url!r}, store={settings.store_url!r})\n"
-        "r.tasks(); r.history(); r.matrix(); r.base()\n"
-        "heavy = ('torch', 'transformers', 'datasets', 'fsspec', 'fastapi', 'pandas')\n"
-        "heavy = [m for m in heavy if m in sys.modules]\n"
-        "print('HEAVY', heavy)\n"
-    )
-    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
-    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
-    assert set(registry.__all__) <= set(dir(registry))
-    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
-        registry.Nope  # noqa: B018
 
 
 def test_typed_init_from_values():

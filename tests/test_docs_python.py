@@ -27,5 +27,5 @@ def test_every_python_block_of_docs_python_runs(tmp_path, tiny_base):
     run = subprocess.run([sys.executable, "docs.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "--promote needs --new-version" in run.stdout and "task 'cola' has no version 9" in run.stdout
-    assert "run 1: lr=0.001 adapter_size=64 from scratch best mcc=" in run.stderr  # the logged notices
+    assert "run 1: lr=0.001 adapter_size=64 from scratch best accuracy=" in run.stderr  # the logged notices
     assert (tmp_path / "reg-copy" / "registry.db").exists() and (tmp_path / "bundle" / "manifest.json").exists()
