@@ -87,7 +87,7 @@ def add_task(
     """Train an adapter for a new task and publish it as the next task, or (`new_version`) the next version of one.
 
     A new version becomes current with `promote`, or when it scores at least as well as the current
-    version on its validation data (both scores are printed); otherwise it is kept as a candidate.
+    version on its validation data (both scores are logged); otherwise it is kept as a candidate.
     `init_from` starts the adapters from an earlier task's (FromTask), from the one Auto picks, or from
     Scratch; `compare_scratch` also trains the same runs from scratch, and the best run is published.
     What it infers and each run's score are logged (INFO) to the `registry` logger.
@@ -164,8 +164,8 @@ def add_task(
                                                 validation_set, tokenizer.pad_token_id, target, progress, start)
                 finish_run(registry, run_id, result, n_trainable)
                 log.info(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
-                     f"{f'from {start.name}' if start else 'from scratch'} "
-                     f"best {loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
+                         f"{f'from {start.name}' if start else 'from scratch'} "
+                         f"best {loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
                 if best is None or result.best_score > best[1].best_score:
                     best = (run_id, result, run_config, n_trainable)
                 run_id = None
@@ -180,8 +180,8 @@ def add_task(
         raise
     if new_version:
         log.info(f"{name} version {published.version} is current ({published.why})" if published.current else
-             f"{name} version {published.version} is kept as a candidate ({published.why}): "
-             f"`registry promote {name} --version {published.version}` makes it current")
+                 f"{name} version {published.version} is kept as a candidate ({published.why}): "
+                 f"`registry promote {name} --version {published.version}` makes it current")
     with registry.read() as session:
         return {**task_row(session.get(Task, task_id), base.parameters), "published_version": published.version,
                 "published_current": published.current, "why": published.why,
@@ -445,7 +445,7 @@ def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData,
 def compare_with_current(registry: Registry, name: str, base: Row, loaded: data.TaskData, score: float, promote: bool,
                          device: torch.device, progress: bool) -> dict:
     """How a new version of `name` that scored `score` is published: the current version is scored on the same
-    validation rows (recorded as an evaluation), both are printed, and the new one is current only if it is at
+    validation rows (recorded as an evaluation), both are logged, and the new one is current only if it is at
     least as good, or with `promote`."""
     with registry.read() as session:
         current = find_task(session, name, ready=True, retired=True)
@@ -453,7 +453,7 @@ def compare_with_current(registry: Registry, name: str, base: Row, loaded: data.
     record_evaluation(registry, current, loaded, {current.metric: old})
     version, metric = current.current_version, loaded.metric
     log.info(f"{metric} on the same validation data ({loaded.validation_from}): new version {score:.4f}, "
-         f"current version {version} {old:.4f}")
+             f"current version {version} {old:.4f}")
     versus = f"{metric} {score:.4f} vs version {version}'s {old:.4f} on the same validation data"
     if promote:
         return {"promote": True, "why": f"promoted with --promote ({versus})"}
