@@ -7,7 +7,7 @@ import sys
 import click
 
 from registry.cli.output import emit, json_option, open_registry, table
-from registry.config import Settings
+from registry.storage.config import Settings
 
 RUN_COLUMNS = ("run", "task", "status", "from", "score", "device", "started_at", "finished_at", "error")
 

@@ -7,7 +7,7 @@ import click
 from registry.api import Bundle, Registry
 from registry.cli.output import device_option, emit, fields, json_option, open_registry, regular_file, table
 from registry.cli.read import LIST_COLUMNS
-from registry.config import Settings
+from registry.storage.config import Settings
 
 @click.command()
 @click.option("--tasks", "task_names", default="all", show_default=True, help="Which ready tasks: all, or NAME,NAME…")
@@ -79,7 +79,7 @@ def predict(
 
     Example: registry predict --bundle bundle.tar --task sst2 "a gripping, funny film"
     """
-    from registry import predictor
+    from registry.serving import predictor
 
     if bundle_path is not None:
         def open_predictor(names):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from registry.cli.output import emit, fields, json_option, open_registry
-from registry.config import Settings
+from registry.storage.config import Settings
 
 
 @click.command()

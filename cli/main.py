@@ -8,7 +8,7 @@ import click
 
 from registry.cli import admin, bundle, lifecycle, read, serve, setup, train
 from registry.cli.output import show_notices
-from registry.config import resolve
+from registry.storage.config import resolve
 from registry.errors import RegistryError, printable
 
 

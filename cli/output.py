@@ -12,7 +12,7 @@ from typing import Any
 import click
 
 from registry.api import Registry
-from registry.config import Settings
+from registry.storage.config import Settings
 from registry.errors import OptionError, printable
 from registry.results import plain
 

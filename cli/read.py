@@ -7,7 +7,7 @@ import click
 from registry.results import plain
 
 from registry.cli.output import emit, fields, fmt, json_option, open_registry, table
-from registry.config import Settings
+from registry.storage.config import Settings
 
 LIST_COLUMNS = ("position", "name", "version", "task_type", "metric", "score", "trainable_params", "status",
                 "created_at")
@@ -78,7 +78,7 @@ def history(settings: Settings, name: str | None, matrix: bool, plot: str | None
         return
     rows = registry.history(name)
     if plot:
-        from registry.report import plot_history
+        from registry.catalog.report import plot_history
 
         metrics = {task.name: task.metric for task in registry.tasks(include_retired=True)}
         plot_history(plain(rows), metrics, plot)

@@ -6,8 +6,8 @@ import click
 
 from registry.api import Registry
 from registry.cli.output import emit, fields, json_option
-from registry import db as registry_db
-from registry.config import Settings
+from registry.storage import db as registry_db
+from registry.storage.config import Settings
 
 
 @click.command()

@@ -6,7 +6,7 @@ import click
 
 from registry.cli.output import (device_option, emit, fields, json_option, open_registry, quiet_notices,
                                  usage_errors)
-from registry.config import Settings
+from registry.storage.config import Settings
 from registry.options import TrainConfig, parse_init_from
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or inferred-settings lines.")

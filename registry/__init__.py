@@ -17,11 +17,11 @@ _HOMES = {
     "registry.results": ("Base", "Task", "TaskVersion", "TaskDetail", "Version", "Event", "Run", "StartPoint", "Score",
                          "Matrix", "Promotion", "Retirement", "Restoration", "Evaluation", "VerifyReport", "Problem",
                          "RunSummary", "Imported", "Rows"),
-    "registry.predictor": ("Predictor", "Prediction"),
+    "registry.serving.predictor": ("Predictor", "Prediction"),
     "registry.errors": ("RegistryError", "NotInitialised", "AlreadyInitialised", "SchemaMismatch", "NotARegistry",
                         "DatabaseUnavailable", "BaseModelError", "InvalidName", "TaskExists", "UnknownTask",
                         "DataError", "NoMatchingModules", "ArtifactError", "StoreUnavailable", "BundleError",
-                        "VersionError", "RetireError", "OptionError", "TrainingError"),
+                        "VersionError", "RetireError", "OptionError", "TrainingError", "ServeError"),
 }
 _HOME_OF = {name: module for module, names in _HOMES.items() for name in names}
 

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from registry import catalog, core
-from registry.config import ServeLimits, Settings, resolve
+from registry.catalog import queries as catalog
+from registry.storage import core
+from registry.storage.config import ServeLimits, Settings, resolve
 from registry.errors import BundleError, OptionError
 from registry.options import Auto, FromTask, InitFrom, Scratch, TrainConfig
 from registry.results import (Base, Evaluation, Imported, Matrix, Promotion, Restoration, Retirement, Rows,
@@ -31,7 +32,7 @@ from registry.results import (Base, Evaluation, Imported, Matrix, Promotion, Res
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
-    from registry.predictor import Predictor
+    from registry.serving.predictor import Predictor
 
 Names = Sequence[str] | None  # some tasks by name; None: every ready task
 
@@ -63,7 +64,7 @@ class Registry:
     def create(cls, home: str | os.PathLike | None = None, *, base: str, name: str | None = None,
                db: str | None = None, store: str | None = None) -> Registry:
         """Create a registry and register `base` (a checkpoint directory or hub id) as its frozen base."""
-        from registry import checkpoint
+        from registry.model import checkpoint
 
         settings = resolve(home=home, db=db, store=store)
         checkpoint.init(settings, base, name)
@@ -119,13 +120,13 @@ class Registry:
 
     def runs(self, name: str | None = None) -> Rows[RunSummary]:
         """Training runs (of one task, or all), oldest first."""
-        from registry.runs import list_runs
+        from registry.catalog.runs import list_runs
 
         return Rows(build(RunSummary, row) for row in list_runs(self._registry, name))
 
     def sweep_runs(self) -> int:
         """Mark runs whose process died (or went silent) as interrupted; returns how many."""
-        from registry.runs import sweep_stale_runs
+        from registry.catalog.runs import sweep_stale_runs
 
         return sweep_stale_runs(self._registry)
 
@@ -142,7 +143,7 @@ class Registry:
         stderr is a terminal."""
         if not isinstance(init_from, (Scratch, Auto, FromTask)):
             raise OptionError(f"init_from={init_from!r}: pass Scratch(), Auto() or FromTask(name)")
-        from registry.tasks import DataOptions, add_task
+        from registry.training.tasks import DataOptions, add_task
 
         options = DataOptions(text_columns=tuple(text_columns) if text_columns else None, label_column=label_column,
                               task_type=task_type, metric=metric, max_train_samples=max_train_samples, strict=strict)
@@ -154,7 +155,7 @@ class Registry:
     def evaluate(self, name: str, data: str | None = None, *, device: str = "auto",
                  progress: bool | None = None) -> Evaluation:
         """Score a task's current version again (on `data`, default what it was trained on) and record it."""
-        from registry.tasks import evaluate_task
+        from registry.training.tasks import evaluate_task
 
         return Evaluation(**evaluate_task(self._registry, name, data, device=device,
                                           progress=terminal() if progress is None else progress))
@@ -163,26 +164,26 @@ class Registry:
 
     def promote(self, name: str, version: int, why: str | None = None) -> Promotion:
         """Make `version` the task's current one (a candidate, or an older one to roll back to)."""
-        from registry import lifecycle
+        from registry.catalog import lifecycle
 
         return Promotion(**lifecycle.promote(self._registry, name, version, why))
 
     def retire(self, name: str, why: str | None = None) -> Retirement:
         """Hide a task from tasks(), export and serving; its versions and history stay."""
-        from registry import lifecycle
+        from registry.catalog import lifecycle
 
         return Retirement(**lifecycle.retire(self._registry, name, why))
 
     def restore(self, name: str, why: str | None = None) -> Restoration:
         """Bring back a retired task."""
-        from registry import lifecycle
+        from registry.catalog import lifecycle
 
         return Restoration(**lifecycle.restore(self._registry, name, why))
 
     def verify(self, prune: bool = False) -> VerifyReport:
         """Check every artifact's sha256, every ready task and the store; `prune` removes unreferenced files."""
         from registry.results import Problem
-        from registry.verify import verify
+        from registry.catalog.verify import verify
 
         report = verify(self._registry, prune=prune)
         problems = tuple(Problem(p.kind, p.subject, p.message) for p in report.problems)
@@ -194,9 +195,9 @@ class Registry:
     def export(self, tasks: Names, output: str | os.PathLike, *, dtype: str = "float32", archive: bool = False,
                force: bool = False) -> Exported:
         """Write the base once and each task's adapter into a bundle (a directory, or a .tar with `archive`)."""
-        from registry import bundle
+        from registry.bundle.export import export
 
-        result = bundle.export(self._registry, output, tasks, dtype=dtype, archive=archive, force=force)
+        result = export(self._registry, output, tasks, dtype=dtype, archive=archive, force=force)
         return Exported(**{**result, "tasks": tuple(result["tasks"])})
 
     @class_or_instance
@@ -204,22 +205,22 @@ class Registry:
                       db: str | None = None, store: str | None = None) -> Imported:
         """Add a bundle's tasks after the registry's own: `r.import_bundle(path)`, or
         `Registry.import_bundle(path, home=...)`, which starts an empty registry from the bundle's base."""
-        from registry import bundle
+        from registry.bundle.importer import import_bundle
 
         settings = self.settings if self is not None else resolve(home=home, db=db, store=store)
-        result = bundle.import_bundle(settings, path)
+        result = import_bundle(settings, path)
         return Imported(result["initialised"], result["base_sha256"], Rows(Task(**row) for row in result["tasks"]))
 
     def predictor(self, tasks: Names = None, *, device: str = "auto") -> Predictor:
         """The ready tasks (all, or those named) on one copy of the base: `predict` and `predict_many`."""
-        from registry import live
+        from registry.serving import live
 
         return live.from_registry(self._registry, tasks, device=device)
 
     def app(self, tasks: Names = None, *, device: str = "auto", limits: ServeLimits = ServeLimits()) -> FastAPI:
         """`registry serve`'s ASGI app over these tasks (tasks published later are served within
         `limits.poll_seconds`); run it with uvicorn."""
-        from registry import live, server
+        from registry.serving import live, server
 
         return server.create_app(live.RegistryTasks(self._registry, tasks, device=device), limits, watch=True)
 
@@ -239,13 +240,13 @@ class Bundle:
 
     def predictor(self, tasks: Names = None, *, device: str = "auto") -> Predictor:
         """The bundle's tasks (all, or those named), every file verified first."""
-        from registry import bundle
+        from registry.serving.loading import load
 
-        return bundle.load(self.path, tasks, device=device)
+        return load(self.path, tasks, device=device)
 
     def app(self, tasks: Names = None, *, device: str = "auto", limits: ServeLimits = ServeLimits()) -> FastAPI:
         """`registry serve --bundle`'s ASGI app over the bundle's tasks; run it with uvicorn."""
-        from registry import live, server
+        from registry.serving import live, server
 
         return server.create_app(live.FixedTasks(self.path, tasks, device=device), limits, watch=False)
 

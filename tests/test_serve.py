@@ -26,7 +26,7 @@ import pytest
 from click.testing import CliRunner
 
 from registry.cli.main import cli
-from registry.config import Settings
+from registry.storage.config import Settings
 from tests.helpers import make_settings, stop, write_task_data
 
 REPO = Path(__file__).resolve().parents[1]
