@@ -28,10 +28,12 @@ def limit_options(command):
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True,
               help="Port to listen on; 0 picks a free one (printed on start).")
 @device_option
+@click.option("--backend", type=click.Choice(["auto", "onnx", "eager"]), default="auto", show_default=True,
+              help="What runs the model: onnx (ONNX Runtime, CPU), eager (PyTorch), auto (onnx on a CPU when it can).")
 @limit_options
 @click.pass_obj
 def serve(settings: Settings, bundle_path: str | None, task_names: str, host: str, port: int, device: str,
-          **limits) -> None:
+          backend: str, **limits) -> None:
     """Serve every task over HTTP: POST /v1/predict, GET /v1/tasks, /healthz, /readyz, /metrics, /docs.
 
     From the registry (the default) tasks published while it runs are served within --poll-seconds,
@@ -47,9 +49,9 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
 
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
     if bundle_path is not None:
-        tasks = live.FixedTasks(bundle_path, names, device=device)
+        tasks = live.FixedTasks(bundle_path, names, device=device, backend=backend)
     else:
-        tasks = live.RegistryTasks(open_registry(settings), names, device=device)
+        tasks = live.RegistryTasks(open_registry(settings), names, device=device, backend=backend)
     app = server.create_app(tasks, ServeLimits(**limits), watch=bundle_path is None)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
@@ -60,8 +62,9 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror}): pick another --port") from None
     listener.listen(2048)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    click.echo(f"serving {len(tasks.predictor.tasks)} task(s) on http://{shown}:{listener.getsockname()[1]} "
-               f"({', '.join(tasks.predictor.tasks)})", err=True)
+    predictor = tasks.predictor
+    click.echo(f"serving {len(predictor.tasks)} task(s) with {predictor.backend} on "
+               f"http://{shown}:{listener.getsockname()[1]} ({', '.join(predictor.tasks)})", err=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None)).run(sockets=[listener])
 
 
