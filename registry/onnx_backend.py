@@ -32,9 +32,10 @@ log = logging.getLogger("registry")
 BACKENDS = ("eager", "onnx", "auto")
 OPSET = 17
 # What one more forward pass costs beyond its tokens, in padded tokens (see encoding._least_padding): ONNX Runtime
-# runs a pass with little overhead, so cutting a window into passes of similar lengths pays sooner than in eager
-# PyTorch (measured in bench.serve; docs/benchmarks.md).
-PASS_COST_TOKENS = 64
+# runs a pass with little overhead (MiniLM here: about 5 ms for one input of 8 tokens against 1.8 ms a token in a
+# pass of 8 x 32, on the shared 2-core machine), so cutting a window into passes of like lengths pays sooner than in
+# eager PyTorch.
+PASS_COST_TOKENS = 16
 
 
 class _Routed(nn.Module):
@@ -112,13 +113,15 @@ def export(model: AdapterModel) -> tuple[bytes, list[str]]:
 
 def session_options(threads: int | None = None):
     """ONNX Runtime's options here: `threads` intra-op threads (default torch's, so OMP_NUM_THREADS rules both), one
-    inter-op thread, every graph optimisation."""
+    inter-op thread, every graph optimisation, and threads that sleep rather than spin between passes (on the shared
+    2-core machine spinning made a pass of one short input 20x slower: 99 against 5 ms)."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
