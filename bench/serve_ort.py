@@ -44,7 +44,10 @@ end
 
 def arrival(items: list[tuple[str, object]], names: list[str]) -> list[tuple[str, object]]:
     """Items of each task interleaved: task i mod len(names), row i div len(names)."""
-    by_task = {name: [text for task, text in items if task == name] for name in names}
+    def plain(value):  # pyarrow scalars as Python strings
+        return tuple(v.as_py() for v in value) if isinstance(value, tuple) else value.as_py()
+
+    by_task = {name: [plain(text) for task, text in items if task == name] for name in names}
     return [(name, by_task[name][row]) for row in range(min(map(len, by_task.values()))) for name in names]
 
 
@@ -109,13 +112,15 @@ def wrk(url: str, bodies: Path, connections: int, seconds: float) -> dict:
     """`wrk` with one thread and `connections` keep-alive connections sending the bodies in turn."""
     script = bodies.with_suffix(".lua")
     script.write_text(WRK_SCRIPT)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "30s", "--latency",
-                          "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60,
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "30s",
+                          "--latency", "-s", str(script), url], capture_output=True, text=True, timeout=seconds + 60,
                          env={"BODIES": str(bodies), "PATH": "/usr/bin:/bin"}, check=True).stdout
 
+    print(out, file=sys.stderr)
+
     def ms(percent: str) -> float:
-        value, unit = re.search(rf"^\s+{percent}%\s+([\d.]+)(us|ms|s)$", out, re.MULTILINE).groups()
-        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+        value, unit = re.search(rf"^\s*{percent}(?:\.0+)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.MULTILINE).groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     return {"throughput": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
@@ -193,6 +198,7 @@ def main(argv: list[str] | None = None) -> None:
     offline = plain_ort(items, 64)
     padding_offline = offline()  # warm-up
     anchor = [len(items) / timed(offline)]
+    print(f"offline: {anchor[0]:.1f} examples/s, padding {padding_offline:.1%}", file=sys.stderr)
     print("2. servers under wrk", file=sys.stderr)
     sides = {backend: served(workdir, bundle, backend, bodies, short, seconds) for backend in ("onnx", "eager")}
     anchor.append(len(items) / timed(offline))
