@@ -59,8 +59,8 @@ def plain_ort(items: list[tuple[str, object]], max_length: int, batch: int = 32)
     import torch
     from transformers import AutoModel, AutoTokenizer
 
-    from registry.encoding import tokenise
-    from registry.onnx_backend import OPSET, session_options
+    from registry.data.encoding import tokenise
+    from registry.serving.onnx_backend import OPSET, session_options
 
     class Cls(torch.nn.Module):
         def __init__(self, model):
@@ -175,8 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-ort-"))
     home = workdir / "registry"
     build_registry(home, TASKS, args.train_samples, 1, 64)
-    from registry.config import resolve
-    from registry.core import open_registry
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
 
     names = [name for name, _ in TASKS]
     registry = open_registry(resolve(home=home))

@@ -9,11 +9,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from registry.adapters import AdapterModel
-from registry.encoding import PASS_COST_TOKENS
+from registry.model.adapters import AdapterModel
+from registry.data.encoding import PASS_COST_TOKENS
 from registry.errors import DataError
-from registry.onnx_backend import accelerate, session_of
-from registry.predictor import FrozenBase, Predictor, Tally, TaskSpec
+from registry.serving.onnx_backend import accelerate, session_of
+from registry.serving.predictor import FrozenBase, Predictor, Tally, TaskSpec
 from tests.helpers import write_tiny_family
 
 pytest.importorskip("onnxruntime", reason="onnxruntime is not installed (make install)")
