@@ -27,10 +27,12 @@ def limit_options(command):
 @click.option("--port", type=click.IntRange(min=0, max=65535), default=8000, show_default=True,
               help="Port to listen on; 0 picks a free one (printed on start).")
 @device_option
+@click.option("--backend", type=click.Choice(["auto", "onnx", "eager"]), default="auto", show_default=True,
+              help="What runs the model: onnx (ONNX Runtime, CPU), eager (PyTorch), auto (onnx on a CPU when it can).")
 @limit_options
 @click.pass_obj
 def serve(settings: Settings, bundle_path: str | None, task_names: str, host: str, port: int, device: str,
-          **limits) -> None:
+          backend: str, **limits) -> None:
     """Serve every task over HTTP: POST /v1/predict, GET /v1/tasks, /healthz, /readyz, /metrics, /docs.
 
     From the registry (the default) tasks published while it runs are served within --poll-seconds,
@@ -42,9 +44,10 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
 
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
     started = startup.start(settings, bundle_path=bundle_path, names=names, host=host, port=port, device=device,
-                            limits=ServeLimits(**limits))
-    served = started.tasks.predictor.tasks
-    click.echo(f"serving {len(served)} task(s) on {started.url} ({', '.join(served)})", err=True)
+                            limits=ServeLimits(**limits), backend=backend)
+    predictor = started.tasks.predictor
+    click.echo(f"serving {len(predictor.tasks)} task(s) with {predictor.backend} on {started.url} "
+               f"({', '.join(predictor.tasks)})", err=True)
     started.run()
 
 

@@ -198,6 +198,8 @@ def test_every_endpoint(server, trained):
         "registry_serve_batch_inputs_bucket",
         "registry_serve_queue_inputs",
         "registry_serve_tasks_loaded 3.0",
+        "registry_serve_forward_passes_total",
+        "registry_serve_padding_fraction",
     ):
         assert name in metrics
 
@@ -211,6 +213,24 @@ def test_mixed_requests_equal_registry_predict(server, trained):
                                                           {"text": row["text"], "text_pair": row["text_pair"]}]})
              .json()["results"][0] for row in MIXED]
     assert_same(alone, response.json()["results"])
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_each_backend_answers_as_registry_predict_and_counts_its_padding(trained, backend):
+    rows = MIXED + [{"task": "sentiment", "text": " ".join(["good film"] * k)} for k in range(1, 9)]
+    with serving(trained, "--backend", backend) as server:
+        assert f"with {backend} on http" in "".join(server.stderr)
+        response = server.post({"inputs": rows})
+        assert response.status_code == 200
+        assert_same(response.json()["results"], predicted(trained, rows), tolerance=1e-4)
+        tokens = metric(server, "registry_serve_tokens_total")
+        slots = metric(server, "registry_serve_token_slots_total")
+        assert metric(server, "registry_serve_forward_passes_total") >= 1 and 0 < tokens < slots
+        assert metric(server, "registry_serve_padding_fraction") == pytest.approx(1 - tokens / slots)
+        # One input per request runs unpadded: the padding's share falls.
+        assert server.post({"task": "sentiment", "inputs": ["good film"]}).status_code == 200
+        assert metric(server, "registry_serve_token_slots_total") - slots == \
+            metric(server, "registry_serve_tokens_total") - tokens > 0
 
 
 def test_64_concurrent_clients_get_their_own_answers(server, trained):

@@ -217,6 +217,7 @@ def batches(
     shuffle: bool,
     seed: int,
     max_tokens: int | None = None,
+    pass_cost: int | None = None,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Yield padded batches: ``input_ids`` and ``attention_mask`` (long, padded to the batch's
     longest row with ``pad_id``), ``labels`` (long or float), ``index`` (long: the rows' positions in
@@ -226,7 +227,8 @@ def batches(
     length and cut into batches, then the batches in a seeded random order. Without: rows sorted by
     length (stable), so padding is small; use ``index`` to put predictions back in row order.
     With ``max_tokens`` (without shuffle), the sorted rows are cut where it saves padding (see
-    ``_least_padding``) and so that no batch's padded size (rows x longest row) passes it.
+    ``_least_padding``, with ``pass_cost``, default PASS_COST_TOKENS) and so that no batch's padded size
+    (rows x longest row) passes it.
     Every row appears exactly once.
     """
     import torch
@@ -252,7 +254,8 @@ def batches(
         if max_tokens is None:
             plan = [srt[i:i + batch_size] for i in range(0, n, batch_size)]
         else:
-            plan = _least_padding(srt, lengths, batch_size, int(max_tokens))
+            plan = _least_padding(srt, lengths, batch_size, int(max_tokens),
+                                  PASS_COST_TOKENS if pass_cost is None else int(pass_cost))
 
     types = encoded.token_type_ids
     labels = encoded.labels
@@ -283,10 +286,10 @@ def batches(
 PASS_COST_TOKENS = 256
 
 
-def _least_padding(srt: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int) -> list[np.ndarray]:
+def _least_padding(srt: np.ndarray, lengths: np.ndarray, batch_size: int, max_tokens: int,
+                   pass_cost: int) -> list[np.ndarray]:
     """Rows sorted by length cut into batches of at most batch_size rows and max_tokens padded tokens (a longer row
-    goes alone) so that padded tokens + PASS_COST_TOKENS per batch is least (dynamic programming over the cut
-    points)."""
+    goes alone) so that padded tokens + pass_cost per batch is least (dynamic programming over the cut points)."""
     n = srt.size
     width = lengths[srt]
     best = np.zeros(n + 1)
@@ -297,7 +300,7 @@ def _least_padding(srt: np.ndarray, lengths: np.ndarray, batch_size: int, max_to
             padded = (end - begin) * int(width[end - 1])
             if padded > max_tokens and end - begin > 1:
                 continue
-            cost = best[begin] + padded + PASS_COST_TOKENS
+            cost = best[begin] + padded + pass_cost
             if cost < best[end]:
                 best[end], start[end] = cost, begin
     plan, end = [], n

@@ -21,14 +21,16 @@ from registry.model import checkpoint
 from registry.catalog.queries import ready_tasks, served_rows
 from registry.serving.loading import load
 from registry.storage.core import Registry
+from registry.serving.onnx_backend import accelerate
 from registry.serving.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
 
 
 class FixedTasks:
     """A bundle's tasks: verified once, served as they are for the server's life."""
 
-    def __init__(self, path: str | os.PathLike, names: Sequence[str] | None = None, *, device: str = "auto") -> None:
-        self.predictor: Predictor | None = load(path, names, device=device)
+    def __init__(self, path: str | os.PathLike, names: Sequence[str] | None = None, *, device: str = "auto",
+                 backend: str = "eager") -> None:
+        self.predictor: Predictor | None = accelerate(load(path, names, device=device), backend)
 
     def refresh(self) -> bool:
         """A bundle does not change: nothing to do."""
@@ -38,9 +40,11 @@ class FixedTasks:
 class RegistryTasks:
     """A registry's ready tasks (all, or those named), followed as they are published, replaced or dropped."""
 
-    def __init__(self, registry: Registry, names: Sequence[str] | None = None, *, device: str = "auto") -> None:
+    def __init__(self, registry: Registry, names: Sequence[str] | None = None, *, device: str = "auto",
+                 backend: str = "eager") -> None:
         self.registry = registry
         self.names = list(names) if names is not None else None
+        self.backend = backend  # registry.serving.onnx_backend: each task set's Predictor runs on it
         with registry.read() as session:
             base = registry.base(session)
             rows = ready_tasks(session, self.names)  # at start, an unknown name is an error
@@ -71,9 +75,9 @@ class RegistryTasks:
                 and current.specs[row.name] == spec
             return current.task_state(row.name) if kept else load_tensors(self.registry.store.get(row.adapter_sha256))
 
-        return Predictor(
+        return accelerate(Predictor(
             self.base, specs, (state(row, spec) for row, spec in zip(rows, specs)), [about(row) for row in rows]
-        )
+        ), self.backend)
 
 
 def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, device: str = "auto") -> Predictor:

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from registry.model import checkpoint
 from registry.model.adapters import AdapterModel
-from registry.data.encoding import Encoded, batches, tokenise
+from registry.data.encoding import PASS_COST_TOKENS, Encoded, batches, tokenise
 from registry.errors import DataError, UnknownTask
 from registry.formats import head_size, pick_device
 
@@ -73,6 +73,20 @@ class Prediction:
 
     def as_dict(self) -> dict:
         return asdict(self)
+
+
+@dataclass
+class Tally:
+    """What forward passes ran: passes, real tokens and token slots (real + padding), added up across calls."""
+
+    passes: int = 0
+    tokens: int = 0
+    slots: int = 0
+
+    @property
+    def padding(self) -> float:
+        """The fraction of token slots that were padding."""
+        return 1 - self.tokens / self.slots if self.slots else 0.0
 
 
 Text = str | tuple[str, str]
@@ -159,6 +173,14 @@ class Predictor:
         for t, (spec, state) in enumerate(zip(specs, states)):
             self.model.load_task_state_dict(pad_adapters(state, spec.adapter_size, self.adapter_size), t)
         self.model.eval()
+        self.encode: Callable[..., torch.Tensor] = self.model.encode  # the reference; see registry.serving.onnx_backend
+        self.backend = "eager"
+        self.pass_cost = PASS_COST_TOKENS
+
+    def use_encoder(self, encode: Callable[..., torch.Tensor], backend: str, pass_cost: int) -> None:
+        """Run forward passes through `encode` (`AdapterModel.encode`'s arguments and result) on `backend`, cutting
+        windows where that saves more than `pass_cost` padded tokens a pass."""
+        self.encode, self.backend, self.pass_cost = encode, backend, pass_cost
 
     def task_state(self, task: str) -> dict[str, torch.Tensor]:
         """Task `task`'s tensors as it was trained (its own adapter size), copied out of the stack."""
@@ -169,11 +191,11 @@ class Predictor:
         return self.predict_many([(task, text) for text in texts], batch_size=batch_size)
 
     def predict_many(self, items: Sequence[tuple[str, Text]], *, batch_size: int = 64,
-                     max_tokens: int | None = None) -> list[Prediction]:
+                     max_tokens: int | None = None, tally: Tally | None = None) -> list[Prediction]:
         """Predictions for (task, text) items in input order; each batch may mix tasks freely.
 
         Items are sorted by length and cut into batches of at most `batch_size` rows and (given)
-        `max_tokens` padded tokens.
+        `max_tokens` padded tokens; `tally` (given) adds up the passes and their tokens.
         """
         if not items:
             return []
@@ -182,10 +204,14 @@ class Predictor:
         outputs: list[np.ndarray | None] = [None] * len(items)
         with torch.inference_mode():
             for batch in batches(encoded, batch_size, pad_id=self.tokenizer.pad_token_id, shuffle=False, seed=0,
-                                 max_tokens=max_tokens):
+                                 max_tokens=max_tokens, pass_cost=self.pass_cost):
                 rows = batch["index"].numpy()
                 tasks = task_of[rows]
-                hidden = self.model.encode(
+                if tally is not None:
+                    tally.passes += 1
+                    tally.tokens += int(batch["attention_mask"].sum())
+                    tally.slots += batch["attention_mask"].numel()
+                hidden = self.encode(
                     batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
                     task_ids=torch.from_numpy(tasks).to(self.device),
                     token_type_ids=batch["token_type_ids"].to(self.device) if "token_type_ids" in batch else None)

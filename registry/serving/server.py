@@ -28,7 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.storage.config import ServeLimits as Limits
-from registry.serving.predictor import Prediction, Predictor, Text
+from registry.serving.predictor import Prediction, Predictor, Tally, Text
 
 log = logging.getLogger("registry.serve")
 
@@ -131,6 +131,25 @@ class Metrics:
         self.tasks_loaded = Gauge("registry_serve_tasks_loaded", "Tasks being served.", registry=self.registry)
         self.swaps = Counter("registry_serve_task_set_changes", "Times the served tasks changed while serving.",
                              registry=self.registry)
+        self.passes = Counter("registry_serve_forward_passes", "Forward passes the model ran.", registry=self.registry)
+        self.tokens = Counter("registry_serve_tokens", "Real (not padding) tokens in the forward passes.",
+                              registry=self.registry)
+        self.slots = Counter("registry_serve_token_slots", "Token slots (real + padding) in the forward passes.",
+                             registry=self.registry)
+        self.padding = Gauge("registry_serve_padding_fraction",
+                             "Fraction of the token slots of every forward pass so far that were padding.",
+                             registry=self.registry)
+        self.tally = Tally()
+
+    def ran(self, tally: Tally) -> None:
+        """Count one window's forward passes and their tokens."""
+        self.passes.inc(tally.passes)
+        self.tokens.inc(tally.tokens)
+        self.slots.inc(tally.slots)
+        self.tally.passes += tally.passes
+        self.tally.tokens += tally.tokens
+        self.tally.slots += tally.slots
+        self.padding.set(self.tally.padding)
 
 
 # --------------------------------------------------------------------------------------------
@@ -226,15 +245,17 @@ class Batcher:
         if not items:
             return
         self.metrics.batch_size.observe(len(items))
+        tally = Tally()
         try:
             predictions = await asyncio.get_running_loop().run_in_executor(
                 self.model_thread, lambda: predictor.predict_many(items, batch_size=self.limits.max_batch_size,
-                                                                  max_tokens=self.limits.max_batch_tokens))
+                                                                  max_tokens=self.limits.max_batch_tokens, tally=tally))
         except Exception as exc:  # this window's requests fail; the server goes on
             log.exception("a batch of %d inputs failed", len(items))
             for job, _, _ in live:
                 fail(job, RequestError(500, f"the batch holding this request failed ({type(exc).__name__}: {exc})"))
             return
+        self.metrics.ran(tally)
         answers = iter(predictions)
         for job, start, end in live:
             for i in range(start, end):

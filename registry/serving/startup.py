@@ -31,12 +31,13 @@ class Started:
 
 def start(settings: Settings, *, bundle_path: str | None = None, names: Sequence[str] | None = None,
           host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          limits: ServeLimits | None = None) -> Started:
-    """Load the tasks (from `bundle_path`, else the registry, followed while it runs), build the app, listen."""
+          limits: ServeLimits | None = None, backend: str = "eager") -> Started:
+    """Load the tasks (from `bundle_path`, else the registry, followed while it runs) to run on `backend`
+    (registry.serving.onnx_backend: auto, onnx or eager), build the app, listen."""
     if bundle_path is not None:
-        tasks = live.FixedTasks(bundle_path, names, device=device)
+        tasks = live.FixedTasks(bundle_path, names, device=device, backend=backend)
     else:
-        tasks = live.RegistryTasks(open_registry(settings), names, device=device)
+        tasks = live.RegistryTasks(open_registry(settings), names, device=device, backend=backend)
     app = server.create_app(tasks, limits or ServeLimits(), watch=bundle_path is None)
     if bundle_path is None:  # the read-only dashboard (`registry ui`) under /ui, on a connection of its own
         from registry.dashboard.app import create_app, open_read_only
