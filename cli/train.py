@@ -53,8 +53,11 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--promote", is_flag=True, help="With --new-version: make it current whatever it scores.")
 @click.option("--init-from", default="none", show_default=True, metavar="auto|none|TASK",
               help="Start the adapters and LayerNorms from an earlier task's (the head is new): TASK, or auto: "
-                   "the start whose short trial on this data ends with the lowest held-out loss, none unless a "
-                   "task beats scratch by 2%. The earlier task is only read.")
+                   "every earlier task ranked by LogME on this data, short trials of the --shortlist best and of "
+                   "none, and none unless the best trial beats it beyond the trial's noise. Earlier tasks are only "
+                   "read.")
+@click.option("--shortlist", default=3, show_default=True, type=click.IntRange(min=1),
+              help="With --init-from auto: how many of the best-ranked earlier tasks get a trial.")
 @click.option("--compare-scratch", is_flag=True,
               help="With --init-from: also train from scratch (same data, seed, epochs); the better run is "
                    "published and `history --matrix` shows the forward transfer (FWT).")
@@ -68,8 +71,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str, ...], label_column: str | None,
              task_type: str | None, metric: str | None, epochs: int, lr: float, batch_size: int, adapter_size: int,
              max_length: int, max_train_samples: int | None, strict: bool, seed: int, sweep: bool, new_version: bool,
-             promote: bool, init_from: str, compare_scratch: bool, base_dropout: bool, device: str, quiet: bool,
-             as_json: bool) -> None:
+             promote: bool, init_from: str, shortlist: int, compare_scratch: bool, base_dropout: bool, device: str,
+             quiet: bool, as_json: bool) -> None:
     """Train an adapter for a new task on the frozen base and add it as the next task, or train a task's next version.
 
     A new version becomes current when it scores at least as well as the current one on its validation
@@ -92,7 +95,7 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
     options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
                           metric=metric, max_train_samples=max_train_samples, strict=strict)
     row = add(registry, name, source, config, options, new_version=new_version, promote=promote, sweep=sweep,
-              init_from=init_from, compare_scratch=compare_scratch, device=device,
+              init_from=init_from, shortlist=shortlist, compare_scratch=compare_scratch, device=device,
               progress=not quiet and sys.stderr.isatty(),
               echo=lambda line: quiet or click.echo(line, err=True))
     emit(row, as_json, fields)

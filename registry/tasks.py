@@ -77,6 +77,7 @@ def add_task(
     promote: bool = False,
     sweep: bool = False,
     init_from: str = "none",
+    shortlist: int = transfer.selection.SHORTLIST,
     compare_scratch: bool = False,
     device: str = "auto",
     progress: bool = False,
@@ -86,8 +87,9 @@ def add_task(
 
     A new version becomes current with `promote`, or when it scores at least as well as the current
     version on its validation data (both scores are printed); otherwise it is kept as a candidate.
-    `init_from` starts the adapters from an earlier task's (a name), from the one `auto` picks, or from
-    scratch (`none`); `compare_scratch` also trains the same runs from scratch, and the best run is published.
+    `init_from` starts the adapters from an earlier task's (a name), from the one `auto` picks (trials for the
+    `shortlist` best LogME ranks), or from scratch (`none`); `compare_scratch` also trains the same runs from
+    scratch, and the best run is published.
     """
     validate_name(name)
     train.check_config(config)
@@ -146,7 +148,7 @@ def add_task(
                     registry, lambda: build_model(base_dir, config.adapter_size, head, config.seed,
                                                   base_dropout=config.base_dropout),
                     train_set, config, task_type=loaded.task_type, metric=loaded.metric,
-                    pad_id=tokenizer.pad_token_id, device=target, echo=echo)
+                    pad_id=tokenizer.pad_token_id, device=target, shortlist=shortlist, echo=echo)
             origin, selection = (choice.source, choice.selection) if choice else (None, None)
             plan = [(run_config, origin) for run_config in grid]
             if compare_scratch and origin is not None:
