@@ -23,7 +23,7 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
@@ -37,11 +37,28 @@ SENTIMENT = {"amazon": DATA_DIR / "sentiment" / "amazon_cells_labelled.txt",
              "yelp": DATA_DIR / "sentiment" / "yelp_labelled.txt"}
 UNRELATED = [("sst2", GLUE / "SST-2", 1000), ("stsb", GLUE / "STS-B", 500), ("mrpc", GLUE / "MRPC", 500),
              ("rte", GLUE / "RTE", 500), ("wnli", GLUE / "WNLI", None)]
-# the scale pool's 30 earlier tasks: six data sets x five (rows, seed); its new tasks are other data
+# the scale pool's 30 earlier tasks: six data sets x five (rows, seed), one epoch each; the GLUE ones from a
+# seeded sample of 1,000 training rows written as one file (so 100 validation rows, not the whole dev set);
+# its new tasks are other data
 SCALE_SOURCES = [("sst2", GLUE / "SST-2"), ("cola", GLUE / "CoLA"), ("stsb", GLUE / "STS-B"),
                  ("rte", GLUE / "RTE"), ("amazon", SENTIMENT["amazon"]), ("imdb", SENTIMENT["imdb"])]
 SCALE_SIZES = [(100, 0), (150, 1), (200, 2), (250, 3), (300, 4)]
 SCALE_TARGETS = [("yelp", SENTIMENT["yelp"], 300), ("mrpc", GLUE / "MRPC", 300)]
+
+
+def sample_file(directory: Path, out: Path, rows: int = 1000) -> Path:
+    """A seeded sample of `rows` lines of a GLUE directory's train.tsv (its header kept; CoLA has none) as one
+    file."""
+    import random
+
+    if directory.is_file():
+        return directory
+    lines = (directory / "train.tsv").read_text(encoding="utf-8").splitlines()
+    header, body = ([], lines) if directory.name == "CoLA" else ([lines[0]], lines[1:])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{directory.name}.tsv"
+    path.write_text("\n".join([*header, *random.Random(0).sample(body, rows)]) + "\n", encoding="utf-8")
+    return path
 
 
 def open_new(workdir: str, name: str):
@@ -140,7 +157,8 @@ def scale(seed: int, epochs: int, n_sources: int, workdir: str) -> dict:
     from registry import lifecycle
 
     registry = open_new(workdir, f"scale-seed{seed}")
-    sources = [(f"{name}-{rows}-s{s}", path, rows, s) for rows, s in SCALE_SIZES for name, path in SCALE_SOURCES]
+    files = {name: sample_file(path, Path(workdir) / "samples") for name, path in SCALE_SOURCES}
+    sources = [(f"{name}-{rows}-s{s}", files[name], rows, s) for rows, s in SCALE_SIZES for name, _ in SCALE_SOURCES]
     for name, path, rows, s in sources[:n_sources]:
         add(registry, name, path, rows, s, 1)
     targets = []
@@ -254,13 +272,17 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     if not args.report:
         jobs = {"related": [(related, (s, sizes, args.epochs, source_rows)) for s in seeds],
-                "scale": [(scale, (seeds[0], args.epochs, n_sources))],
+                "scale": [(scale, (args.seeds[0], args.epochs, n_sources))],
                 "unrelated": [(unrelated, (s, args.epochs, cap)) for s in unrelated_seeds]}
         todo = [job for pool in args.pools for job in jobs[pool]]
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
             futures = [pool.submit(function, *params, str(args.workdir)) for function, params in todo]
-            for future in futures:
-                result = future.result()
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except Exception as exc:  # a failed job leaves the others' figures standing
+                    print(f"a job failed: {type(exc).__name__}: {exc}", flush=True)
+                    continue
                 out = args.workdir / f"{result['pool']}-seed{result['seed']}.json"
                 out.write_text(json.dumps(result, indent=1))
                 print(f"{out.name} written; BWT {result['bwt']}", flush=True)
