@@ -186,10 +186,10 @@ def describe(record: dict) -> list[str]:
         return task or "none"
 
     ranking = record["ranking"]
-    shown = ", ".join(f"{name(r['task'])} {r['logme']:.3f}" for r in ranking[:5])
+    top = ", ".join(f"{name(r['task'])} {r['logme']:.3f}" for r in ranking[:5])
     more = f" (+{len(ranking) - 5} more)" if len(ranking) > 5 else ""
     lines = [f"--init-from auto: LogME on {record['feature_rows']} training rows, {len(ranking)} starts in "
-             f"{record['ranking_seconds']:.1f} s: {shown}{more}" if ranking else "--init-from auto: no candidate"]
+             f"{record['ranking_seconds']:.1f} s: {top}{more}" if ranking else "--init-from auto: no candidate"]
     if record["trials"]:
         trained, held = record["rows"]
         lines.append(f"  shortlist (k={record['k']}): {', '.join(record['shortlist'])}; trials, held-out "
