@@ -172,7 +172,7 @@ def decide(trials: list[Trial], labels: np.ndarray, task_type: str, seed: int) -
     guard = {"best": best.name, "wins": share, "needed": selection.CONFIDENCE,
              "fired": chosen is None and best.score > none.score}
     beats = f"{best.name} beats none in {share:.0%} of {selection.RESAMPLES} resamples of the held-out rows"
-    return chosen, guard, f"{beats} (needs {selection.CONFIDENCE:.0%})"
+    return chosen, guard, f"{beats}; needs {selection.CONFIDENCE:.0%}"
 
 
 def shown(score: float, task_type: str) -> float:
