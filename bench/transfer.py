@@ -174,6 +174,34 @@ def scale(seed: int, epochs: int, n_sources: int, workdir: str) -> dict:
     return {"pool": "scale", "seed": seed, "sources": n_sources, "targets": targets, **finish(registry)}
 
 
+def trial_every(home: Path, name: str, path: Path, rows: int, seed: int, epochs: int) -> dict:
+    """The exhaustive trial without the run after it: every earlier task's trial score and none's, for a new task
+    in the registry at `home` (a copy of the scale pool's, taken once its earlier tasks were added)."""
+    from registry import checkpoint, data, transfer
+    from registry.config import resolve
+    from registry.core import open_registry
+    from registry.data import head_size
+    from registry.tasks import build_model, encode_split, load_tokenizer
+    from registry.train import TrainConfig, pick_device
+
+    registry = open_registry(resolve(home))
+    with registry.read() as session:
+        base = registry.base(session)
+    loaded = data.load(str(path), max_train_samples=rows, seed=seed)
+    base_dir, config = checkpoint.unpack(registry, base), TrainConfig(epochs=epochs, seed=seed)
+    tokenizer = load_tokenizer(base_dir)
+    train_set = encode_split(registry, base, tokenizer, loaded, "train", config.max_length, False)
+    trial_rows, held_rows = transfer.trial_split(train_set, seed)
+    scores = {}
+    for source in [None, *transfer.candidates(registry)]:
+        model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), seed)
+        done = transfer.trial(registry, model, source, trial_rows, held_rows, config, task_type=loaded.task_type,
+                              metric=loaded.metric, pad_id=tokenizer.pad_token_id, device=pick_device("cpu"))
+        scores[done.name or "none"] = done.score
+        print(f"{name}: trial from {done.name or 'none'} {done.score:.4f}", flush=True)
+    return {"task": name, "rows": rows, "scores": scores}
+
+
 def target_of(name: str, rows: int, added: dict) -> dict:
     """A new task of the scale pool: scratch, auto and the exhaustive auto; times are of whole runs (auto's run
     is opened before it ranks, so its time includes the ranking and the trials)."""
@@ -331,6 +359,8 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=REPO / "bench-out" / "transfer")
     parser.add_argument("--report", action="store_true", help="Only rebuild the tables from --workdir's JSON.")
+    parser.add_argument("--trial-every", metavar="NAME", choices=[name for name, _, _ in SCALE_TARGETS],
+                        help="Only the exhaustive trials of this scale-pool target, in the registry --workdir/copy.")
     parser.add_argument("--collect", action="store_true",
                         help="With --report: read back the registries of jobs cut short (no JSON) from their runs.")
     args = parser.parse_args()
@@ -339,6 +369,14 @@ def main() -> None:
     sizes = [100] if quick else args.sizes
     seeds, unrelated_seeds = (args.seeds[:1], args.unrelated_seeds[:1]) if quick else (args.seeds, args.unrelated_seeds)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.trial_every:
+        import torch
+
+        torch.set_num_threads(1)
+        _, path, rows = next(t for t in SCALE_TARGETS if t[0] == args.trial_every)
+        found = trial_every(args.workdir / "copy", args.trial_every, path, rows, args.seeds[0], args.epochs)
+        (args.workdir / f"trials-{args.trial_every}.json").write_text(json.dumps(found, indent=1))
+        return
     if not args.report:
         jobs = {"related": [(related, (s, sizes, args.epochs, source_rows)) for s in seeds],
                 "scale": [(scale, (args.seeds[0], args.epochs, n_sources))],
