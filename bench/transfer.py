@@ -243,6 +243,15 @@ def collect(home: Path) -> dict:
     sources = sum(n.rsplit("-", 1)[-1].startswith("s") and n.rsplit("-", 1)[-1][1:].isdigit() for n in names)
     targets = [target_of(name, rows, {kind: records[f"{name}-{kind}"] for kind in ("scratch", "auto", "all")})
                for name, _, rows in SCALE_TARGETS if f"{name}-all" in records]
+    for name, _, rows in SCALE_TARGETS:  # the exhaustive trials run apart (--trial-every) on a copy
+        trials = home.parent / f"trials-{name}.json"
+        if f"{name}-all" not in records and f"{name}-auto" in records and trials.exists():
+            scores = json.loads(trials.read_text())["scores"]
+            best = max((n for n in scores if n != "none"), key=scores.get)
+            full = {"selection": {"criterion": "loss", "trials": [{"task": best, "loss": -scores[best]}]},
+                    "chosen": best, "run_seconds": float("nan")}  # trials only: no run, no time side by side
+            added = {"scratch": records[f"{name}-scratch"], "auto": records[f"{name}-auto"], "all": full}
+            targets.append({**target_of(name, rows, added), "exhaustive_apart": True})
     return {**job, "sources": sources, "targets": targets}
 
 
@@ -393,7 +402,8 @@ def main() -> None:
                 out = args.workdir / f"{result['pool']}-seed{result['seed']}.json"
                 out.write_text(json.dumps(result, indent=1))
                 print(f"{out.name} written; BWT {result['bwt']}", flush=True)
-    results = [json.loads(path.read_text()) for path in sorted(args.workdir.glob("*.json"))]
+    results = [json.loads(path.read_text()) for path in sorted(args.workdir.glob("*.json"))
+               if not path.name.startswith("trials-")]
     if args.collect:
         done = {(job["pool"], job["seed"]) for job in results}
         results += [collect(home) for home in sorted(args.workdir.glob("*-seed*")) if home.is_dir()
