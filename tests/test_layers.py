@@ -17,6 +17,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("registry.data",),                                 # value rules, readers, inference, splits, encoding, metrics
     ("registry.model",),                                # the frozen base and its adapters
     ("registry.training", "registry.bundle"),           # adding a task | bundles (neither imports the other)
+    ("registry.dashboard",),                            # read-only pages on the catalog (no torch, no model)
     ("registry.serving",),                              # predictor, task sources, HTTP app, start-up
     ("registry", "registry.api"),                       # the face: `from registry import Registry`
     ("registry.cli",),                                  # the command line
