@@ -25,9 +25,10 @@ browser:
 		apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium; \
 	else echo "no chromium, and not root to install it: the dashboard's browser tests will skip"; fi
 
+# One pytest worker per core (pytest-xdist); a file's tests stay on one worker, so its module fixtures are built once.
 test: $(STAMP) browser
 	$(BIN)/ruff check .
-	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh

@@ -83,15 +83,16 @@ def open_new(workdir: str, name: str):
 
 
 def add(registry, name: str, source: Path, rows: int | None, seed: int, epochs: int, init_from: str = "none",
-        compare: bool = False, shortlist: int = 3) -> dict:
-    """Add a task; its runs (scratch and transferred), auto's selection and seconds."""
+        compare: bool = False, shortlist: int | None = None) -> dict:
+    """Add a task (`init_from` as `--init-from` reads it); its runs (scratch and transferred), auto's selection
+    and seconds."""
     from registry.catalog import queries as catalog
+    from registry.options import TrainConfig, parse_init_from
     from registry.training.tasks import DataOptions, add_task
-    from registry.training.train import TrainConfig
 
     started = time.perf_counter()
     add_task(registry, name, str(source), TrainConfig(epochs=epochs, seed=seed), DataOptions(max_train_samples=rows),
-             init_from=init_from, compare_scratch=compare, shortlist=shortlist)
+             init_from=parse_init_from(init_from, shortlist), compare_scratch=compare)
     return record_of(catalog.show_task(registry, name), rows, time.perf_counter() - started)
 
 
@@ -167,7 +168,7 @@ def scale(seed: int, epochs: int, n_sources: int, workdir: str) -> dict:
     targets = []
     for name, path, rows in SCALE_TARGETS:
         added = {}
-        for kind, init_from, k in (("scratch", "none", 3), ("auto", "auto", 3), ("all", "auto", n_sources)):
+        for kind, init_from, k in (("scratch", "none", None), ("auto", "auto", 3), ("all", "auto", n_sources)):
             added[kind] = add(registry, f"{name}-{kind}", path, rows, seed, epochs, init_from, shortlist=k)
             lifecycle.retire(registry, f"{name}-{kind}", "bench: not a candidate of the next runs")
         targets.append(target_of(name, rows, added))

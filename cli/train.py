@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from registry.cli.output import device_option, emit, fields, json_option
+from registry.cli.output import (device_option, emit, fields, json_option, open_registry, quiet_notices,
+                                 usage_errors)
 from registry.storage.config import Settings
-from registry.storage.core import open_registry
+from registry.options import TrainConfig, parse_init_from
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or inferred-settings lines.")
 
@@ -56,8 +55,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
                    "every earlier task ranked by LogME on this data, short trials of the --shortlist best and of "
                    "none, and none unless the best trial beats it beyond the trial's noise. Earlier tasks are only "
                    "read.")
-@click.option("--shortlist", default=3, show_default=True, type=click.IntRange(min=1),
-              help="With --init-from auto: how many of the best-ranked earlier tasks get a trial.")
+@click.option("--shortlist", type=click.IntRange(min=1),
+              help="With --init-from auto: how many of the best-ranked earlier tasks get a trial (default 3).")
 @click.option("--compare-scratch", is_flag=True,
               help="With --init-from: also train from scratch (same data, seed, epochs); the better run is "
                    "published and `history --matrix` shows the forward transfer (FWT).")
@@ -71,8 +70,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str, ...], label_column: str | None,
              task_type: str | None, metric: str | None, epochs: int, lr: float, batch_size: int, adapter_size: int,
              max_length: int, max_train_samples: int | None, strict: bool, seed: int, sweep: bool, new_version: bool,
-             promote: bool, init_from: str, shortlist: int, compare_scratch: bool, base_dropout: bool, device: str,
-             quiet: bool, as_json: bool) -> None:
+             promote: bool, init_from: str, shortlist: int | None, compare_scratch: bool, base_dropout: bool,
+             device: str, quiet: bool, as_json: bool) -> None:
     """Train an adapter for a new task on the frozen base and add it as the next task, or train a task's next version.
 
     A new version becomes current when it scores at least as well as the current one on its validation
@@ -82,23 +81,18 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
 
     Example: registry add-task mrpc --data ../shared/data/glue/MRPC --init-from auto
     """
-    if promote and not new_version:
-        raise click.UsageError("--promote needs --new-version (a new task's first version is always current)")
-    if compare_scratch and init_from == "none":
-        raise click.UsageError("--compare-scratch needs --init-from auto or TASK (the run is already from scratch)")
-    from registry.training.tasks import DataOptions, add_task as add
-    from registry.training.train import TrainConfig
-
-    registry = open_registry(settings)
+    if quiet:
+        quiet_notices(click.get_current_context())
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, adapter_size=adapter_size,
                          max_length=max_length, seed=seed, base_dropout=base_dropout)
-    options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
-                          metric=metric, max_train_samples=max_train_samples, strict=strict)
-    row = add(registry, name, source, config, options, new_version=new_version, promote=promote, sweep=sweep,
-              init_from=init_from, shortlist=shortlist, compare_scratch=compare_scratch, device=device,
-              progress=not quiet and sys.stderr.isatty(),
-              echo=lambda line: quiet or click.echo(line, err=True))
-    emit(row, as_json, fields)
+    with usage_errors():
+        start = parse_init_from(init_from, shortlist)
+        result = open_registry(settings).add_task(
+            name, source, config=config, init_from=start, new_version=new_version,
+            promote=promote, compare_scratch=compare_scratch, sweep=sweep, text_columns=text_columns,
+            label_column=label_column, task_type=task_type, metric=metric, max_train_samples=max_train_samples,
+            strict=strict, device=device, progress=False if quiet else None)
+    emit(result, as_json, fields)
 
 
 @click.command(name="eval")
@@ -113,10 +107,9 @@ def eval_(settings: Settings, name: str, source: str | None, device: str, quiet:
 
     Example: registry eval cola
     """
-    from registry.training.tasks import evaluate_task
-
-    registry = open_registry(settings)
-    result = evaluate_task(registry, name, source, device=device, progress=not quiet and sys.stderr.isatty())
+    if quiet:
+        quiet_notices(click.get_current_context())
+    result = open_registry(settings).evaluate(name, source, device=device, progress=False if quiet else None)
     emit(
         result,
         as_json,

@@ -10,7 +10,7 @@ from tests.test_imports import import_graph
 
 LAYERS: list[tuple[str, ...]] = [
     ("registry.errors",),                               # the exceptions every floor raises
-    ("registry.formats",),                              # shared facts: adapter config, headers, names, device
+    ("registry.formats", "registry.options", "registry.results"),  # shared facts; the API's typed values
     ("registry.storage",),                              # database, schema, artifact store, cache, registry creation
     ("registry.migrations",),                           # the schema's Alembic revisions (they read storage's schema)
     ("registry.catalog",),                              # what the registry answers: queries, lifecycle, runs, verify

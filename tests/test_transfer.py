@@ -199,11 +199,13 @@ def test_a_new_version_and_a_sweep_start_from_the_task_itself(settings, run_cli,
      "Error: --init-from a: its adapters have size 64, this run's 16: pass --adapter-size 64"),
     (["--compare-scratch"],
      "Error: --compare-scratch needs --init-from auto or TASK (the run is already from scratch)"),
+    (["--init-from", "a", "--shortlist", "2"],
+     "Error: --shortlist needs --init-from auto (only auto's ranking has a shortlist)"),
 ])
 def test_bad_init_from_is_one_line_and_changes_nothing(settings, run_cli, data, args, message):
     before = snapshot(settings)
     result = run_cli("add-task", "b", "--data", str(data / "sentiment"), *args)
-    line = one_line_error(result, exit_code=2 if "--compare-scratch" in message else 1)
+    line = one_line_error(result, exit_code=2 if "needs --init-from" in message else 1)
     assert line == message or line.startswith(f"{message} (see `")  # a usage error points at --help
     assert snapshot(settings) == before
 

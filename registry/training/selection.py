@@ -22,7 +22,6 @@ from registry.data import metrics
 from registry.data.encoding import Encoded, batches
 
 FEATURE_ROWS = 256
-SHORTLIST = 3  # trials for at most this many of the best-ranked candidates, plus none
 RESAMPLES = 200
 CONFIDENCE = 0.95
 

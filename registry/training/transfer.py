@@ -18,6 +18,7 @@ are only read: the new task gets its own copy of the weights, and adding it chan
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -32,6 +33,8 @@ from registry.catalog.queries import find_task, served
 from registry.storage.core import Registry
 from registry.data.encoding import Encoded
 from registry.errors import ArtifactError, TrainingError
+
+log = logging.getLogger("registry")
 
 TRIAL_ROWS = 768  # 24 steps of 32
 HELD_ROWS = 256
@@ -100,9 +103,9 @@ class Trial:
 
 
 def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
-           task_type: str, metric: str, pad_id: int, device: torch.device, shortlist: int = selection.SHORTLIST,
-           echo: Callable[[str], None] = lambda line: None) -> Choice:
-    """Rank every earlier task by LogME, trial the `shortlist` best and `none`, choose with the guard.
+           task_type: str, metric: str, pad_id: int, device: torch.device, shortlist: int) -> Choice:
+    """Rank every earlier task by LogME, trial the `shortlist` best and `none`, choose with the guard; the
+    choice's short block is logged (INFO) to the `registry` logger.
 
     `build()` makes the new task's freshly initialised model (the same weights every call).
     """
@@ -118,7 +121,7 @@ def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Enc
                              device=device)
     skipped += unusable
     for name, why in skipped:
-        echo(f"--init-from auto: skipped {name} ({why})")
+        log.info(f"--init-from auto: skipped {name} ({why})")
     ranked_seconds = time.perf_counter() - started
     picked = selection.shortlist(ranking, shortlist)
     by_name = {source.name: source for source in sources}
@@ -134,7 +137,7 @@ def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Enc
               "chosen": chosen, "why": why, "ranking_seconds": round(ranked_seconds, 3),
               "seconds": round(time.perf_counter() - started, 3)}
     for line in describe(record):
-        echo(line)
+        log.info(line)
     return Choice(by_name[chosen] if chosen else None, record)
 
 
