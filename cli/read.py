@@ -61,8 +61,9 @@ def print_task(row: dict) -> None:
 @click.argument("name", required=False)
 @click.option(
     "--matrix", is_flag=True,
-    help="Show R[i][j], task j's score after adding task i, with ACC, BWT and FWT (GEM); FWT needs scratch runs "
-         "(add-task --compare-scratch)."
+    help="Show R[i][j], task j's score after adding task i, with ACC, BWT and FWT; FWT here is the gain over a "
+         "fresh adapter trained from scratch (not over a random model, as in GEM and Avalanche) and needs scratch "
+         "runs (add-task --compare-scratch)."
 )
 @click.option("--plot", type=click.Path(dir_okay=False, writable=True), help="Also draw the history to this PNG file.")
 @json_option
@@ -87,13 +88,14 @@ def history(settings: Settings, name: str | None, matrix: bool, plot: str | None
 
 
 def print_matrix(result: dict) -> None:
-    """R as a lower-triangular table, a row of each task's FWT, then ACC, BWT and the mean FWT."""
+    """R as a lower-triangular table, a row of each task's FWT (against scratch), then ACC, BWT and the mean FWT."""
     rows = [{"after adding": name, **{task: score for task, score in zip(result["tasks"], scores)}}
             for name, scores in zip(result["tasks"], result["matrix"])]
     if any(value is not None for value in result["fwt"]):
-        rows.append({"after adding": "FWT", **dict(zip(result["tasks"], result["fwt"]))})
+        rows.append({"after adding": "FWT vs scratch", **dict(zip(result["tasks"], result["fwt"]))})
     table(rows, ["after adding", *result["tasks"]])
-    click.echo(f"ACC {fmt(result['acc'])}   BWT {fmt(result['bwt'])}   FWT {fmt(result['fwt_mean'])}")
+    click.echo(f"ACC {fmt(result['acc'])}   BWT {fmt(result['bwt'])}   FWT vs scratch {fmt(result['fwt_mean'])} "
+               "(the gain over a fresh adapter, not over a random model)")
 
 
 COMMANDS = [list_, show, history]

@@ -52,8 +52,11 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--promote", is_flag=True, help="With --new-version: make it current whatever it scores.")
 @click.option("--init-from", default="none", show_default=True, metavar="auto|none|TASK",
               help="Start the adapters and LayerNorms from an earlier task's (the head is new): TASK, or auto: "
-                   "the start whose short trial on this data ends with the lowest held-out loss, none unless a "
-                   "task beats scratch by 2%. The earlier task is only read.")
+                   "every earlier task ranked by LogME on this data, short trials of the --shortlist best and of "
+                   "none, and none unless the best trial beats it beyond the trial's noise. Earlier tasks are only "
+                   "read.")
+@click.option("--shortlist", type=click.IntRange(min=1),
+              help="With --init-from auto: how many of the best-ranked earlier tasks get a trial (default 3).")
 @click.option("--compare-scratch", is_flag=True,
               help="With --init-from: also train from scratch (same data, seed, epochs); the better run is "
                    "published and `history --matrix` shows the forward transfer (FWT).")
@@ -67,8 +70,8 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str, ...], label_column: str | None,
              task_type: str | None, metric: str | None, epochs: int, lr: float, batch_size: int, adapter_size: int,
              max_length: int, max_train_samples: int | None, strict: bool, seed: int, sweep: bool, new_version: bool,
-             promote: bool, init_from: str, compare_scratch: bool, base_dropout: bool, device: str, quiet: bool,
-             as_json: bool) -> None:
+             promote: bool, init_from: str, shortlist: int | None, compare_scratch: bool, base_dropout: bool,
+             device: str, quiet: bool, as_json: bool) -> None:
     """Train an adapter for a new task on the frozen base and add it as the next task, or train a task's next version.
 
     A new version becomes current when it scores at least as well as the current one on its validation
@@ -83,8 +86,9 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, adapter_size=adapter_size,
                          max_length=max_length, seed=seed, base_dropout=base_dropout)
     with usage_errors():
+        start = parse_init_from(init_from, shortlist)
         result = open_registry(settings).add_task(
-            name, source, config=config, init_from=parse_init_from(init_from), new_version=new_version,
+            name, source, config=config, init_from=start, new_version=new_version,
             promote=promote, compare_scratch=compare_scratch, sweep=sweep, text_columns=text_columns,
             label_column=label_column, task_type=task_type, metric=metric, max_train_samples=max_train_samples,
             strict=strict, device=device, progress=False if quiet else None)

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from registry.errors import OptionError
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -36,8 +38,12 @@ class Scratch:
 
 @dataclass(frozen=True)
 class Auto:
-    """The start whose short trial on the new data ends with the lowest held-out loss (scratch unless a task
-    beats it by 2%)."""
+    """The start chosen on the new data in three steps: rank scratch and every earlier task by LogME (the new
+    data's [CLS] features through each task's adapters, no training); give scratch and the `shortlist`
+    best-ranked tasks a short trial; keep scratch unless the best trial beats it in 95% of paired bootstrap
+    resamples of the held-out rows (the guard)."""
+
+    shortlist: int = 3  # how many of the best-ranked earlier tasks get a trial
 
     def __str__(self) -> str:
         return "auto"
@@ -56,6 +62,10 @@ class FromTask:
 InitFrom = Scratch | Auto | FromTask
 
 
-def parse_init_from(text: str) -> InitFrom:
-    """`--init-from`'s value: `none`, `auto`, or a task's name."""
-    return {"none": Scratch(), "auto": Auto()}.get(text) or FromTask(text)
+def parse_init_from(text: str, shortlist: int | None = None) -> InitFrom:
+    """`--init-from`'s value: `none`, `auto` (with `--shortlist`, when given), or a task's name."""
+    if text == "auto":
+        return Auto() if shortlist is None else Auto(shortlist=shortlist)
+    if shortlist is not None:
+        raise OptionError("--shortlist needs --init-from auto (only auto's ranking has a shortlist)")
+    return Scratch() if text == "none" else FromTask(text)

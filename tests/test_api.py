@@ -127,6 +127,8 @@ def test_transfer_from_a_task_and_auto(reg, data):
     ({"compare_scratch": True}, OptionError,
      "--compare-scratch needs --init-from auto or TASK (the run is already from scratch)"),
     ({"init_from": "auto"}, OptionError, "init_from='auto': pass Scratch(), Auto() or FromTask(name)"),
+    ({"init_from": Auto(shortlist=0)}, OptionError,
+     "--shortlist 0: give 1 or more (how many earlier tasks get a trial)"),
     ({"init_from": FromTask("nosuch")}, UnknownTask, "no ready task named 'nosuch'; known tasks: (none)"),
     ({"new_version": True}, UnknownTask,
      "--new-version: no ready task named 'b': drop --new-version to add it as a new task"),

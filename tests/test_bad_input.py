@@ -193,7 +193,8 @@ CASES = [
         "huge.tsv line 32 cannot be parsed (field larger than field limit",
         "fix that line",
     ),
-    case("data-unsupported-type", f"{NEW} {{bad}}/data.txt", "has an unsupported file type '.txt'", "use one of: .tsv"),
+    case("data-unsupported-type", f"{NEW} {{bad}}/data.txt", "data.txt is not tab- or comma-separated text",
+         "give it one of those forms (.tsv"),
     case(
         "data-hub-offline",
         f"{NEW} hf:nyu-mll/glue:cola",
@@ -648,7 +649,7 @@ def write_files(bad: Path) -> Path:
         ("\n".join([header, *sentences(30, 7), "un film très bon\t1"]) + "\n").encode("latin-1")
     )
     (bad / "huge.tsv").write_text("\n".join([header, *sentences(30, 8), "a" * 300_000 + "\t1"]) + "\n")
-    (bad / "data.txt").write_text(good.read_text())
+    (bad / "data.txt").write_text("some prose\nwith neither tabs nor commas\n")
     (bad / "config.json").write_text("{not json")
     os.mkfifo(bad / "fifo")
     return good

@@ -293,6 +293,42 @@ def test_headerless_tsv_bom_crlf_quotes_no_trailing_newline(tmp_path):
     assert td.train.column_names == ["3", "1"]
 
 
+SENTIMENT_DIR = GLUE_DIR.parent / "sentiment"
+
+
+def test_files_of_other_extensions_are_read_by_content_and_say_so(tmp_path):
+    rows = [f"{s}, they said\t{i % 2}" for i, s in enumerate(sentences(30))]  # commas in the text, tab-separated
+    td = data.load(str(write(tmp_path / "reviews.txt", "\n".join(rows) + "\n")))
+    assert (td.text_columns, td.label_column, td.train.num_rows + td.validation.num_rows) == (("0",), "1", 30)
+    assert "read reviews.txt as tab-separated text (by its content)" in td.inferred
+    assert col(td.train, "0")[0].endswith(", they said")
+
+    td = data.load(str(write(tmp_path / "comma", "text,label\n" + "\n".join(
+        f"{s},{i % 2}" for i, s in enumerate(sentences(30))))))
+    assert td.text_columns == ("text",) and "read comma as comma-separated text (by its content)" in td.inferred
+
+    lines = "\n".join(json.dumps({"text": s, "label": i % 2}) for i, s in enumerate(sentences(30)))
+    td = data.load(str(write(tmp_path / "lines.dat", lines)))
+    assert td.label_column == "label" and "read lines.dat as JSON (by its content)" in td.inferred
+
+    write(tmp_path / "d/train.txt", "\n".join(rows))  # a directory's train file too
+    write(tmp_path / "d/dev.txt", "\n".join(rows[:5]))
+    td = data.load(str(tmp_path / "d"))
+    assert td.validation.num_rows == 5 and "read train.txt as tab-separated text (by its content)" in td.inferred
+
+    assert _err(data.load, str(write(tmp_path / "prose.txt", "just words\nand more words\n"))).startswith(
+        "prose.txt is not tab- or comma-separated text (not every line has a tab or a comma), JSON or Parquet")
+    assert "is not UTF-8 text" in _err(data.load, str(write(tmp_path / "blob.bin", b"\xff\xfe\x00\x01\tx")))
+
+
+@pytest.mark.skipif(not SENTIMENT_DIR.is_dir(), reason=f"sentiment data not found at {SENTIMENT_DIR}")
+def test_the_sentiment_sets_read_as_headerless_tab_separated_text():
+    td = data.load(str(SENTIMENT_DIR / "yelp_labelled.txt"))
+    assert (td.text_columns, td.label_column, td.task_type, td.labels) == (("0",), "1", "classification", ("0", "1"))
+    assert td.train.num_rows + td.validation.num_rows == 1000 and td.validation.num_rows == 100
+    assert "read yelp_labelled.txt as tab-separated text (by its content)" in td.inferred
+
+
 def test_overrides(tmp_path):
     s = sentences(40)
     body = "id\tquestion\tanswer\trating\n" + "\n".join(
@@ -492,8 +528,9 @@ def test_more_bad_inputs(tmp_path):
     )
     assert _err(data.load, g, text_columns=["text", "text", "label"]).startswith("--text-column was given 3 times")
 
-    write(tmp_path / "x.xlsx", "whatever")
-    assert "unsupported file type '.xlsx'" in _err(data.load, str(tmp_path / "x.xlsx"))
+    write(tmp_path / "x.xlsx", "whatever\nelse")
+    assert _err(data.load, str(tmp_path / "x.xlsx")).startswith(
+        "x.xlsx is not tab- or comma-separated text (not every line has a tab or a comma), JSON or Parquet")
 
     write(
         tmp_path / "s.csv",

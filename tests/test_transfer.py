@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load as load_tensors
 from torch import nn
 
-from registry.training import transfer
 from registry.storage.core import open_registry
+from registry.training import selection
 from tests.helpers import one_line_error, snapshot, write_task_data
 
 
@@ -66,63 +66,124 @@ def test_init_from_a_task_starts_from_its_adapters_and_leaves_it_byte_identical(
         assert "a v1" in run_cli(command, "b").stdout and "scratch" in run_cli(command, "fresh").stdout
 
 
-def test_auto_tries_every_candidate_and_chooses_by_its_rule(settings, run_cli, data):
+def gaussian_log_evidence(f: np.ndarray, y: np.ndarray, alpha: float, beta: float) -> float:
+    """log N(y; 0, F F^T / alpha + I / beta) per row: the evidence computed the slow, obvious way."""
+    n = len(y)
+    cov = f @ f.T / alpha + np.eye(n) / beta
+    _, log_det = np.linalg.slogdet(cov)
+    return float(-(n * np.log(2 * np.pi) + log_det + y @ np.linalg.solve(cov, y)) / 2 / n)
+
+
+@pytest.mark.parametrize("shape", [(200, 20), (40, 120)])  # more rows than features, and fewer
+def test_logme_maximises_the_evidence_of_the_bayesian_linear_model(shape):
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=shape)
+    y = f @ rng.normal(size=shape[1]) * 0.3 + rng.normal(size=shape[0])
+    found = selection.evidence(f, y)
+    assert found.value == pytest.approx(gaussian_log_evidence(f, y, found.alpha, found.beta), abs=1e-8)
+    if shape[0] > shape[1]:  # the noise is identifiable: a maximum, any step away lowers the evidence
+        for alpha, beta in ((1.1, 1), (0.9, 1), (1, 1.1), (1, 0.9)):
+            assert gaussian_log_evidence(f, y, found.alpha * alpha, found.beta * beta) < found.value
+
+
+def test_logme_prefers_features_that_explain_the_targets():
+    rng = np.random.default_rng(1)
+    signal, noise = rng.normal(size=(300, 16)), rng.normal(size=(300, 16))
+    values = signal @ rng.normal(size=16) + 0.1 * rng.normal(size=300)
+    assert selection.logme(signal, values, "regression") > selection.logme(noise, values, "regression") + 1
+    classes = (signal[:, 0] > 0).astype(int) + (signal[:, 1] > 0)  # three classes read off two features
+    assert selection.logme(signal, classes, "classification") > selection.logme(noise, classes, "classification")
+
+
+def test_the_guard_counts_paired_bootstrap_wins():
+    labels = np.array([0, 1] * 50)
+    sure = np.stack([1 - labels, labels], axis=1) * 4.0  # confident and right on every row
+    assert selection.wins(sure, np.zeros((100, 2)), labels, "classification", seed=0) == 1.0
+    assert selection.wins(np.zeros((100, 2)), np.zeros((100, 2)), labels, "classification", seed=0) == 0.0
+    values = np.linspace(0, 1, 100)
+    noisy = values + np.random.default_rng(0).normal(scale=0.5, size=100)
+    assert selection.wins(values[:, None], noisy[:, None], values, "regression", seed=0) == 1.0
+
+
+def selection_of(run_cli, name: str) -> dict:
+    return shown(run_cli, name)["runs"][0]["selection"]
+
+
+def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(settings, run_cli, data):
     add(run_cli, "small", data / "pairs", "--epochs", "1", "--adapter-size", "16")
     _, stderr = add(run_cli, "sim", data / "similarity", "--epochs", "2", "--init-from", "auto", "--compare-scratch")
     runs = shown(run_cli, "sim")["runs"]
-    selection = runs[0]["selection"]
-    losses = {entry["task"]: entry["loss"] for entry in selection["losses"]}
-    assert set(losses) == {None, "a"} and selection["skipped"] == ["small"]  # another adapter size: not a candidate
-    assert selection["rows"] == [36, 12] and selection["criterion"] == transfer.CRITERION  # 48 rows: a quarter held
-    chosen = "a" if losses["a"] < (1 - transfer.AUTO_MARGIN) * losses[None] else None
-    assert selection["chosen"] == chosen
-    assert "--init-from auto: held-out loss after a short trial from each start on 36 + 12 training rows: none " \
-        in stderr
-    assert f"→ {chosen or 'none'}" in stderr
+    chosen = runs[0]["selection"]
+    assert {r["task"] for r in chosen["ranking"]} == {None, "a"} and chosen["shortlist"] == ["a"]
+    assert chosen["skipped"] == [{"task": "small", "why": "adapters of size 16, this run's 64"}]
+    assert chosen["criterion"] == "spearman" and chosen["rows"] == [36, 12] and chosen["feature_rows"] == 48
+    assert [t["task"] for t in chosen["trials"]] == [None, "a"] and all(-1 <= t["spearman"] <= 1
+                                                                         for t in chosen["trials"])
+    guard = chosen["guard"]
+    assert guard["best"] == "a" and chosen["chosen"] == ("a" if guard["wins"] >= selection.CONFIDENCE else None)
+    assert guard["fired"] == (chosen["chosen"] is None and chosen["trials"][1]["spearman"] >
+                              chosen["trials"][0]["spearman"])
+    block = [line for line in stderr.splitlines() if "auto" in line or line.startswith("  ")]
+    assert block[0] == "--init-from auto: skipped small (adapters of size 16, this run's 64)"
+    assert block[1].startswith("--init-from auto: LogME on 48 training rows, 2 starts in ")
+    assert block[2].startswith("  shortlist (k=3): a; trials, held-out spearman after 1 epoch on 36 rows (12 held ")
+    assert block[3].startswith(f"  → {chosen['chosen'] or 'none'} (a beats none in ")
     starts = [run["init_from"]["task"] if run["init_from"] else None for run in runs]
-    assert starts == (["a", None] if chosen else [None])  # --compare-scratch trains scratch only beside a source
+    assert starts == (["a", None] if chosen["chosen"] else [None])  # --compare-scratch: scratch beside a source
 
 
-def test_auto_picks_a_start_that_already_knows_the_task(settings, run_cli, data):
-    """`teacher` learned this very data: a short trial from it ends with a lower held-out loss than from scratch."""
+def test_auto_with_many_candidates_trials_only_the_shortlist(settings, run_cli, data):
+    for name, lr in (("b", "1e-3"), ("c", "3e-4"), ("d", "1e-2")):
+        add(run_cli, name, data / "sentiment", "--epochs", "1", "--lr", lr)
+    _, stderr = add(run_cli, "e", data / "sentiment", "--epochs", "1", "--init-from", "auto", "--shortlist", "2")
+    chosen = selection_of(run_cli, "e")
+    ranking = [r["task"] for r in chosen["ranking"]]
+    assert sorted(ranking, key=str) == sorted([None, "a", "b", "c", "d"], key=str)
+    assert [r["logme"] for r in chosen["ranking"]] == sorted((r["logme"] for r in chosen["ranking"]), reverse=True)
+    assert chosen["shortlist"] == [name for name in ranking if name][:2] and chosen["k"] == 2
+    assert [t["task"] for t in chosen["trials"]] == [None, *chosen["shortlist"]]  # two trials and none's, no more
+    assert chosen["criterion"] == "loss" and all(t["loss"] > 0 for t in chosen["trials"])
+    assert "5 starts" in stderr and "shortlist (k=2)" in stderr
+
+
+def test_an_unusable_candidate_is_skipped_with_one_line(settings, run_cli, data):
+    add(run_cli, "b", data / "sentiment", "--epochs", "1")
+    registry = open_registry(settings)
+    sha = shown(run_cli, "a")["adapter_sha256"]
+    registry.store.fs.pipe_file(registry.store.path(sha), b"not the adapter")  # a's stored weights break
+    _, stderr = add(run_cli, "c", data / "sentiment", "--epochs", "1", "--init-from", "auto")
+    skipped = [line for line in stderr.splitlines() if "skipped a" in line]
+    assert skipped == [f"--init-from auto: skipped a (artifact {sha[:12]} in {registry.store.url} does not match "
+                       "its sha256 (corrupt or tampered): run `registry verify`)"]
+    chosen = selection_of(run_cli, "c")
+    assert [r["task"] for r in chosen["ranking"]] in ([None, "b"], ["b", None]) and chosen["shortlist"] == ["b"]
+    assert chosen["skipped"][0]["task"] == "a"
+
+
+def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(settings, run_cli, data,
+                                                                                 monkeypatch):
+    """`teacher` learned this very data: LogME ranks it first and its trial beats scratch on every resample."""
     teacher, _ = add(run_cli, "teacher", data / "sentiment", "--epochs", "30", "--lr", "3e-3", "--batch-size", "8")
     assert teacher["score"] >= 0.8
     add(run_cli, "again", data / "sentiment", "--epochs", "1", "--init-from", "auto")
     (run,) = shown(run_cli, "again")["runs"]
-    losses = {entry["task"]: entry["loss"] for entry in run["selection"]["losses"]}
-    assert losses["teacher"] < (1 - transfer.AUTO_MARGIN) * losses[None] and losses["teacher"] < losses["a"], losses
-    assert run["selection"]["chosen"] == "teacher" and run["init_from"]["task"] == "teacher"
+    chosen = run["selection"]
+    assert chosen["ranking"][0]["task"] == "teacher" and chosen["shortlist"][0] == "teacher"
+    losses = {t["task"]: t["loss"] for t in chosen["trials"]}
+    assert losses["teacher"] < losses[None] and chosen["guard"] == {
+        "best": "teacher", "wins": 1.0, "needed": selection.CONFIDENCE, "fired": False}
+    assert chosen["chosen"] == "teacher" and run["init_from"]["task"] == "teacher"
+
+    monkeypatch.setattr(selection, "CONFIDENCE", 1.01)  # no win is enough: the guard keeps none
+    _, stderr = add(run_cli, "kept", data / "sentiment", "--epochs", "1", "--init-from", "auto")
+    (run,) = shown(run_cli, "kept")["runs"]
+    assert run["selection"]["guard"]["fired"] is True and run["selection"]["chosen"] is None
+    assert run["init_from"] is None and "→ none (teacher beats none in 100% of 200 resamples" in stderr
 
 
 def test_compare_scratch_gives_the_forward_transfer_and_the_better_run_is_published(settings, run_cli, data,
                                                                                       monkeypatch):
-    monkeypatch.setattr(transfer, "AUTO_MARGIN", -1.0)  # any earlier task beats none: auto must pick `a`
-    add(run_cli, "b", data / "sentiment", "--epochs", "2", "--init-from", "auto", "--compare-scratch")
-    task = shown(run_cli, "b")
-    from_a, scratch = task["runs"]
-    assert from_a["init_from"]["task"] == "a" and scratch["init_from"] is None
-    assert from_a["selection"]["chosen"] == "a" == scratch["selection"]["chosen"]
-    assert (from_a["seed"], from_a["hyperparams"]) == (scratch["seed"], scratch["hyperparams"])
-    assert task["score"] == max(from_a["score"], scratch["score"])
-
-    matrix = json.loads(run_cli("history", "--matrix", "--json").stdout)
-    assert matrix["tasks"] == ["a", "b"]
-    assert matrix["fwt"] == [None, from_a["score"] - scratch["score"]]
-    assert matrix["fwt_mean"] == from_a["score"] - scratch["score"]
-    text = run_cli("history", "--matrix").stdout
-    assert text.splitlines()[-2].split()[0] == "FWT" and f"FWT {matrix['fwt_mean']:.4f}" in text
-
-
-def test_auto_with_no_earlier_task_trains_from_scratch(settings, run_cli, tiny_base, tmp_path):
-    assert run_cli("init", "--base", str(tiny_base)).exit_code == 0
-    root = write_task_data(tmp_path / "data")
-    _, stderr = add(run_cli, "first", root / "sentiment", "--epochs", "1", "--init-from", "auto")
-    assert "→ none (no earlier task with adapters of this size)" in stderr
-    (run,) = shown(run_cli, "first")["runs"]
-    assert run["init_from"] is None and run["selection"]["chosen"] is None
-    assert run["selection"]["losses"] == []  # nothing to compare: no trial
-
-
+    monkeypatch.setattr(selection, "CONFIDENCE", 0.0)  # any shortlisted task beats none: auto must pick `a`
 def test_a_new_version_and_a_sweep_start_from_the_task_itself(settings, run_cli, data):
     add(run_cli, "a", data / "sentiment", "--new-version", "--init-from", "a", "--sweep", "--epochs", "1")
     runs = shown(run_cli, "a")["runs"][1:]
@@ -138,11 +199,13 @@ def test_a_new_version_and_a_sweep_start_from_the_task_itself(settings, run_cli,
      "Error: --init-from a: its adapters have size 64, this run's 16: pass --adapter-size 64"),
     (["--compare-scratch"],
      "Error: --compare-scratch needs --init-from auto or TASK (the run is already from scratch)"),
+    (["--init-from", "a", "--shortlist", "2"],
+     "Error: --shortlist needs --init-from auto (only auto's ranking has a shortlist)"),
 ])
 def test_bad_init_from_is_one_line_and_changes_nothing(settings, run_cli, data, args, message):
     before = snapshot(settings)
     result = run_cli("add-task", "b", "--data", str(data / "sentiment"), *args)
-    line = one_line_error(result, exit_code=2 if "--compare-scratch" in message else 1)
+    line = one_line_error(result, exit_code=2 if "needs --init-from" in message else 1)
     assert line == message or line.startswith(f"{message} (see `")  # a usage error points at --help
     assert snapshot(settings) == before
 
@@ -154,7 +217,7 @@ def test_a_retired_task_is_no_source(settings, run_cli, data):
     assert one_line_error(result) == "Error: task 'a' is retired: `registry restore a` brings it back"
     assert snapshot(settings) == before
     _, stderr = add(run_cli, "c", data / "sentiment", "--epochs", "1", "--init-from", "auto")
-    assert "no earlier task with adapters of this size" in stderr  # nor a candidate of auto
+    assert "no usable earlier task with adapters of this size" in stderr  # nor a candidate of auto
 
 
 def test_the_base_dropout_is_off_unless_asked_and_the_run_says_so(settings, run_cli, data, tiny_base):

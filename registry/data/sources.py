@@ -2,7 +2,10 @@
 
 File formats: ``.tsv`` (read with quoting disabled: double quotes are text), ``.csv`` (standard
 quoting), ``.json`` (a list of objects, an object of equal-length lists, ``{"data": [...]}``, or
-JSON lines), ``.jsonl`` and ``.parquet``. Text must be UTF-8 (a BOM is stripped). Whether the first
+JSON lines), ``.jsonl`` and ``.parquet``. A file with any other extension (``.txt``, none) is read by
+its content: Parquet by its magic bytes, JSON when it starts with ``{`` or ``[``, else tab-separated
+when every sampled line has a tab, comma-separated when every one has a comma; a note says which.
+Text must be UTF-8 (a BOM is stripped). Whether the first
 row of a delimited file is a header is detected; without one, columns are named by 0-based
 position: ``"0"``, ``"1"``, ...
 
@@ -72,6 +75,7 @@ class Table:
     header: bool | None = None                 # delimited files: had a header row; else None
     lines: list[int] | None = None             # file line of each row, when the format has lines
     class_names: dict[str, tuple[str, ...]] = field(default_factory=dict)  # hub ClassLabel names
+    read_as: str | None = None                 # the format chosen by content, for an extension we do not know
 
     @property
     def n(self) -> int:
@@ -107,17 +111,40 @@ def _decode(raw: bytes, name: str) -> str:
 def _read_table(path: Path, raw: bytes, *, expect_header: bool | None = None, required: Sequence[str] = ()) -> Table:
     """Parse one file. ``expect_header``/``required`` only matter for delimited files (see _read_delimited)."""
     name = path.name
-    ext = path.suffix.lower()
-    if ext not in FORMATS:
-        raise DataError(f"{path} has an unsupported file type {ext or '(none)'!r}; use one of: {', '.join(FORMATS)}")
     body = raw[3:] if raw.startswith(b"\xef\xbb\xbf") else raw
     if not body.strip():
         raise DataError(f"{path} is empty; it needs labelled examples")
+    ext = path.suffix.lower()
+    read_as = None
+    if ext not in FORMATS:
+        ext = _sniff(name, raw)
+        read_as = _FORMAT_NAMES[ext]
     if ext in (".tsv", ".csv"):
-        return _read_delimited(name, _decode(raw, name), ext, expect_header=expect_header, required=required)
-    if ext in (".json", ".jsonl"):
-        return _read_json(name, _decode(raw, name), ext)
-    return _read_parquet(name, raw)
+        table = _read_delimited(name, _decode(raw, name), ext, expect_header=expect_header, required=required)
+    elif ext in (".json", ".jsonl"):
+        table = _read_json(name, _decode(raw, name), ext)
+    else:
+        table = _read_parquet(name, raw)
+    table.read_as = read_as
+    return table
+
+
+_FORMAT_NAMES = {".parquet": "Parquet", ".json": "JSON", ".tsv": "tab-separated text", ".csv": "comma-separated text"}
+
+
+def _sniff(name: str, raw: bytes) -> str:
+    """The format of a file whose extension names none we know, from its content (see the module's doc)."""
+    if raw.startswith(b"PAR1"):
+        return ".parquet"
+    text = _decode(raw, name)
+    if text.lstrip()[:1] in ("{", "["):
+        return ".json"
+    lines = [line for line in text.split("\n", SAMPLE)[:SAMPLE] if line.strip()]
+    for ext, sep in ((".tsv", "\t"), (".csv", ",")):
+        if all(sep in line for line in lines):
+            return ext
+    raise DataError(f"{name} is not tab- or comma-separated text (not every line has a tab or a comma), JSON or "
+                    f"Parquet; give it one of those forms ({', '.join(FORMATS)})")
 
 
 def _read_delimited(name: str, text: str, ext: str, *, expect_header: bool | None, required: Sequence[str]) -> Table:
@@ -388,7 +415,7 @@ def _find_split_files(d: Path) -> tuple[Path, Path | None]:
     files = sorted(p for p in d.iterdir() if p.is_file())
 
     def pick(stems: Sequence[str], what: str) -> Path | None:
-        found = [p for p in files if p.suffix.lower() in FORMATS and p.stem.lower() in stems]
+        found = [p for p in files if p.suffix.lower() in (*FORMATS, ".txt") and p.stem.lower() in stems]
         if len(found) > 1:
             raise DataError(
                 f"{d} has several {what} files ({', '.join(p.name for p in found)}); keep one"
@@ -399,7 +426,7 @@ def _find_split_files(d: Path) -> tuple[Path, Path | None]:
     if train is None:
         listing = ", ".join(p.name for p in files[:12]) or "no files"
         raise DataError(
-            f"{d} has no train file (train.tsv, train.csv, train.json, train.jsonl or train.parquet); "
+            f"{d} has no train file (train.tsv, train.csv, train.json, train.jsonl, train.parquet or train.txt); "
             f"it holds: {listing}"
         )
     return train, pick(_DEV_STEMS, "dev/validation")
@@ -432,16 +459,24 @@ def resolve(source: str, *, need_train: bool) -> Source:
         if dev_path is None:
             tab = _read_table(train_path, train_raw)
             return Source(tab, None, train_path.name, "", _manifest_sha([(train_path.name, train_raw)]),
-                          [f"no dev/validation file in {path}: holding out part of {train_path.name}"])
+                          [*read_as_note(tab),
+                           f"no dev/validation file in {path}: holding out part of {train_path.name}"])
         dev_raw = _read_bytes(dev_path)
         fp = _manifest_sha([(train_path.name, train_raw), (dev_path.name, dev_raw)])
         train = _read_table(train_path, train_raw) if need_train else None
-        return Source(train, None, None, dev_path.name, fp, [], dev=(dev_path, dev_raw))
+        return Source(train, None, None, dev_path.name, fp, read_as_note(train), dev=(dev_path, dev_raw))
     if not path.is_file():
         raise DataError(f"{source} is neither a regular file nor a directory; pass a data file or directory")
     raw = _read_bytes(path)
     tab = _read_table(path, raw)
-    return Source(tab, None, path.name, "", hashlib.sha256(raw).hexdigest(), [])
+    return Source(tab, None, path.name, "", hashlib.sha256(raw).hexdigest(), read_as_note(tab))
+
+
+def read_as_note(table: Table | None) -> list[str]:
+    """The line saying how a file of an extension we do not know was read, if it was."""
+    if table is None or table.read_as is None:
+        return []
+    return [f"read {table.name} as {table.read_as} (by its content)"]
 
 
 def load_dev(src: Source, required: Sequence[str]) -> Table:

@@ -81,8 +81,9 @@ def add_task(
 
     A new version becomes current with `promote`, or when it scores at least as well as the current
     version on its validation data (both scores are logged); otherwise it is kept as a candidate.
-    `init_from` starts the adapters from an earlier task's (FromTask), from the one Auto picks, or from
-    Scratch; `compare_scratch` also trains the same runs from scratch, and the best run is published.
+    `init_from` starts the adapters from an earlier task's (FromTask), from the one Auto picks (trials for its
+    `shortlist` best LogME ranks), or from Scratch; `compare_scratch` also trains the same runs from scratch, and
+    the best run is published.
     What it infers and each run's score are logged (INFO) to the `registry` logger.
     """
     check_options(new_version=new_version, promote=promote, init_from=init_from, compare_scratch=compare_scratch)
@@ -266,7 +267,7 @@ def choose_start(registry: Registry, plan: Plan, prepared: Prepared) -> tuple[tr
             registry, lambda: build_model(prepared.base_dir, config.adapter_size, head, config.seed,
                                           base_dropout=config.base_dropout),
             prepared.train_set, config, task_type=loaded.task_type, metric=loaded.metric,
-            pad_id=prepared.tokenizer.pad_token_id, device=plan.target)
+            pad_id=prepared.tokenizer.pad_token_id, device=plan.target, shortlist=plan.init_from.shortlist)
     return (choice.source, choice.selection) if choice else (None, None)
 
 
@@ -296,6 +297,8 @@ def check_options(*, new_version: bool, promote: bool, init_from: InitFrom, comp
         raise OptionError("--promote needs --new-version (a new task's first version is always current)")
     if compare_scratch and isinstance(init_from, Scratch):
         raise OptionError("--compare-scratch needs --init-from auto or TASK (the run is already from scratch)")
+    if isinstance(init_from, Auto) and (not isinstance(init_from.shortlist, int) or init_from.shortlist < 1):
+        raise OptionError(f"--shortlist {init_from.shortlist!r}: give 1 or more (how many earlier tasks get a trial)")
 
 
 def check_max_length(max_length: int, base_config: dict) -> None:

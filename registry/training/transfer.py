@@ -1,13 +1,16 @@
 """Forward transfer: a new task's adapters and LayerNorms start from an earlier task's stored ones.
 
-`add-task --init-from TASK` names the source; `--init-from auto` tries `none` (the paper's
-initialisation) and every earlier task in a short trial and takes the best, or `none` unless a source
-beats it by `AUTO_MARGIN`. A trial trains the new task briefly from that start — one epoch over
-`TRIAL_ROWS` training rows, the run's own learning rate, schedule and seed — and measures the loss on
-`HELD_ROWS` other training rows: does training go better from here? Each trial costs a short run
-(auto took 1.5-2x a run from scratch with two to four earlier tasks). Neither it nor the first design,
-a ridge probe of the frozen [CLS] features, is reliable yet: both rate SST-2's adapters a good start for
-STS-B, which then trains worse than scratch (README, docs/benchmarks.md).
+`add-task --init-from TASK` names the source; `--init-from auto` chooses in three steps:
+1. rank every earlier task with adapters of the run's size by LogME on its [CLS] features of a few hundred
+   of the new task's training rows (registry.training.selection: one forward pass each, no training);
+2. trial the `shortlist` best-ranked (3 by default) and `none`: each trains the new task briefly from that
+   start — one epoch over at most `TRIAL_ROWS` training rows, the run's own learning rate, schedule and seed —
+   and is measured on `HELD_ROWS` other training rows, by Spearman's rank correlation for regression and the
+   loss for classification;
+3. keep `none` unless the best trial beats it in 95% of paired bootstrap resamples of the held-out rows (the
+   guard: a win inside the trial's own noise is no win).
+A candidate that cannot be used (adapters of another size, a stored file that fails verification) is skipped
+with one line. Every figure is recorded in the run's `selection`.
 
 The head is always new (the label spaces of two tasks rarely mean the same). The source's stored files
 are only read: the new task gets its own copy of the weights, and adding it changes no earlier task.
@@ -24,20 +27,17 @@ import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
 
-from registry.training import train
+from registry.training import selection, train
 from registry.model.adapters import AdapterModel
 from registry.catalog.queries import find_task, served
 from registry.storage.core import Registry
 from registry.data.encoding import Encoded
-from registry.errors import TrainingError
+from registry.errors import ArtifactError, TrainingError
 
 log = logging.getLogger("registry")
 
 TRIAL_ROWS = 768  # 24 steps of 32
 HELD_ROWS = 256
-AUTO_MARGIN = 0.02  # a source's held-out loss must be this fraction below none's to be chosen
-CRITERION = (f"held-out loss ({HELD_ROWS} training rows) after one epoch on {TRIAL_ROWS} other training rows "
-             f"from each start; a source must beat none by {AUTO_MARGIN:.0%}")
 
 
 @dataclass(frozen=True)
@@ -93,41 +93,109 @@ class Choice:
     selection: dict
 
 
+@dataclass(frozen=True)
+class Trial:
+    """A short run from one start: its outputs on the held-out rows and its figure (higher is better)."""
+
+    name: str | None
+    score: float
+    outputs: np.ndarray
+
+
 def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
-           task_type: str, metric: str, pad_id: int, device: torch.device) -> Choice:
-    """Try `none` and every earlier task with adapters of the run's size; pick the best start.
+           task_type: str, metric: str, pad_id: int, device: torch.device, shortlist: int) -> Choice:
+    """Rank every earlier task by LogME, trial the `shortlist` best and `none`, choose with the guard; the
+    choice's short block is logged (INFO) to the `registry` logger.
 
     `build()` makes the new task's freshly initialised model (the same weights every call).
     """
     started = time.perf_counter()
     trial_rows, held_rows = trial_split(train_set, config.seed)
-    earlier = candidates(registry)
-    sources = [s for s in earlier if s.adapter_size == config.adapter_size]
-    skipped = [s.name for s in earlier if s.adapter_size != config.adapter_size]
-    losses: dict[str | None, float] = {}
-    for source in [None, *sources] if sources else []:  # with no source there is nothing to compare
-        model = build()
+    sources, skipped = [], []
+    for source in candidates(registry):
+        if source.adapter_size != config.adapter_size:
+            skipped.append((source.name, f"adapters of size {source.adapter_size}, this run's {config.adapter_size}"))
+        else:
+            sources.append(source)
+    ranking, unusable = rank(registry, build(), sources, train_set, config.seed, task_type=task_type, pad_id=pad_id,
+                             device=device)
+    skipped += unusable
+    for name, why in skipped:
+        log.info(f"--init-from auto: skipped {name} ({why})")
+    ranked_seconds = time.perf_counter() - started
+    picked = selection.shortlist(ranking, shortlist)
+    by_name = {source.name: source for source in sources}
+    trials = [trial(registry, build(), by_name.get(name), trial_rows, held_rows, config, task_type=task_type,
+                    metric=metric, pad_id=pad_id, device=device) for name in ([None, *picked] if picked else [])]
+    chosen, guard, why = decide(trials, held_rows.labels, task_type, config.seed)
+    record = {"requested": "auto", "criterion": selection.criterion(task_type), "k": shortlist,
+              "rows": [len(trial_rows), len(held_rows)], "feature_rows": min(selection.FEATURE_ROWS, len(train_set)),
+              "ranking": [{"task": name, "logme": value} for name, value in ranking], "shortlist": picked,
+              "trials": [{"task": t.name, selection.criterion(task_type): shown(t.score, task_type)} for t in trials],
+              "guard": guard,
+              "skipped": [{"task": name, "why": reason} for name, reason in skipped],
+              "chosen": chosen, "why": why, "ranking_seconds": round(ranked_seconds, 3),
+              "seconds": round(time.perf_counter() - started, 3)}
+    for line in describe(record):
+        log.info(line)
+    return Choice(by_name[chosen] if chosen else None, record)
+
+
+def rank(registry: Registry, model: AdapterModel, sources: list[Source], train_set: Encoded, seed: int, *,
+         task_type: str, pad_id: int, device: torch.device) -> tuple[list[tuple[str | None, float]], list]:
+    """LogME of `none` (the fresh start) and of every source whose stored weights load, best first; and the
+    sources skipped, with why."""
+    rows = subset(train_set, np.random.default_rng(seed).permutation(len(train_set))[:selection.FEATURE_ROWS])
+    ranking, skipped = [], []
+    for source in [None, *sources] if sources else []:
         if source is not None:
-            start_from(model, source_tensors(registry, source))
-        losses[source.name if source else None] = trial(model, trial_rows, held_rows, config, task_type=task_type,
-                                                        metric=metric, pad_id=pad_id, device=device)
-    best = min(sources, key=lambda s: losses[s.name], default=None)
-    chosen = best if best is not None and losses[best.name] < (1 - AUTO_MARGIN) * losses[None] else None
-    figures = ", ".join(f"{name or 'none'} {loss:.4f}" for name, loss in losses.items())
-    if chosen is not None:
-        why = f"{chosen.name}'s held-out loss is {1 - losses[chosen.name] / losses[None]:.1%} below none's"
-    elif best is not None:
-        why = f"no source's held-out loss is {AUTO_MARGIN:.0%} below none's (best: {best.name})"
-    else:
-        why = "no earlier task with adapters of this size"
-    tried = (f"held-out loss after a short trial from each start on {len(trial_rows)} + {len(held_rows)} training "
-             f"rows: {figures} " if losses else "")
-    log.info(f"--init-from auto: {tried}→ {chosen.name if chosen else 'none'} ({why})")
-    selection = {"requested": "auto", "criterion": CRITERION, "rows": [len(trial_rows), len(held_rows)],
-                 "losses": [{"task": name, "loss": loss} for name, loss in losses.items()],
-                 "skipped": skipped, "chosen": chosen.name if chosen else None, "why": why,
-                 "seconds": round(time.perf_counter() - started, 3)}
-    return Choice(chosen, selection)
+            try:
+                start_from(model, source_tensors(registry, source))
+            except ArtifactError as exc:
+                skipped.append((source.name, str(exc)))
+                continue
+        features = selection.cls_features(model, rows, pad_id=pad_id, device=device)
+        ranking.append((source.name if source else None, selection.logme(features, rows.labels, task_type)))
+    return sorted(ranking, key=lambda item: -item[1]), skipped
+
+
+def decide(trials: list[Trial], labels: np.ndarray, task_type: str, seed: int) -> tuple[str | None, dict | None, str]:
+    """The start the trials choose: the best source if it beats `none` in `selection.CONFIDENCE` of the
+    bootstrap resamples, else none; with the guard's figures and why."""
+    sources = [t for t in trials if t.name is not None]
+    if not sources:
+        return None, None, "no usable earlier task with adapters of this size"
+    none, best = trials[0], max(sources, key=lambda t: t.score)
+    share = selection.wins(best.outputs, none.outputs, labels, task_type, seed)
+    chosen = best.name if share >= selection.CONFIDENCE else None
+    guard = {"best": best.name, "wins": share, "needed": selection.CONFIDENCE,
+             "fired": chosen is None and best.score > none.score}
+    beats = f"{best.name} beats none in {share:.0%} of {selection.RESAMPLES} resamples of the held-out rows"
+    return chosen, guard, f"{beats}; needs {selection.CONFIDENCE:.0%}"
+
+
+def shown(score: float, task_type: str) -> float:
+    """A trial's figure as recorded and printed: the loss itself (lower is better), or Spearman."""
+    return -score if selection.criterion(task_type) == "loss" else score
+
+
+def describe(record: dict) -> list[str]:
+    """auto's short block: the ranking (the first five), the shortlist, the trials, the choice."""
+    def name(task: str | None) -> str:
+        return task or "none"
+
+    ranking = record["ranking"]
+    top = ", ".join(f"{name(r['task'])} {r['logme']:.3f}" for r in ranking[:5])
+    more = f" (+{len(ranking) - 5} more)" if len(ranking) > 5 else ""
+    lines = [f"--init-from auto: LogME on {record['feature_rows']} training rows, {len(ranking)} starts in "
+             f"{record['ranking_seconds']:.1f} s: {top}{more}" if ranking else "--init-from auto: no candidate"]
+    if record["trials"]:
+        trained, held = record["rows"]
+        lines.append(f"  shortlist (k={record['k']}): {', '.join(record['shortlist'])}; trials, held-out "
+                     f"{record['criterion']} after 1 epoch on {trained} rows ({held} held out): "
+                     + ", ".join(f"{name(t['task'])} {t[record['criterion']]:.4f}" for t in record["trials"]))
+    lines.append(f"  → {name(record['chosen'])} ({record['why']})")
+    return lines
 
 
 def subset(encoded: Encoded, keep: np.ndarray) -> Encoded:
@@ -144,11 +212,12 @@ def trial_split(train_set: Encoded, seed: int) -> tuple[Encoded, Encoded]:
     return subset(train_set, order[held:held + TRIAL_ROWS]), subset(train_set, order[:held])
 
 
-def trial(model: AdapterModel, trial_rows: Encoded, held_rows: Encoded, config: train.TrainConfig, *,
-          task_type: str, metric: str, pad_id: int, device: torch.device) -> float:
-    """The mean loss on `held_rows` after one epoch on `trial_rows` with the run's recipe."""
+def trial(registry: Registry, model: AdapterModel, source: Source | None, trial_rows: Encoded, held_rows: Encoded,
+          config: train.TrainConfig, *, task_type: str, metric: str, pad_id: int, device: torch.device) -> Trial:
+    """One epoch on `trial_rows` from `source` (or the fresh start) with the run's recipe; scored on `held_rows`."""
+    if source is not None:
+        start_from(model, source_tensors(registry, source))
     train.fit(model, trial_rows, held_rows, replace(config, epochs=1), task_type=task_type, metric=metric,
               pad_id=pad_id, device=device)  # one epoch: the model ends with the weights fit kept
-    outputs = torch.from_numpy(train.predict(model, held_rows, pad_id=pad_id, device=device))
-    labels = torch.from_numpy(held_rows.labels)
-    return float(train.loss_fn(outputs, labels, task_type))
+    outputs = train.predict(model, held_rows, pad_id=pad_id, device=device)
+    return Trial(source.name if source else None, selection.trial_score(outputs, held_rows.labels, task_type), outputs)
