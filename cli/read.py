@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from registry.cli.output import emit, fields, fmt, json_option, table
@@ -28,8 +30,11 @@ def list_(settings: Settings, show_all: bool, as_json: bool) -> None:
     """
     registry = open_registry(settings)
     columns = (*LIST_COLUMNS, "retired_at") if show_all else LIST_COLUMNS
-    emit(catalog.list_tasks(registry, retired=show_all), as_json,
-         lambda rows: table(rows, columns, empty="(no tasks yet: registry add-task NAME --data PATH)"))
+    rows = catalog.list_tasks(registry, retired=show_all)
+    empty = "(no tasks yet: registry add-task NAME --data PATH)"
+    if not rows and not show_all and (retired := len(catalog.list_tasks(registry, retired=True))):
+        empty = f"(no ready tasks; {retired} retired: registry list --all, registry restore NAME)"
+    emit(rows, as_json, lambda rows: table(rows, columns, empty=empty))
 
 
 @click.command()
@@ -59,6 +64,24 @@ def print_task(row: dict) -> None:
     table(runs, ("run", "status", "from", "score", "best_epoch", "device", "started_at", "finished_at", "error"))
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--plot's path, refused unless it is a .png/.pdf/.svg file (new, or regular) in an existing directory."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise click.BadParameter(f"{value}: name a {', '.join(PLOT_SUFFIXES)} file", ctx=ctx, param=param)
+    if not path.absolute().parent.is_dir():
+        raise click.BadParameter(f"{value}: no directory {path.absolute().parent}: create it first", ctx=ctx,
+                                 param=param)
+    if path.exists() and not path.is_file():
+        raise click.BadParameter(f"{value} is not a regular file: name a file to write", ctx=ctx, param=param)
+    return value
+
+
 @click.command()
 @click.argument("name", required=False)
 @click.option(
@@ -66,7 +89,8 @@ def print_task(row: dict) -> None:
     help="Show R[i][j], task j's score after adding task i, with ACC, BWT and FWT (GEM); FWT needs scratch runs "
          "(add-task --compare-scratch)."
 )
-@click.option("--plot", type=click.Path(dir_okay=False, writable=True), help="Also draw the history to this PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), callback=plot_path,
+              help="Also draw the history to this file (.png, .pdf or .svg).")
 @json_option
 @click.pass_obj
 def history(settings: Settings, name: str | None, matrix: bool, plot: str | None, as_json: bool) -> None:

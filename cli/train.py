@@ -44,7 +44,7 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--max-train-samples", type=click.IntRange(min=1), help="Train on a seeded random subset.")
 @click.option("--strict", is_flag=True,
               help="Refuse data with rows that cannot train (empty text, no label) instead of skipping them.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option(
     "--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published."
 )

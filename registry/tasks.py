@@ -27,7 +27,7 @@ from registry.adapters import AdapterModel, trainable_parameters
 from registry.data import head_size
 from registry.catalog import find_task, task_row
 from registry.core import Registry
-from registry.errors import DataError, InvalidName, TaskExists, UnknownTask, VersionError
+from registry.errors import DataError, InvalidName, TaskExists, TrainingError, UnknownTask, VersionError
 from registry.models import Evaluation, Metric, Run, Task
 from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
@@ -109,9 +109,13 @@ def add_task(
         options = replace(options, task_type=task_type,
                           metric=options.metric or (existing.metric if task_type == existing.task_type else None))
     elif existing is not None and existing.status != "failed":
+        if existing.retired_at is not None:
+            raise TaskExists(f"task {name!r} already exists (retired): pick another name, or "
+                             f"`registry restore {name}` to serve it again")
         hint = ", or pass --new-version to train its next version" if existing.status == "ready" else ""
         raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name{hint}")
     check_max_length(config.max_length, base.config)
+    check_adapter_size(config.adapter_size, base.config)
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
                        max_train_samples=options.max_train_samples, seed=config.seed, strict=options.strict)
@@ -190,6 +194,14 @@ def check_max_length(max_length: int, base_config: dict) -> None:
     if max_length > limit:
         raise DataError(f"--max-length {max_length} is more than the base's {limit} positions: "
                         f"use --max-length {limit} or less")
+
+
+def check_adapter_size(adapter_size: int, base_config: dict) -> None:
+    """Refuse a bottleneck wider than the base's hidden size: it is no bottleneck, and its size is unbounded."""
+    hidden = base_config.get("hidden_size") or base_config.get("dim")
+    if hidden and adapter_size > hidden:
+        raise TrainingError(f"--adapter-size {adapter_size} is more than the base's hidden size {hidden}: "
+                            f"a bottleneck is narrower; use --adapter-size {hidden} or less (64 is typical)")
 
 
 def describe(source: str, loaded: data.TaskData) -> lifecycle.Description:
