@@ -270,6 +270,8 @@ def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> 
         raise RequestError(
             413, f"{len(body.inputs)} inputs in one request, at most {limits.max_inputs}: split the request"
         )
+    if body.task is not None and (predictor is None or body.task not in predictor.specs):
+        raise RequestError(404, unknown_task(body.task, predictor))  # even when every input names its own
     items = []
     for i, entry in enumerate(body.inputs):
         if isinstance(entry, str):
@@ -416,7 +418,9 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True, to
         return JSONResponse({"detail": exc.detail}, exc.status, headers=exc.headers)
 
     @app.post("/v1/predict", response_model=PredictResponse,
-              responses={404: {"description": "Unknown task"}, 413: {"description": "Too many inputs or bytes"},
+              responses={400: {"description": "A body that is not JSON text"},
+                         404: {"description": "Unknown task"}, 408: {"description": "The body came too slowly"},
+                         413: {"description": "Too many inputs, bytes, or characters in one text"},
                          422: {"description": "Malformed body"}, 503: {"description": "Queue full"}})
     async def predict(body: PredictRequest) -> JSONResponse:
         """Predict every input: one task for all (`task`), or each input naming its own (the mixed form)."""
