@@ -6,6 +6,7 @@ import errno
 import io
 import os
 import sys
+from typing import NoReturn
 
 import click
 
@@ -17,13 +18,19 @@ from registry.errors import RegistryError, printable
 class RegistryGroup(click.Group):
     """Turns library errors into one line on stderr and exit 1; --debug shows the traceback."""
 
+    def make_context(self, info_name, args, parent=None, **extra) -> click.Context:
+        try:
+            return super().make_context(info_name, args, parent, **extra)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:  # a bad --home, --db or --store: one line as well
+            usage_error(exc)
+
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:  # a command's bad option or argument: one line too, naming its --help
-            where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
-            click.echo(f"Error: {' '.join(exc.format_message().split())}{where}", err=True)
-            sys.exit(exc.exit_code)
+            usage_error(exc)
         except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
             raise
         except BrokenPipeError:  # the reader closed our stdout (`| head -1`): normal use, the work is done
@@ -36,6 +43,13 @@ class RegistryGroup(click.Group):
                 f"unexpected {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
             click.echo(f"Error: {printable(' '.join(message.split()))}", err=True)
             sys.exit(1)
+
+
+def usage_error(exc: click.UsageError) -> NoReturn:
+    """A bad option or argument as one line naming the command's --help; exit 2."""
+    where = f" (see `{exc.ctx.command_path} --help`)" if exc.ctx is not None else ""
+    click.echo(f"Error: {printable(' '.join(exc.format_message().split()))}{where}", err=True)
+    sys.exit(exc.exit_code)
 
 
 # What the machine said, and what to do: these are the environment's answers, not the registry's bugs.

@@ -31,7 +31,7 @@ def parse_url(url: str) -> URL:
     """`url` parsed, refused with what to give when it is not a database URL this registry can use."""
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise DatabaseUnavailable(f"--db {url!r} is not a database URL: give sqlite:///PATH or "
                                   "postgresql://USER@HOST/DB") from None
     if parsed.get_backend_name() not in DIALECTS:
