@@ -72,13 +72,13 @@ def plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> 
     if value is None:
         return None
     path = Path(value)
+    if path.exists() and not path.is_file():
+        raise click.BadParameter(f"{value} is not a regular file: name a file to write", ctx=ctx, param=param)
     if path.suffix.lower() not in PLOT_SUFFIXES:
         raise click.BadParameter(f"{value}: name a {', '.join(PLOT_SUFFIXES)} file", ctx=ctx, param=param)
     if not path.absolute().parent.is_dir():
         raise click.BadParameter(f"{value}: no directory {path.absolute().parent}: create it first", ctx=ctx,
                                  param=param)
-    if path.exists() and not path.is_file():
-        raise click.BadParameter(f"{value} is not a regular file: name a file to write", ctx=ctx, param=param)
     return value
 
 
