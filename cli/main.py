@@ -55,6 +55,7 @@ def usage_error(exc: click.UsageError) -> NoReturn:
 # What the machine said, and what to do: these are the environment's answers, not the registry's bugs.
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 NOT_WRITABLE = (errno.EROFS, errno.EACCES, errno.EPERM)
+BAD_PATH = (errno.ENOTDIR, errno.EISDIR, errno.ENAMETOOLONG, errno.ELOOP)  # a path given that cannot be one
 SQLITE_SAYS = {"database or disk is full": "the disk is full: free some space, then run the command again",
                "attempt to write a readonly database": "the database file or its directory is read-only: "
                                                        "make it writable or give another --home"}
@@ -66,6 +67,8 @@ def environment_problem(error: Exception) -> str | None:
         where = f" {error.filename}" if error.filename else ""
         what = "free some space" if error.errno in DISK_FULL else "give a place you can write to"
         return f"cannot write{where}: {error.strerror}: {what}, then run the command again"
+    if isinstance(error, OSError) and error.errno in BAD_PATH and error.filename:
+        return f"cannot use {error.filename}: {error.strerror}: check --home, --store and the paths given"
     said = str(getattr(error, "orig", "") or "").lower()
     return next((message for text, message in SQLITE_SAYS.items() if text in said), None)
 

@@ -143,9 +143,10 @@ def command(name: str, place: dict) -> st.SearchStrategy[list[str]]:
         "lifecycle": st.tuples(st.sampled_from([["retire"], ["restore"], ["promote", "--version", "1"],
                                                 ["promote", "--version", "99999999999999999999"]]),
                                text.map(lambda n: [n]), options(why=text)),
-        "serve": st.tuples(st.just(["serve"]), options(host=st.sampled_from(["999.1.1.1", "", "::zz", "host name"]),
-                                                       port=st.sampled_from(["-1", "65536", "x"]))
-                           .filter(lambda args: "--host" in args)),
+        "serve": st.tuples(st.just(["serve"]),  # only hosts that cannot be bound: a server that starts never ends
+                           st.sampled_from(["999.1.1.1", "::zz", "host name", "256.0.0.1"])
+                           .map(lambda host: ["--host", host]),
+                           options(port=st.sampled_from(["-1", "65536", "x", "0"]))),
     }
     return st.tuples(globals_(place), table[name].map(lambda parts: [x for part in parts for x in part])) \
         .map(lambda pair: [*pair[0], *pair[1]])
