@@ -11,12 +11,19 @@ from registry.config import ServeLimits, Settings
 from registry.core import open_registry
 
 def limit_options(command):
-    """One option per ServeLimits field, with its default and help."""
+    """One option per ServeLimits field, with its default and help; a float must be finite (no nan, no inf)."""
     for limit in reversed(fields(ServeLimits)):
-        kind = click.FloatRange(min=limit.metadata["min"]) if limit.type == "float" else click.IntRange(min=1)
+        kind = click.FloatRange(min=limit.metadata["min"], max=1e6) if limit.type == "float" else click.IntRange(min=1)
         command = click.option(f"--{limit.name.replace('_', '-')}", limit.name, type=kind, default=limit.default,
-                               show_default=True, help=limit.metadata["help"])(command)
+                               show_default=True, callback=finite, help=limit.metadata["help"])(command)
     return command
+
+
+def finite(ctx: click.Context, param: click.Parameter, value):
+    """A limit's value, refused when it is nan (which passes every range check)."""
+    if value != value:
+        raise click.BadParameter("nan is not a number of anything: give a finite value", ctx=ctx, param=param)
+    return value
 
 
 @click.command()

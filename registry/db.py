@@ -34,6 +34,9 @@ def parse_url(url: str) -> URL:
     except (ArgumentError, ValueError):  # ValueError: a port that is not a number
         raise DatabaseUnavailable(f"--db {url!r} is not a database URL: give sqlite:///PATH or "
                                   "postgresql://USER@HOST/DB") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise DatabaseUnavailable(f"--db {url}: an in-memory database vanishes when the command ends: "
+                                  "give sqlite:///PATH")
     if parsed.get_backend_name() not in DIALECTS:
         raise DatabaseUnavailable(f"--db {parsed.render_as_string(hide_password=True)}: the registry runs on "
                                   f"{' and '.join(DIALECTS)} only: give sqlite:///PATH or postgresql://USER@HOST/DB")

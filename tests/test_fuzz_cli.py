@@ -146,7 +146,8 @@ def command(name: str, place: dict) -> st.SearchStrategy[list[str]]:
         "serve": st.tuples(st.just(["serve"]),  # only hosts that cannot be bound: a server that starts never ends
                            st.sampled_from(["999.1.1.1", "::zz", "host name", "256.0.0.1"])
                            .map(lambda host: ["--host", host]),
-                           options(port=st.sampled_from(["-1", "65536", "x", "0"]))),
+                           options(port=st.sampled_from(["-1", "65536", "x", "0"]), max_wait_ms=number,
+                                   grace_seconds=number, read_seconds=number, max_inputs=number, token=text)),
     }
     return st.tuples(globals_(place), table[name].map(lambda parts: [x for part in parts for x in part])) \
         .map(lambda pair: [*pair[0], *pair[1]])
@@ -229,3 +230,20 @@ def test_a_full_disk_is_named_as_such(full_disk, place):
     assert "\n" not in line and "unexpected" not in line and ("full" in line or "space" in line), line
     plot = runner.invoke(cli, ["history", "--plot", str(full_disk / "plot.png")], env=place["env"])
     acceptable(["history", "--plot"], plot)
+
+
+def test_a_read_only_home_is_named_as_such(tmp_path, place):
+    mount = tmp_path / "ro"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.decode().strip()}")
+    try:
+        env = {**place["env"], "REGISTRY_HOME": str(mount / "home")}
+        result = CliRunner().invoke(cli, ["init", "--base", str(place["tiny"])], env=env)
+        assert result.exit_code == 1, result.output
+        line = result.stderr.strip()
+        assert "\n" not in line and "unexpected" not in line and "check --db" not in line, line
+        assert "Read-only file system" in line or "read-only" in line, line
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
