@@ -86,7 +86,7 @@ def quiet_stdout() -> None:
 @click.option(
     "--home", envvar="REGISTRY_HOME", type=click.Path(file_okay=False), help="Registry directory (default ./.registry)."
 )
-@click.option("--db", envvar="REGISTRY_DB_URL", help="SQLAlchemy database URL (default: SQLite in --home).")
+@click.option("--db", envvar="REGISTRY_DB_URL", help="SQLite or PostgreSQL URL (default: SQLite in --home).")
 @click.option(
     "--store", envvar="REGISTRY_STORE", help="Artifact store: a directory or fsspec URL (default: --home/artifacts)."
 )
