@@ -189,7 +189,10 @@ COMMANDS = ["init", "db", "list", "show", "history", "add-task", "eval", "predic
 
 
 @pytest.mark.parametrize("name", COMMANDS)
-def test_no_command_ends_in_unexpected(name, place):
+def test_no_command_ends_in_unexpected(name, place, monkeypatch):
+    work = place["root"] / "cwd"  # relative paths (`--home .`, `--store notaurl`) land here, not in the checkout
+    work.mkdir(exist_ok=True)
+    monkeypatch.chdir(work)
     runner = CliRunner()
 
     @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=EXAMPLES <= 50,
