@@ -11,7 +11,8 @@ from typing import NoReturn
 import click
 
 from registry.cli import admin, bundle, lifecycle, read, serve, setup, train
-from registry.config import resolve
+from registry.cli import ui
+from registry.storage.config import resolve
 from registry.errors import RegistryError, printable
 
 
@@ -101,7 +102,7 @@ def cli(ctx: click.Context, home: str | None, db: str | None, store: str | None,
     ctx.obj = resolve(home=home, db=db, store=store)
 
 
-for module in (setup, read, train, bundle, lifecycle, serve, admin):
+for module in (setup, read, train, bundle, lifecycle, serve, admin, ui):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -7,8 +7,7 @@ from dataclasses import fields
 import click
 
 from registry.cli.output import device_option
-from registry.config import ServeLimits, Settings
-from registry.core import open_registry
+from registry.storage.config import ServeLimits, Settings
 
 def limit_options(command):
     """One option per ServeLimits field, with its default and help; a float must be finite (no nan, no inf)."""
@@ -49,51 +48,16 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
 
     Example: registry serve --port 8000
     """
-    import socket
-
-    import uvicorn
-
-    from registry import limits as admission, live, server
+    from registry.serving import startup
 
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
-    if bundle_path is not None:
-        tasks = live.FixedTasks(bundle_path, names, device=device)
-    else:
-        tasks = live.RegistryTasks(open_registry(settings), names, device=device)
-    chosen = ServeLimits(**limits)
-    app = server.create_app(tasks, chosen, watch=bundle_path is None, token=token)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-    except OSError as exc:
-        listener.close()
-        raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror or exc}): {bind_hint(exc)}") \
-            from None
-    listener.listen(2048)
-    warning = admission.exposure_warning(host, token)
-    if warning:
-        click.echo(warning, err=True)
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
-    click.echo(f"serving {len(tasks.predictor.tasks)} task(s) on http://{shown}:{listener.getsockname()[1]} "
-               f"({', '.join(tasks.predictor.tasks)})", err=True)
-    config = uvicorn.Config(app, log_level="warning", http=admission.header_deadline(chosen.read_seconds),
-                            timeout_keep_alive=5, limit_concurrency=chosen.max_connections,
-                            h11_max_incomplete_event_size=16 * 1024, timeout_graceful_shutdown=chosen.grace_seconds)
-    admission.limit_repeats("uvicorn", "uvicorn.error")
-    admission.BoundedServer(config, chosen.grace_seconds).run(sockets=[listener])
-
-
-def bind_hint(error: OSError) -> str:
-    """What to change when the listening socket cannot bind."""
-    import errno
-
-    if error.errno == errno.EADDRINUSE:
-        return "the port is taken: pick another --port (or 0 for a free one)"
-    if error.errno == errno.EACCES:
-        return "ports below 1024 need privileges: pick another --port"
-    return "check --host (an address of this machine, e.g. 127.0.0.1)"
+    started = startup.start(settings, bundle_path=bundle_path, names=names, host=host, port=port, device=device,
+                            limits=ServeLimits(**limits), token=token)
+    if started.warning:
+        click.echo(started.warning, err=True)
+    served = started.tasks.predictor.tasks
+    click.echo(f"serving {len(served)} task(s) on {started.url} ({', '.join(served)})", err=True)
+    started.run()
 
 
 COMMANDS = [serve]

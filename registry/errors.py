@@ -76,3 +76,7 @@ class RetireError(RegistryError):
 
 class TrainingError(RegistryError):
     """Hyper-parameters no run can use, or a run that diverged."""
+
+
+class ServeError(RegistryError):
+    """A server cannot start (e.g. its address cannot be listened on)."""

@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from registry.limits import Repeats, exposure_warning
+from registry.serving.limits import Repeats, exposure_warning
 from tests.helpers import make_settings
 from tests.test_serve import REGISTRY, add_task, env_of, registry_cli, serving, task_data  # noqa: F401
 

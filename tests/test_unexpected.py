@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from registry.cli.main import cli
-from registry.config import resolve
+from registry.storage.config import resolve
 from tests.helpers import make_settings, one_line_error, snapshot, write_task_data
 
 DOWN = "http://127.0.0.1:9"  # nothing listens there
