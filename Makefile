@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install browser test demo bench screenshots clean
+.PHONY: install browser test fuzz demo bench screenshots clean
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
@@ -29,6 +29,13 @@ browser:
 test: $(STAMP) browser
 	$(BIN)/ruff check .
 	HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q -n auto --dist loadfile $(PYTEST_ARGS)
+
+# The fuzzers of tests/test_fuzz_cli.py and tests/test_fuzz_http.py with a larger budget (`make test` runs a few
+# examples each): FUZZ_EXAMPLES examples per command and per HTTP operation.
+FUZZ_EXAMPLES ?= 300
+fuzz: $(STAMP)
+	FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 $(BIN)/python -m pytest -q \
+		tests/test_fuzz_cli.py tests/test_fuzz_http.py $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	PATH=$(CURDIR)/$(BIN):$$PATH bash scripts/demo.sh

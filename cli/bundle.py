@@ -61,7 +61,7 @@ def import_(settings: Settings, path: str, as_json: bool) -> None:
 @click.option("--bundle", "bundle_path", type=click.Path(exists=True), help="Serve from this bundle, not the registry.")
 @click.option("--input", "input_path", type=click.Path(exists=True, dir_okay=False), callback=regular_file,
               help='A JSON-lines file of {"task": …, "text": …, "text_pair": …} rows.')
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1, max=2**20), default=64, show_default=True)
 @device_option
 @json_option
 @click.pass_obj

@@ -10,7 +10,8 @@ from registry.storage.config import Settings
 
 @click.command()
 @click.argument("name")
-@click.option("--version", "version", type=click.IntRange(min=1), required=True, help="The version to make current.")
+@click.option("--version", "version", type=click.IntRange(min=1, max=2**31 - 1), required=True,
+              help="The version to make current.")
 @click.option("--why", help="Why, recorded with who and when (default: which version it replaces).")
 @json_option
 @click.pass_obj

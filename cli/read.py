@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import click
 
 from registry.results import plain
@@ -27,8 +29,12 @@ def list_(settings: Settings, show_all: bool, as_json: bool) -> None:
     Example: registry list --json
     """
     columns = (*LIST_COLUMNS, "retired_at") if show_all else LIST_COLUMNS
-    emit(open_registry(settings).tasks(include_retired=show_all), as_json,
-         lambda rows: table(rows, columns, empty="(no tasks yet: registry add-task NAME --data PATH)"))
+    registry = open_registry(settings)
+    rows = registry.tasks(include_retired=show_all)
+    empty = "(no tasks yet: registry add-task NAME --data PATH)"
+    if not rows and not show_all and (retired := len(registry.tasks(include_retired=True))):
+        empty = f"(no ready tasks; {retired} retired: registry list --all, registry restore NAME)"
+    emit(rows, as_json, lambda rows: table(rows, columns, empty=empty))
 
 
 @click.command()
@@ -57,6 +63,24 @@ def print_task(row: dict) -> None:
     table(runs, ("run", "status", "from", "score", "best_epoch", "device", "started_at", "finished_at", "error"))
 
 
+PLOT_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def plot_path(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """--plot's path, refused unless it is a .png/.pdf/.svg file (new, or regular) in an existing directory."""
+    if value is None:
+        return None
+    path = Path(value)
+    if path.exists() and not path.is_file():
+        raise click.BadParameter(f"{value} is not a regular file: name a file to write", ctx=ctx, param=param)
+    if path.suffix.lower() not in PLOT_SUFFIXES:
+        raise click.BadParameter(f"{value}: name a {', '.join(PLOT_SUFFIXES)} file", ctx=ctx, param=param)
+    if not path.absolute().parent.is_dir():
+        raise click.BadParameter(f"{value}: no directory {path.absolute().parent}: create it first", ctx=ctx,
+                                 param=param)
+    return value
+
+
 @click.command()
 @click.argument("name", required=False)
 @click.option(
@@ -65,7 +89,8 @@ def print_task(row: dict) -> None:
          "fresh adapter trained from scratch (not over a random model, as in GEM and Avalanche) and needs scratch "
          "runs (add-task --compare-scratch)."
 )
-@click.option("--plot", type=click.Path(dir_okay=False, writable=True), help="Also draw the history to this PNG file.")
+@click.option("--plot", type=click.Path(dir_okay=False, writable=True), callback=plot_path,
+              help="Also draw the history to this file (.png, .pdf or .svg).")
 @json_option
 @click.pass_obj
 def history(settings: Settings, name: str | None, matrix: bool, plot: str | None, as_json: bool) -> None:

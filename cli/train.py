@@ -27,7 +27,7 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option(
     "--metric", type=click.Choice(["accuracy", "f1", "mcc", "spearman", "pearson"]), help="Default: inferred (GLUE's)."
 )
-@click.option("--epochs", type=click.IntRange(min=1), default=3, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1, max=10_000), default=3, show_default=True)
 @click.option(
     "--lr",
     type=click.FloatRange(min=0, min_open=True),
@@ -35,15 +35,15 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
     show_default=True,
     help="Peak learning rate (Adam).",
 )
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1, max=2**20), default=32, show_default=True)
 @click.option("--adapter-size", type=click.IntRange(min=1), default=64, show_default=True, help="Bottleneck size m.")
 @click.option(
     "--max-length", type=click.IntRange(min=8), default=128, show_default=True, help="Tokens per example (truncated)."
 )
-@click.option("--max-train-samples", type=click.IntRange(min=1), help="Train on a seeded random subset.")
+@click.option("--max-train-samples", type=click.IntRange(min=1, max=2**31 - 1), help="Train on a seeded random subset.")
 @click.option("--strict", is_flag=True,
               help="Refuse data with rows that cannot train (empty text, no label) instead of skipping them.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--seed", type=click.IntRange(min=0, max=2**32 - 1), default=0, show_default=True)
 @click.option(
     "--sweep", is_flag=True, help="Grid over learning rate × adapter size; every run recorded, the best published."
 )

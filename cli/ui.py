@@ -27,18 +27,15 @@ def ui(settings: Settings, host: str, port: int) -> None:
     import uvicorn
 
     from registry.dashboard.app import create_app, open_read_only
+    from registry.serving.startup import listen
 
     registry = open_read_only(settings)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
-        listener.bind((host, port))
-    except OSError as exc:
+        listener = listen(host, port)
+    except Exception:
         registry.close()
-        raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror}): pick another --port") from None
-    listener.listen(128)
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+        raise
+    shown = f"[{host}]" if listener.family == socket.AF_INET6 else host
     click.echo(f"dashboard on http://{shown}:{listener.getsockname()[1]}/ (read-only; Ctrl-C stops)", err=True)
     if not ipaddress.ip_address(listener.getsockname()[0]).is_loopback:
         click.echo(f"warning: the dashboard has no login: whoever reaches {shown} can read this registry", err=True)

@@ -155,8 +155,11 @@ def check_artifacts(registry: Registry, sizes: dict[str, int], users: dict[str, 
 
 def hash_file(store, path: str) -> tuple[str, int]:
     """sha256 and length of a store file."""
-    with store.fs.open(path, "rb") as handle:
-        return digest(handle)
+    def read() -> tuple[str, int]:
+        with store.fs.open(path, "rb") as handle:
+            return digest(handle)
+
+    return store.call(f"read {path}", read)  # retried, then StoreUnavailable when the store is down
 
 
 def check_tasks(registry: Registry, base, tasks: list[Task], intact: set[str], report: Report) -> None:

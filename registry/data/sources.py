@@ -178,6 +178,10 @@ def _read_delimited(name: str, text: str, ext: str, *, expect_header: bool | Non
     if expect_header is None and required:
         header = bool(rows) and set(required) <= {c.strip() for c in rows[0]}
         if not header and not all(r.isdigit() for r in required):
+            if rows and _detect_header(rows):
+                found = ", ".join(repr(c.strip()) for c in rows[0])
+                raise DataError(f"{name} has columns {found} but the task reads "
+                                f"{', '.join(map(repr, required))}: give data with those columns")
             raise DataError(
                 f"{name} has no header row naming {', '.join(map(repr, required))}; "
                 f"add the header row the task was trained with"

@@ -60,8 +60,9 @@ def load_checkpoint(source: str) -> Checkpoint:
         raise cannot_load(source, exc) from exc
     check_config(config, f"base {source!r}")
     check_no_code(tokenizer_config, f"base {source!r}: tokenizer_config.json")
-    try:
-        model = AutoModel.from_pretrained(source, trust_remote_code=False)
+    refuse_pickles(source)
+    try:  # use_safetensors: never unpickle, not even with torch's restricted unpickler
+        model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:  # transformers and tokenizers raise anything, even a bare Exception, on a bad file
         raise cannot_load(source, exc) from exc
@@ -88,6 +89,23 @@ def load_checkpoint(source: str) -> Checkpoint:
         tokenizer_files=files,
         converted_from=None if stored_as == torch.float32 else str(stored_as).removeprefix("torch."),
     )
+
+
+PICKLED = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+CONVERT = ("convert it where you trust it: python -c \"from transformers import AutoModel; "
+           "AutoModel.from_pretrained('DIR').save_pretrained('DIR-safe', safe_serialization=True)\" "
+           "(and copy the tokenizer files), then pass DIR-safe")
+
+
+def refuse_pickles(source: str) -> None:
+    """Refuse a local checkpoint whose weights are only pickled (pytorch_model.bin and the like): never unpickle."""
+    folder = Path(source)
+    if not folder.is_dir() or any(folder.glob("*.safetensors")):
+        return
+    pickled = sorted(path.name for pattern in PICKLED for path in folder.glob(pattern))
+    if pickled:
+        raise BaseModelError(f"base {source!r} has its weights only as pickles ({', '.join(pickled)}), which the "
+                             f"registry never loads: {CONVERT}")
 
 
 def cannot_load(source: str, exc: BaseException) -> BaseModelError:

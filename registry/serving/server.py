@@ -21,14 +21,15 @@ from dataclasses import dataclass, field
 from functools import partial
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import request_validation_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
-from registry.storage.config import ServeLimits as Limits
+from registry.serving import limits as admission
+from registry.serving.openapi import served_schema
 from registry.serving.predictor import Prediction, Predictor, Tally, Text
+from registry.storage.config import ServeLimits as Limits
 
 log = logging.getLogger("registry.serve")
 
@@ -291,11 +292,13 @@ def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> 
         raise RequestError(
             413, f"{len(body.inputs)} inputs in one request, at most {limits.max_inputs}: split the request"
         )
+    if body.task is not None and (predictor is None or body.task not in predictor.specs):
+        raise RequestError(404, unknown_task(body.task, predictor))  # even when every input names its own
     items = []
     for i, entry in enumerate(body.inputs):
         if isinstance(entry, str):
             entry = Input(text=entry)
-        task = entry.task or body.task
+        task = entry.task if entry.task is not None else body.task
         if task is None:
             raise field_error(["inputs", i, "task"], "no task: give \"task\" in the body or in every input")
         if predictor is None or task not in predictor.specs:
@@ -312,15 +315,18 @@ def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> 
                     text.encode("utf-8")
                 except UnicodeEncodeError:
                     raise field_error(["inputs", i, name], "not valid Unicode text (a lone surrogate)") from None
-        items.append((task, entry.text if entry.text_pair is None else (entry.text, entry.text_pair)))
+        text = admission.usable(entry.text, spec.max_length)  # the model reads no further
+        items.append((task, text if entry.text_pair is None else (text, admission.usable(entry.text_pair,
+                                                                                          spec.max_length))))
     return items
 
 
 class BodyLimit:
-    """ASGI middleware: a request body over `max_bytes` gets 413 before anything parses it."""
+    """ASGI middleware: a body over `max_body_bytes` (413) or slower than `read_seconds` (408) is refused before
+    anything parses it; a predict body with too many inputs or too long a text gets 413 before it is validated."""
 
-    def __init__(self, app, max_bytes: int, metrics: Metrics) -> None:
-        self.app, self.max_bytes, self.metrics = app, max_bytes, metrics
+    def __init__(self, app, limits: Limits, metrics: Metrics) -> None:
+        self.app, self.limits, self.max_bytes, self.metrics = app, limits, limits.max_body_bytes, metrics
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
@@ -329,15 +335,24 @@ class BodyLimit:
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._refuse(scope, receive, send)
         body, more = [], True
-        while more:
-            message = await receive()
-            if message["type"] != "http.request":
-                break
-            body.append(message.get("body", b""))
-            more = message.get("more_body", False)
-            if sum(map(len, body)) > self.max_bytes:
-                return await self._refuse(scope, receive, send)
+        try:
+            async with asyncio.timeout(self.limits.read_seconds):
+                while more:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        break
+                    body.append(message.get("body", b""))
+                    more = message.get("more_body", False)
+                    if sum(map(len, body)) > self.max_bytes:
+                        return await self._refuse(scope, receive, send)
+        except TimeoutError:
+            return await self._refuse(scope, receive, send, 408,
+                                      f"the request body did not arrive within {self.limits.read_seconds:g} s")
         whole = {"type": "http.request", "body": b"".join(body), "more_body": False}
+        if scope["path"] == "/v1/predict" and scope["method"] == "POST":
+            refusal = admission.oversized(whole["body"], self.limits.max_inputs, self.limits.max_text_chars)
+            if refusal is not None:
+                return await self._refuse(scope, receive, send, *refusal)
         replayed = False
 
         async def replay():
@@ -349,21 +364,37 @@ class BodyLimit:
 
         await self.app(scope, replay, send)
 
-    async def _refuse(self, scope, receive, send) -> None:
-        self.metrics.errors.labels("", "413").inc()
-        response = JSONResponse({"detail": f"the request body is over {self.max_bytes} bytes: split the request"}, 413)
-        await response(scope, receive, send)
+    async def _refuse(self, scope, receive, send, status: int = 413, detail: str | None = None) -> None:
+        self.metrics.errors.labels("", str(status)).inc()
+        detail = detail or f"the request body is over {self.max_bytes} bytes: split the request"
+        await JSONResponse({"detail": detail}, status)(scope, receive, send)
 
 
-def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) -> FastAPI:
-    """The ASGI app serving `tasks` (FixedTasks or RegistryTasks) within `limits`; `watch` polls `tasks.refresh()`."""
+def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True, token: str | None = None) -> FastAPI:
+    """The ASGI app serving `tasks` (FixedTasks or RegistryTasks) within `limits`; `watch` polls `tasks.refresh()`;
+    with `token`, every route but /healthz needs it as a bearer token."""
     metrics = Metrics()
     app = FastAPI(title="adapter-registry", summary="Every task of one frozen base, batched across requests and tasks.",
                   version="1", lifespan=partial(lifespan, tasks=tasks, limits=limits, metrics=metrics, watch=watch))
-    app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes, metrics=metrics)
+    app.add_middleware(BodyLimit, limits=limits, metrics=metrics)
+    if token:
+        app.add_middleware(admission.BearerAuth, token=token)  # outermost: nothing else runs for a stranger
+    exact_openapi(app, tasks, limits, secured=bool(token))
     add_error_handlers(app, metrics)
     add_routes(app, tasks, limits, metrics)
     return app
+
+
+def exact_openapi(app: FastAPI, tasks, limits: Limits, *, secured: bool) -> None:
+    """Replace FastAPI's document with one whose predict body is as exact as the tasks served now."""
+    generic_openapi = app.openapi
+
+    def openapi() -> dict:
+        """FastAPI's document, with the predict body as exact as the tasks served now (see registry.serving.openapi)."""
+        app.openapi_schema = None
+        return served_schema(generic_openapi(), tasks.predictor, limits, secured=secured)
+
+    app.openapi = openapi
 
 
 def loaded(tasks) -> int:
@@ -401,8 +432,11 @@ async def lifespan(app: FastAPI, *, tasks, limits: Limits, metrics: Metrics, wat
     try:
         yield
     finally:  # uvicorn has stopped taking requests and waited for those in flight
-        await batcher.drain()
-        log.warning("drained the queue; stopping")
+        try:
+            await asyncio.wait_for(batcher.drain(), limits.grace_seconds)
+            log.warning("drained the queue; stopping")
+        except asyncio.TimeoutError:
+            log.warning("the queue did not drain in %g s (--grace-seconds); stopping", limits.grace_seconds)
         for task in running:
             task.cancel()
         await asyncio.gather(*running, return_exceptions=True)
@@ -415,7 +449,7 @@ def add_error_handlers(app: FastAPI, metrics: Metrics) -> None:
     @app.exception_handler(RequestValidationError)
     async def malformed(request: Request, exc: RequestValidationError) -> JSONResponse:
         metrics.errors.labels("", "422").inc()
-        return await request_validation_exception_handler(request, exc)
+        return JSONResponse({"detail": admission.short_errors(list(exc.errors()))}, 422)
 
     @app.exception_handler(RequestError)
     async def refused(request: Request, exc: RequestError) -> JSONResponse:
@@ -426,7 +460,9 @@ def add_routes(app: FastAPI, tasks, limits: Limits, metrics: Metrics) -> None:
     """/v1/predict, /v1/tasks, /healthz, /readyz, /metrics."""
 
     @app.post("/v1/predict", response_model=PredictResponse,
-              responses={404: {"description": "Unknown task"}, 413: {"description": "Too many inputs or bytes"},
+              responses={400: {"description": "A body that is not JSON text"},
+                         404: {"description": "Unknown task"}, 408: {"description": "The body came too slowly"},
+                         413: {"description": "Too many inputs, bytes, or characters in one text"},
                          422: {"description": "Malformed body"}, 503: {"description": "Queue full"}})
     async def predict(body: PredictRequest) -> JSONResponse:
         """Predict every input: one task for all (`task`), or each input naming its own (the mixed form)."""
@@ -458,13 +494,14 @@ def add_routes(app: FastAPI, tasks, limits: Limits, metrics: Metrics) -> None:
         """Live: the server answers."""
         return {"status": "ok"}
 
-    @app.get("/readyz")
+    @app.get("/readyz", responses={503: {"description": "No task loaded"}})
     async def readyz() -> JSONResponse:
         """Ready: the model is loaded with at least one task (503 otherwise)."""
         n = loaded(tasks)
         return JSONResponse({"status": "ready" if n else "no tasks loaded", "tasks": n}, 200 if n else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse,
+             responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})
     async def prometheus() -> Response:
         """Prometheus exposition: requests and errors per task, latency, batch sizes, queue depth, tasks loaded."""
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

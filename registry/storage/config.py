@@ -36,6 +36,15 @@ class ServeLimits:
         "help": "Most inputs waiting; a request that would pass it gets 503 with Retry-After."})
     max_inputs: int = field(default=256, metadata={"help": "Most inputs in one request (413 beyond)."})
     max_body_bytes: int = field(default=1 << 20, metadata={"help": "Largest request body in bytes (413 beyond)."})
+    max_text_chars: int = field(default=20_000, metadata={
+        "help": "Most characters in one text or text_pair (413 beyond); counted before the body is validated."})
+    max_connections: int = field(default=1000, metadata={
+        "help": "Most open connections (and requests in progress); beyond, new requests get 503 at once."})
+    read_seconds: float = field(default=10.0, metadata={
+        "min": 0.1, "help": "A connection that has not sent a request's headers (or its body) in this long is closed."})
+    grace_seconds: float = field(default=30.0, metadata={
+        "min": 0.1, "help": "After SIGTERM or Ctrl-C, at most this long to answer what is in flight; "
+                            "then the process exits anyway (a second signal: at once)."})
     poll_seconds: float = field(default=2.0, metadata={
         "min": 0.1, "help": "From the registry: how often to look for published, replaced or dropped tasks."})
 
@@ -43,6 +52,13 @@ class ServeLimits:
 def resolve(home: str | os.PathLike | None = None, db: str | None = None, store: str | None = None) -> Settings:
     """Options win over REGISTRY_HOME / REGISTRY_DB_URL / REGISTRY_STORE, which win over `./.registry`."""
     home_path = Path(home or os.environ.get("REGISTRY_HOME") or DEFAULT_HOME).absolute()
-    db_url = db or os.environ.get("REGISTRY_DB_URL") or f"sqlite:///{home_path / 'registry.db'}"
+    db_url = db or os.environ.get("REGISTRY_DB_URL") or sqlite_url(home_path / "registry.db")
     store_url = store or os.environ.get("REGISTRY_STORE") or str(home_path / "artifacts")
     return Settings(home=home_path, db_url=db_url, store_url=store_url)
+
+
+def sqlite_url(path: Path) -> str:
+    """The SQLite URL of a file, built (never formatted): `?` or `#` in the path stay part of the file name."""
+    from sqlalchemy.engine import URL
+
+    return URL.create("sqlite", database=str(path)).render_as_string(hide_password=False)

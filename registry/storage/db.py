@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -11,8 +12,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy import Connection, Engine, create_engine, event, inspect, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DatabaseError, OperationalError
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError, DatabaseError, OperationalError
 
 from registry.errors import DatabaseUnavailable, NotARegistry, NotInitialised, SchemaMismatch
 
@@ -22,12 +23,29 @@ if TYPE_CHECKING:
 # Found, not imported: migrations/env.py imports this module, so importing the package here would be a cycle.
 MIGRATIONS_PACKAGE = "registry.migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
+DIALECTS = ("sqlite", "postgresql")
 SCHEMA_REVISION = "0003"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
+
+
+def parse_url(url: str) -> URL:
+    """`url` parsed, refused with what to give when it is not a database URL this registry can use."""
+    try:
+        parsed = make_url(url)
+    except (ArgumentError, ValueError):  # ValueError: a port that is not a number
+        raise DatabaseUnavailable(f"--db {url!r} is not a database URL: give sqlite:///PATH or "
+                                  "postgresql://USER@HOST/DB") from None
+    if parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:"):
+        raise DatabaseUnavailable(f"--db {url}: an in-memory database vanishes when the command ends: "
+                                  "give sqlite:///PATH")
+    if parsed.get_backend_name() not in DIALECTS:
+        raise DatabaseUnavailable(f"--db {parsed.render_as_string(hide_password=True)}: the registry runs on "
+                                  f"{' and '.join(DIALECTS)} only: give sqlite:///PATH or postgresql://USER@HOST/DB")
+    return parsed
 
 
 def sqlite_path(url: str) -> Path | None:
     """The database file of a SQLite URL, None for other dialects or in-memory databases."""
-    parsed = make_url(url)
+    parsed = parse_url(url)
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
     return Path(parsed.database)
@@ -36,7 +54,11 @@ def sqlite_path(url: str) -> Path | None:
 def make_engine(url: str) -> Engine:
     """An engine; on SQLite with foreign keys enforced, a busy timeout and explicit BEGIN IMMEDIATE for writes."""
     if sqlite_path(url) is None:
-        return create_engine(url, pool_pre_ping=True)
+        try:
+            return create_engine(url, pool_pre_ping=True)
+        except (ArgumentError, ImportError) as exc:  # an unknown driver (postgresql+nope), or one not installed
+            raise DatabaseUnavailable(f"cannot use --db {parse_url(url).render_as_string(hide_password=True)} "
+                                      f"({first_line(exc)}): install its driver or give postgresql://…") from None
     engine = create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000})
 
     @event.listens_for(engine, "connect")
@@ -148,9 +170,8 @@ def current_revision(engine: Engine) -> str | None:
                 )
             return revision
     except OperationalError as exc:
-        raise DatabaseUnavailable(
-            f"cannot open database {describe(engine)}: {first_line(exc.orig)}; check --db / REGISTRY_DB_URL"
-        ) from exc
+        raise DatabaseUnavailable(f"cannot open database {describe(engine)}: {first_line(exc.orig)}; "
+                                  f"{open_hint(engine, exc)}") from exc
     except DatabaseError as exc:
         raise NotARegistry(
             f"{describe(engine)} is not a registry database ({first_line(exc.orig)}): "
@@ -204,6 +225,23 @@ def upgrade_registry(url: str) -> str:
         )
     upgrade(url)
     return head_revision()
+
+
+def open_hint(engine: Engine, error: OperationalError) -> str:
+    """What to do when the database cannot be opened: a full disk, a read-only directory, or a wrong --db."""
+    reason = str(error.orig).lower()
+    if "full" in reason:
+        return "the disk is full: free some space, then run the command again"
+    path = sqlite_path(engine.url.render_as_string(hide_password=False))
+    if path is not None and ("readonly" in reason or "read-only" in reason or "unable to open" in reason):
+        folder = path.parent
+        if folder.is_dir() and os.statvfs(folder).f_bavail == 0:
+            return f"the disk holding {folder} is full: free some space, then run the command again"
+        if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+            return f"{folder} is not writable: give a --home you can write to"
+        if path.exists() and not os.access(path, os.W_OK):
+            return f"{path} is read-only: make it writable or give another --home"
+    return "check --db / REGISTRY_DB_URL"
 
 
 def describe(engine: Engine) -> str:

@@ -19,6 +19,8 @@ from registry.errors import ArtifactError, StoreUnavailable
 ATTEMPTS = 3  # tries of one store call before giving up (s3fs retries inside each of them as well)
 RETRY_PAUSE = 0.5  # seconds before the second try; doubled for each later one
 T = TypeVar("T")
+# fsspec protocols whose filesystems can be written; http, zip, tar, github and the like cannot.
+WRITABLE = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
 
 
 CHUNK = 1 << 20
@@ -49,7 +51,7 @@ class Store:
 
     def __init__(self, url: str, attempts: int = ATTEMPTS, **storage_options):
         self.url, self.attempts = url, attempts
-        self.fs, self.root = fsspec.core.url_to_fs(url, **storage_options)
+        self.fs, self.root = filesystem(url, **storage_options)
         self.local = isinstance(self.fs, LocalFileSystem)
 
     def path(self, sha: str) -> str:
@@ -146,6 +148,29 @@ class Store:
                                            f"({type(exc).__name__}: {first_line(exc)}): check that it is reachable, "
                                            "then run the command again") from exc
                 time.sleep(RETRY_PAUSE * 2 ** (attempt - 1))
+
+
+def filesystem(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The fsspec filesystem and root of a store URL, refused unless it is a place artifacts can be written to.
+
+    Read-only or archive filesystems (http, zip, tar, …) cannot hold a store; a local path must be a directory
+    (or not exist yet: it is created on the first write).
+    """
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if protocol not in WRITABLE:
+        raise StoreUnavailable(f"the store {url}: {protocol}:// cannot hold a store: give a directory or one of "
+                               f"{', '.join(sorted(p + '://' for p in WRITABLE - {'file', 'local'}))}")
+    try:
+        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+    except ImportError as exc:
+        raise StoreUnavailable(f"the store {url} needs a package that is not installed ({first_line(exc)}): "
+                               "install it (s3://: pip install 'adapter-registry[s3]')") from None
+    except (ValueError, OSError) as exc:
+        raise StoreUnavailable(f"cannot use the store {url} ({first_line(exc)}): give a directory or an "
+                               "s3://BUCKET/PREFIX URL") from None
+    if isinstance(fs, LocalFileSystem) and os.path.exists(root) and not os.path.isdir(root):
+        raise StoreUnavailable(f"the store {url} is not a directory: give a directory for the artifacts")
+    return fs, root
 
 
 def write_atomic(path: str | os.PathLike, data: bytes) -> None:

@@ -28,7 +28,7 @@ from registry.training import train, transfer
 from registry.model.adapters import AdapterModel, trainable_parameters
 from registry.catalog.queries import find_task, task_row
 from registry.storage.core import Registry
-from registry.errors import DataError, OptionError, TaskExists, UnknownTask, VersionError
+from registry.errors import DataError, OptionError, TaskExists, TrainingError, UnknownTask, VersionError
 from registry.storage.models import Evaluation, Metric, Run, Task
 from registry.options import Auto, FromTask, InitFrom, Scratch
 from registry.storage.schema import utcnow
@@ -41,6 +41,7 @@ log = logging.getLogger("registry")
 # → we keep 16/64.
 SWEEP_LRS = (3e-4, 1e-3, 3e-3)
 SWEEP_SIZES = (16, 64)
+MAX_ADAPTER_WIDTH = 4  # --adapter-size at most this many times the base's hidden size
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,7 @@ def plan_task(registry: Registry, name: str, source: str, config: train.TrainCon
         options = replace(options, task_type=task_type,
                           metric=options.metric or (existing.metric if task_type == existing.task_type else None))
     check_max_length(config.max_length, base.config)
+    check_adapter_size(config.adapter_size, base.config)
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
                        max_train_samples=options.max_train_samples, seed=config.seed, strict=options.strict)
@@ -179,6 +181,9 @@ def existing_task(registry: Registry, name: str, new_version: bool) -> tuple[Row
             raise UnknownTask(f"--new-version: no ready task named {name!r}{state}: "
                               "drop --new-version to add it as a new task")
     elif existing is not None and existing.status != "failed":
+        if existing.retired_at is not None:
+            raise TaskExists(f"task {name!r} already exists (retired): pick another name, or "
+                             f"`registry restore {name}` to serve it again")
         hint = ", or pass --new-version to train its next version" if existing.status == "ready" else ""
         raise TaskExists(f"task {name!r} already exists ({existing.status}): pick another name{hint}")
     return base, existing
@@ -307,6 +312,16 @@ def check_max_length(max_length: int, base_config: dict) -> None:
     if max_length > limit:
         raise DataError(f"--max-length {max_length} is more than the base's {limit} positions: "
                         f"use --max-length {limit} or less")
+
+
+def check_adapter_size(adapter_size: int, base_config: dict) -> None:
+    """Refuse a bottleneck over MAX_ADAPTER_WIDTH times the base's hidden size: wider only adds parameters (and an
+    unbounded size is an unbounded allocation). The ratio leaves the default 64 to tiny test bases."""
+    hidden = base_config.get("hidden_size") or base_config.get("dim")
+    if isinstance(hidden, int) and adapter_size > MAX_ADAPTER_WIDTH * hidden:
+        raise TrainingError(f"--adapter-size {adapter_size} is more than {MAX_ADAPTER_WIDTH} x the base's hidden "
+                            f"size {hidden}: use --adapter-size {MAX_ADAPTER_WIDTH * hidden} or less "
+                            "(64 is typical)")
 
 
 def describe(source: str, loaded: data.TaskData) -> lifecycle.Description:

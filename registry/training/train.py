@@ -42,10 +42,15 @@ class FitResult:
     epochs: list[EpochResult] = field(default_factory=list)
 
 
+MAX_LR = float(np.finfo(np.float32).max)
+
+
 def check_config(config: TrainConfig) -> None:
     """Refuse hyper-parameters no run can use: a learning rate not positive and finite, a warm-up outside [0, 1)."""
     if not (isinstance(config.lr, (int, float)) and math.isfinite(config.lr) and config.lr > 0):
         raise TrainingError(f"--lr {config.lr} is not a positive finite number: pass one like 1e-3")
+    if config.lr > MAX_LR:  # torch keeps lr as a float32 next to the weights: a larger one is not a number to it
+        raise TrainingError(f"--lr {config.lr:g} is more than float32 holds ({MAX_LR:.3g}): pass one like 1e-3")
     if not (math.isfinite(config.warmup) and 0 <= config.warmup < 1):
         raise TrainingError(f"warm-up {config.warmup} is not a fraction of the steps in [0, 1)")
 
