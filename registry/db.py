@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 # Found, not imported: migrations/env.py imports this module, so importing the package here would be a cycle.
 MIGRATIONS_PACKAGE = "registry.migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
-SCHEMA_REVISION = "0003"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
+SCHEMA_REVISION = "0004"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
 
 
 def sqlite_path(url: str) -> Path | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -22,6 +23,7 @@ T = TypeVar("T")
 
 
 CHUNK = 1 << 20
+SHA_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_of(data: bytes) -> str:
@@ -117,10 +119,9 @@ class Store:
         return sorted(self.call("list the store", self.fs.find, self.root))
 
     def all(self) -> Iterator[str]:
-        """The sha256 names of every file in the store."""
+        """The sha256 names of every artifact file in the store: `<root>/<sha[:2]>/<sha>`, nothing else it holds."""
         for path in self.files():
-            name = path.rsplit("/", 1)[-1]
-            if len(name) == 64:
+            if path == self.path(name := path.rsplit("/", 1)[-1]) and SHA_NAME.fullmatch(name):
                 yield name
 
     def delete(self, sha: str) -> None:

@@ -21,7 +21,6 @@ Imports neither torch nor transformers.
 from __future__ import annotations
 
 import json
-import re
 import struct
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -29,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from registry import cache
+from registry import cache, ownership
 from registry.core import Registry
 from registry.data import head_size
 from registry.lifecycle import CURRENT_FIELDS
@@ -38,7 +37,6 @@ from registry.runs import sweep_stale_runs
 from registry.store import digest
 
 ADAPTER_CONFIG_FORMAT = "adapter-registry/adapter@1"
-SHA_NAME = re.compile(r"[0-9a-f]{64}")
 TASK_CONFIG_FIELDS = ("task_type", "labels", "text_columns", "label_column", "metric", "adapter_size")
 
 
@@ -46,7 +44,7 @@ TASK_CONFIG_FIELDS = ("task_type", "labels", "text_columns", "label_column", "me
 class Problem:
     """One inconsistency: a kind, what it is about, and a one-line message that says what to do."""
 
-    kind: str  # missing | corrupt | size | task | position | unreferenced | run | cache
+    kind: str  # missing | corrupt | size | task | position | unreferenced | foreign | run | cache
     subject: str
     message: str
 
@@ -73,6 +71,7 @@ def verify(registry: Registry, *, prune: bool = False) -> Report:
     """Check the database against the store; with `prune`, sweep dead runs and remove unreferenced store files."""
     report = Report()
     if prune:
+        ownership.ensure_owned(registry)  # prune deletes only in the registry's own store (refused, nothing removed)
         sweep_stale_runs(registry)  # a dead add-task must not keep its files from being pruned
     with registry.read() as session:
         base = registry.base(session)
@@ -319,14 +318,20 @@ def check_cache(registry: Registry, base, report: Report) -> list:
 
 
 def check_store(registry: Registry, known: set[str], report: Report) -> tuple[list[str], int]:
-    """Files in the store that no artifact row names (stray temporary files included): their paths, and how many
-    files."""
+    """Files of the store's layout that no artifact row names (stray temporary files included): their paths, and how
+    many files. A file the registry never writes (not of its layout; its marker excepted) is reported, never
+    removed."""
     store = registry.store
     unreferenced = []
     paths = store.files()
     for path in paths:
-        parent, name = path.rsplit("/", 2)[-2:]
-        if SHA_NAME.fullmatch(name) and parent == name[:2] and name in known:
+        name = path.rsplit("/", 1)[-1]
+        if ownership.layout_sha(store, path) in known or ownership.relative(store, path) == ownership.MARKER:
+            continue
+        if not ownership.of_layout(store, path):
+            report.problems.append(Problem("foreign", path, (
+                f"store file {path} is not one the registry writes: left alone (prune never removes it); "
+                "move it out of the store")))
             continue
         unreferenced.append(path)
         what = "a stray temporary file" if name.startswith(".tmp-") else "not in the database"

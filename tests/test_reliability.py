@@ -589,7 +589,7 @@ def test_verify_clean_registry(run_cli, trained):
     assert result.stdout == "ok: 5 artifacts and 1 ready tasks verified, no unreferenced files in the store\n"
     report = json.loads(run_cli("verify", "--json").stdout)
     assert report == {"ok": True, "problems": [], "pruned": [], "discarded": [],
-                      "checked": {"artifacts": 5, "tasks": 1, "files": 5}}
+                      "checked": {"artifacts": 5, "tasks": 1, "files": 6}}  # and the store marker
 
 
 def test_verify_finds_missing_and_corrupt_artifacts(run_cli, settings, trained):

@@ -191,7 +191,8 @@ Path(me).touch()
 while not Path(other).exists():  # both have loaded: now both create at once
     time.sleep(0.01)
 try:
-    checkpoint.create(Settings(home=Path(home), db_url=url, store_url=home + "/artifacts"), base, "tiny", loaded)
+    checkpoint.create(Settings(home=Path(home), db_url=url, store_url=home + "/artifacts"), base, "tiny", loaded,
+                      me[-1] * 32)
     print("WON")
 except AlreadyInitialised as exc:
     print("LOST", exc)
