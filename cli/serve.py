@@ -60,8 +60,10 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
         raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror}): pick another --port") from None
     listener.listen(2048)
     shown = f"[{host}]" if family == socket.AF_INET6 else host
-    click.echo(f"serving {len(tasks.predictor.tasks)} task(s) on http://{shown}:{listener.getsockname()[1]} "
-               f"({', '.join(tasks.predictor.tasks)})", err=True)
+    served = tasks.predictor.tasks if tasks.predictor is not None else []
+    quarantined = f"; unavailable: {', '.join(tasks.unavailable)}" if tasks.unavailable else ""
+    click.echo(f"serving {len(served)} task(s) on http://{shown}:{listener.getsockname()[1]} "
+               f"({', '.join(served)}{quarantined})", err=True)
     uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None)).run(sockets=[listener])
 
 

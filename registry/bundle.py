@@ -30,14 +30,13 @@ from safetensors.torch import load as load_tensors, save as save_tensors
 import torch
 from sqlalchemy import Row, select
 
-from registry import checkpoint, lifecycle, schema
-from registry.adapters import AdapterModel
+from registry import checkpoint, fields, lifecycle, ownership, probe, schema
 from registry.catalog import find_task, task_row
 from registry.config import Settings
 from registry.core import Registry, open_registry
 from registry.data import head_size
-from registry.errors import (AlreadyInitialised, ArtifactError, BundleError, NotInitialised, RegistryError,
-                             TaskExists, UnknownTask, printable)
+from registry.errors import (AlreadyInitialised, ArtifactError, BundleError, NonFiniteOutput, NotInitialised,
+                             RegistryError, TaskExists, UnknownTask, printable)
 from registry.models import Task
 from registry.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
 from registry.schema import utcnow
@@ -54,7 +53,7 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 FLOAT16_TOLERANCE = 1e-2
 MANIFEST_LIMIT = 16 << 20  # bytes: far above any manifest `export` writes
 SHA256 = re.compile(r"[0-9a-f]{64}")
-BASE_TEXT = {"name": 200, "source": 1024, "model_type": 64}  # the base's text fields and their lengths in the database
+BASE_TEXT = {"model_type": 64}  # the base's text fields and their lengths in the database (registry.fields: others)
 BASE_FILE_SUFFIXES = (".json", ".txt", ".model")  # base/ holds its weights, config and tokenizer files: nothing else
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16"}
@@ -251,8 +250,11 @@ def _manifest_problem(manifest: dict) -> str | None:
     if manifest["dtype"] not in DTYPES:
         return f"dtype {manifest['dtype']!r}"
     base, files, tasks = manifest["base"], manifest["files"], manifest["tasks"]
-    if not isinstance(base, dict) or any(not _is_text(base.get(key), limit) for key, limit in BASE_TEXT.items()):
-        return f"base needs {', '.join(BASE_TEXT)} as printable text"
+    if not isinstance(base, dict) or not _is_text(base.get("model_type"), BASE_TEXT["model_type"]):
+        return "base needs a model_type as printable text"
+    problem = fields.first_problem([(base.get("source"), "base source"), (base.get("name"), "base name")])
+    if problem:
+        return problem
     if not SHA256.fullmatch(str(base.get("sha256"))) or not _is_count(base.get("parameters")):
         return "base needs a sha256 and a parameter count"
     if not isinstance(files, dict) or any(not isinstance(v, dict) or set(v) != {"sha256", "size"}
@@ -273,10 +275,12 @@ def _manifest_problem(manifest: dict) -> str | None:
         name, labels, columns = entry["name"], entry["labels"], entry["text_columns"]
         if not isinstance(name, str):
             return "a task name that is not text"
-        texts = (entry["label_column"], entry["data_source"], entry["task_type"], entry["metric"])
         if not (isinstance(columns, list) and (labels is None or isinstance(labels, list))
-                and all(_is_text(value, 1024) for value in (*texts, *columns, *(labels or [])))):
-            return f"task {name!r}: its columns, labels, type, metric and data source must be printable text"
+                and all(_is_text(value, 16) for value in (entry["task_type"], entry["metric"]))):
+            return f"task {name!r}: its columns, labels, type and metric must be printable text"
+        problem = fields.task_problem(entry["data_source"], entry["label_column"], columns, labels)
+        if problem:
+            return f"task {name!r}: {problem}"
         try:
             validate_name(name)
             check_task_fields(columns, entry["label_column"], entry["task_type"], labels, entry["metric"])
@@ -497,8 +501,7 @@ def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtyp
     entries = []
     for row in rows:
         adapter, config = f"{ADAPTER_DIR}/{row.name}.safetensors", f"{ADAPTER_DIR}/{row.name}.json"
-        weights = registry.store.get(row.adapter_sha256)
-        config_bytes = registry.store.get(row.config_sha256)
+        weights, config_bytes = _task_files(registry, base, row)
         write_atomic(root / adapter, weights if dtype == "float32" else _cast(weights, dtype))
         write_atomic(root / config, config_bytes)
         task_config = json.loads(config_bytes)
@@ -538,6 +541,22 @@ def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtyp
     }
     write_atomic(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def _task_files(registry: Registry, base: Row, row: Row) -> tuple[bytes, bytes]:
+    """A task's adapter and config from the store, refused (naming the task) when they cannot load on the base:
+    export never writes a bundle that its own import or `predict --bundle` refuses."""
+    try:
+        weights, config_bytes = registry.store.get(row.adapter_sha256), registry.store.get(row.config_sha256)
+    except ArtifactError as exc:
+        problem = str(exc).split(": run `registry verify`")[0]
+    else:
+        problem = adapter_problem(weights, base.config, row.adapter_size, head_size(row.task_type, row.labels))
+        problem = problem and f"its adapter {problem}"
+    if problem:
+        raise BundleError(f"cannot export task {row.name!r}: {problem}: run `registry verify`; export the other "
+                          "tasks with --tasks")
+    return weights, config_bytes
 
 
 def _cast(weights: bytes, dtype: str) -> bytes:
@@ -646,22 +665,29 @@ def import_bundle(settings: Settings, path: str | os.PathLike) -> dict:
         if manifest["dtype"] != "float32":
             raise BundleError(f"{path} holds {manifest['dtype']} weights, which can be served but not imported "
                               f"(the registry keeps the exact float32 artifacts): export it again with --dtype float32")
-        _load_adapters(root, manifest, path)
         registry = _existing(settings)
         initialised = registry is None
         if initialised:
             loaded = _load_base(root, manifest, path)
+            _probe_tasks(root / BASE_DIR, root, manifest, path, "the bundle's")
             before = checkpoint.Before.of(settings)
+            registry_id = ownership.new_registry_id()
+        else:
+            try:
+                _check_on_stored_base(registry, root, manifest, path)
+            except BaseException:
+                registry.close()
+                raise
         try:
             if initialised:
-                checkpoint.create(settings, manifest["base"]["source"], manifest["base"]["name"], loaded)
+                checkpoint.create(settings, manifest["base"]["source"], manifest["base"]["name"], loaded, registry_id)
                 registry = open_registry(settings)
             rows = _add_tasks(registry, root, manifest, path)
         except AlreadyInitialised:  # another init or import started the registry meanwhile: it is theirs, leave it
             raise
         except BaseException:
             if initialised:
-                before.restore(settings)
+                before.restore(settings, registry_id)
             raise
         finally:
             if registry is not None:
@@ -684,24 +710,48 @@ def _existing(settings: Settings) -> Registry | None:
     return registry
 
 
-def _load_adapters(root: Path, manifest: dict, shown) -> None:
-    """Load every task's adapter into a model of the bundle's base (its shapes only: on the meta device)."""
-    from transformers import AutoConfig, AutoModel
+def _check_on_stored_base(registry: Registry, root: Path, manifest: dict, shown) -> None:
+    """Check a bundle's tasks against the registry's stored base, never the bundle's own claim: the base's weights
+    and config must be the registry's, and each task must load and give finite outputs on the stored base."""
+    with registry.read() as session:
+        base = registry.base(session)
+    _refuse_other_base(base, manifest, shown)
+    config_sha = sha256_of((root / BASE_DIR / checkpoint.CONFIG_FILE).read_bytes())
+    if config_sha != base.config_sha256:
+        raise BundleError(f"{shown}: {BASE_DIR}/{checkpoint.CONFIG_FILE} ({config_sha[:12]}) is not this registry's "
+                          f"base config ({base.config_sha256[:12]}): export the bundle again from a registry of this "
+                          "base, or import it into a new registry (--home)")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.write_base_files(registry.store, base, Path(tmp))
+        _probe_tasks(Path(tmp), root, manifest, shown, "this registry's")
 
-    config = AutoConfig.from_pretrained(root / BASE_DIR, trust_remote_code=False)
+
+def _probe_tasks(base_dir: Path, root: Path, manifest: dict, shown, whose: str) -> None:
+    """Each task's adapters load on the base at `base_dir` and give finite outputs on the probe sentences."""
+    base = FrozenBase(base_dir, device="cpu")
     for entry in manifest["tasks"]:
-        with torch.device("meta"):
-            model = AdapterModel(AutoModel.from_config(config), entry["adapter_size"],
-                                 [head_size(entry["task_type"], entry["labels"])])
+        spec = TaskSpec.from_config(entry["name"], read_json(root, entry["config"], shown))
         tensors = load_tensors((root / entry["adapter"]).read_bytes())
-        try:
-            model.load_task_state_dict(tensors)
-        except ArtifactError as exc:
-            raise BundleError(f"{shown}: {entry['adapter']} does not load on the bundle's base ({exc})") from None
         broken = next((key for key, value in sorted(tensors.items()) if not torch.isfinite(value).all()), None)
         if broken:
             raise BundleError(f"{shown}: {entry['adapter']} holds NaN or infinite values in {broken!r}: "
                               "export the bundle again")
+        try:
+            predictor = Predictor(base, [spec], [tensors])
+        except ArtifactError as exc:
+            raise BundleError(f"{shown}: {entry['adapter']} does not load on {whose} base ({exc})") from None
+        try:
+            probe.check_tasks(predictor, [spec.name])
+        except NonFiniteOutput:
+            raise BundleError(f"{shown}: task {spec.name!r} gives NaN or infinite outputs on {whose} base (its "
+                              f"adapter {entry['adapter']} is broken): export the bundle again") from None
+
+
+def _refuse_other_base(base: Row, manifest: dict, shown) -> None:
+    """A bundle built on another base than the registry's is refused."""
+    if base.sha256 != manifest["base"]["sha256"]:
+        raise BundleError(f"{shown} is built on base {manifest['base']['sha256'][:12]}, this registry's base is "
+                          f"{base.sha256[:12]}: import it into a registry with that base, or a new one (--home)")
 
 
 def _load_base(root: Path, manifest: dict, shown) -> checkpoint.Checkpoint:
@@ -721,9 +771,7 @@ def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[di
     names = [entry["name"] for entry in manifest["tasks"]]
     with registry.read() as session:
         base = registry.base(session)
-        if base.sha256 != manifest["base"]["sha256"]:
-            raise BundleError(f"{shown} is built on base {manifest['base']['sha256'][:12]}, this registry's base is "
-                              f"{base.sha256[:12]}: import it into a registry with that base, or a new one (--home)")
+        _refuse_other_base(base, manifest, shown)
         _refuse_clashes(session, names, shown)
     blobs = {}
     for entry in manifest["tasks"]:

@@ -14,7 +14,7 @@ from pathlib import Path
 from sqlalchemy import Row, select, text
 from sqlalchemy.exc import IntegrityError
 
-from registry import cache, db, schema
+from registry import cache, db, fields, ownership, probe, schema
 from registry.adapters import ARCHITECTURES
 from registry.config import Settings
 from registry.core import Registry, database_exists, open_registry
@@ -58,14 +58,17 @@ def load_checkpoint(source: str) -> Checkpoint:
     check_config(config, f"base {source!r}")
     check_no_code(tokenizer_config, f"base {source!r}: tokenizer_config.json")
     try:
-        model = AutoModel.from_pretrained(source, trust_remote_code=False)
+        model, info = AutoModel.from_pretrained(source, trust_remote_code=False, output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:  # transformers and tokenizers raise anything, even a bare Exception, on a bad file
         raise cannot_load(source, exc) from exc
+    probe.check_loading(info, f"base {source!r}")  # no weight filled at random, none dropped
+    probe.check_tokenizer(tokenizer, f"base {source!r}")
     stored_as = model.dtype
     if stored_as != torch.float32:  # adapters train in float32 next to the base; a half-precision base makes NaN losses
         model = model.float()
         model.config.dtype = torch.float32
+    probe.check_encoder(model.eval(), tokenizer, f"base {source!r}")  # finite outputs, in float32 as stored
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -128,33 +131,55 @@ def quiet_transformers() -> None:
 def init(settings: Settings, source: str, name: str | None = None, *,
          echo: Callable[[str], None] = lambda line: None) -> BaseCheckpoint:
     """Create the registry (schema at head) and register `source` as its frozen base (in float32, said in one line)."""
-    if database_exists(settings):
-        try:
-            registry = open_registry(settings)
-        except NotInitialised:
-            registry = None
-        if registry is not None:
-            with registry.read() as session:
-                if session.query(BaseCheckpoint).first() is not None:
-                    raise AlreadyInitialised(
-                        f"the registry at {settings.home} already has a base: use another --home to start a new one"
-                    )
-            registry.close()
+    name = name or default_name(source)
+    for value, what, hint in ((source, "base source", "move or rename the checkpoint"),
+                              (name, "base name", "pass another --name")):
+        if problem := fields.problem(value, what):
+            raise BaseModelError(f"{problem}: {hint}")
+    if has_base(settings):
+        raise AlreadyInitialised(
+            f"the registry at {settings.home} already has a base: use another --home to start a new one"
+        )
     checkpoint = load_checkpoint(source)  # every check that can fail runs before anything is written
     if checkpoint.converted_from:
         echo(f"base {source} is saved in {checkpoint.converted_from}: stored as float32, which adapters train against")
     before = Before.of(settings)
+    registry_id = ownership.new_registry_id()
     try:
-        return create(settings, source, name or default_name(source), checkpoint)
+        return create(settings, source, name, checkpoint, registry_id)
     except AlreadyInitialised:  # another init won: the registry is theirs (register removed our files)
         raise
     except BaseException:
-        before.restore(settings)
+        before.restore(settings, registry_id)
         raise
 
 
-def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
-    """Create the registry's database (schema at head) and record an already loaded checkpoint as its base."""
+def has_base(settings: Settings) -> bool:
+    """Whether a registry with a base is at `settings` already."""
+    if not database_exists(settings):
+        return False
+    try:
+        registry = open_registry(settings)
+    except NotInitialised:
+        return False
+    try:
+        with registry.read() as session:
+            return session.query(BaseCheckpoint).first() is not None
+    finally:
+        registry.close()
+
+
+def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint, registry_id: str) -> BaseCheckpoint:
+    """Claim the store (registry.ownership), create the registry's database (schema at head) and record an already
+    loaded checkpoint as its base."""
+    store = Store(settings.store_url)
+    try:
+        ownership.check_claim(settings, store)
+    except ownership.StoreNotOwned:
+        if has_base(settings):  # another init won the race and marked the store: the registry is theirs
+            raise AlreadyInitialised(f"the registry at {settings.home} already has a base (another `init` won): "
+                                     "use another --home to start a new one") from None
+        raise
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = db.make_engine(settings.db_url)
     try:
@@ -163,12 +188,14 @@ def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -
             db.enable_wal(engine)
         db.check_schema(engine)
         registry = Registry(settings=settings, engine=engine)
-        return register(registry, source, name, checkpoint)
+        base = register(registry, source, name, checkpoint, registry_id)
+        ownership.write_marker(store, registry_id)
+        return base
     finally:
         engine.dispose()
 
 
-def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
+def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint, registry_id: str) -> BaseCheckpoint:
     """Store the checkpoint's files and record the base in one transaction; AlreadyInitialised if another base won."""
     tokenizer_blob = json.dumps(
         {k: base64.b64encode(v).decode() for k, v in sorted(checkpoint.tokenizer_files.items())}, sort_keys=True
@@ -194,6 +221,7 @@ def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint)
                 tokenizer_sha256=shas["tokenizer"],
                 config=checkpoint.config,
                 parameters=checkpoint.parameters,
+                registry_id=registry_id,
             )
             session.add(base)
             session.flush()
@@ -274,8 +302,9 @@ class Before:
         return cls(home=settings.home.exists(), database=path is None or path.exists(),
                    tables=db.revision_at(settings.db_url) is not None, store=frozenset(Store(settings.store_url).all()))
 
-    def restore(self, settings: Settings) -> None:
-        """Remove the database, tables, rows and store files added since (a registry without a base has no tasks)."""
+    def restore(self, settings: Settings, registry_id: str) -> None:
+        """Remove the database, tables, rows and store files added since (a registry without a base has no tasks),
+        and the store's marker when it names `registry_id` (this init's)."""
         path = db.sqlite_path(settings.db_url)
         if not self.database:
             for suffix in ("", "-wal", "-shm", "-journal"):
@@ -289,11 +318,12 @@ class Before:
                         connection.execute(schema.artifacts.delete())
                     else:
                         schema.metadata.drop_all(connection)
-                        connection.exec_driver_sql("DROP TABLE alembic_version")
+                        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
             finally:
                 engine.dispose()
         store = Store(settings.store_url)
         for sha in set(store.all()) - self.store:
             store.delete(sha)
+        ownership.remove_marker(store, registry_id)
         if not self.home:
             shutil.rmtree(settings.home, ignore_errors=True)

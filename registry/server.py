@@ -27,6 +27,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, G
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.config import ServeLimits as Limits
+from registry.errors import NonFiniteOutput
 from registry.predictor import Prediction, Predictor, Text
 
 log = logging.getLogger("registry.serve")
@@ -89,6 +90,8 @@ class TaskInfo(BaseModel):
     metric: str
     score: float | None
     adapter_sha256: str
+    available: bool = True  # false for a quarantined task (registry.live), with its problem
+    problem: str | None = None
 
 
 class RequestError(Exception):
@@ -128,6 +131,9 @@ class Metrics:
                                     registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.queue_depth = Gauge("registry_serve_queue_inputs", "Inputs waiting in the queue.", registry=self.registry)
         self.tasks_loaded = Gauge("registry_serve_tasks_loaded", "Tasks being served.", registry=self.registry)
+        self.tasks_unavailable = Gauge("registry_serve_tasks_unavailable",
+                                       "Tasks quarantined: they cannot be served (see /v1/tasks).",
+                                       registry=self.registry)
         self.swaps = Counter("registry_serve_task_set_changes", "Times the served tasks changed while serving.",
                              registry=self.registry)
 
@@ -229,6 +235,8 @@ class Batcher:
             predictions = await asyncio.get_running_loop().run_in_executor(
                 self.model_thread, lambda: predictor.predict_many(items, batch_size=self.limits.max_batch_size,
                                                                   max_tokens=self.limits.max_batch_tokens))
+        except NonFiniteOutput as exc:  # never an answer: those requests get an error naming the task; others theirs
+            predictions = exc.predictions
         except Exception as exc:  # this window's requests fail; the server goes on
             log.exception("a batch of %d inputs failed", len(items))
             for job, _, _ in live:
@@ -238,6 +246,10 @@ class Batcher:
         for job, start, end in live:
             for i in range(start, end):
                 job.results[i] = next(answers)
+            broken = sorted({job.items[i][0] for i in range(start, end) if job.results[i] is None})
+            if broken:
+                fail(job, RequestError(500, f"task {broken[0]!r} gave NaN or infinite outputs for this request: "
+                                            "its adapter is broken, no answer is given"))
             job.done += end - start
             if job.done == len(job.items) and not job.future.done():
                 job.future.set_result(job.results)
@@ -263,8 +275,9 @@ def unknown_task(name: str, predictor: Predictor | None) -> str:
 # the app
 
 
-def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> list[tuple[str, Text]]:
-    """The request's (task, text) inputs, checked against the tasks served now."""
+def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits,
+          unavailable: dict[str, dict] | None = None) -> list[tuple[str, Text]]:
+    """The request's (task, text) inputs, checked against the tasks served now (503 for a quarantined one)."""
     if len(body.inputs) > limits.max_inputs:
         raise RequestError(
             413, f"{len(body.inputs)} inputs in one request, at most {limits.max_inputs}: split the request"
@@ -276,6 +289,8 @@ def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> 
         task = entry.task or body.task
         if task is None:
             raise field_error(["inputs", i, "task"], "no task: give \"task\" in the body or in every input")
+        if task in (unavailable or {}):
+            raise RequestError(503, f"task {task!r} is unavailable here: {unavailable[task]['problem']}")
         if predictor is None or task not in predictor.specs:
             raise RequestError(404, unknown_task(task, predictor))
         spec = predictor.specs[task]
@@ -340,6 +355,7 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
 
     def loaded() -> int:
         predictor = tasks.predictor
+        metrics.tasks_unavailable.set(len(tasks.unavailable))
         return len(predictor.tasks) if predictor is not None else 0
 
     async def poll() -> None:
@@ -402,7 +418,7 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
         for task in counted:
             metrics.requests.labels(task).inc()
         try:
-            results = await state["batcher"].submit(parse(body, predictor, limits))
+            results = await state["batcher"].submit(parse(body, predictor, limits, tasks.unavailable))
         except RequestError as exc:
             for task in counted or [""]:
                 metrics.errors.labels(task, str(exc.status)).inc()
@@ -412,9 +428,11 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
 
     @app.get("/v1/tasks", response_model=list[TaskInfo])
     async def list_tasks() -> JSONResponse:
-        """The tasks served now, in registry order: name, position, type, labels, metric, score, adapter sha256."""
+        """The tasks served now, in registry order: name, position, type, labels, metric, score, adapter sha256;
+        then quarantined ones, with `available` false and their problem."""
         predictor = tasks.predictor
-        return JSONResponse([predictor.about[name] for name in predictor.tasks] if predictor is not None else [])
+        served = [predictor.about[name] for name in predictor.tasks] if predictor is not None else []
+        return JSONResponse(served + list(tasks.unavailable.values()))
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -423,9 +441,10 @@ def create_app(tasks, limits: Limits = DEFAULT_LIMITS, *, watch: bool = True) ->
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Ready: the model is loaded with at least one task (503 otherwise)."""
+        """Ready: the model is loaded with at least one task (503 otherwise); quarantined tasks are listed."""
         n = loaded()
-        return JSONResponse({"status": "ready" if n else "no tasks loaded", "tasks": n}, 200 if n else 503)
+        return JSONResponse({"status": "ready" if n else "no tasks loaded", "tasks": n,
+                             "unavailable": sorted(tasks.unavailable)}, 200 if n else 503)
 
     @app.get("/metrics")
     async def prometheus() -> Response:

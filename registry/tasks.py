@@ -19,16 +19,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from safetensors.torch import load as load_tensors, save as save_tensors
+import numpy as np
 import torch
 from sqlalchemy import Row, func, select, update
 
-from registry import checkpoint, data, encoding, lifecycle, train, transfer
+from registry import checkpoint, data, encoding, fields, lifecycle, metrics, probe, train, transfer
 from registry.adapters import AdapterModel, trainable_parameters
 from registry.data import head_size
 from registry.catalog import find_task, task_row
 from registry.core import Registry
-from registry.errors import DataError, InvalidName, TaskExists, UnknownTask, VersionError
+from registry.errors import (DataError, InvalidName, NonFiniteOutput, TaskExists, TrainingError, UnknownTask,
+                             VersionError)
 from registry.models import Evaluation, Metric, Run, Task
+from registry.predictor import FrozenBase, Predictor, TaskSpec
 from registry.schema import utcnow
 from registry.runs import Heartbeat, sweep_stale_runs, this_host
 from registry.verify import ADAPTER_CONFIG_FORMAT
@@ -57,6 +60,13 @@ def validate_name(name: str) -> None:
     if not NAME_PATTERN.fullmatch(name) or ".." in name or len(name) > 100:
         raise InvalidName(f"invalid task name {name!r}: use lowercase letters, digits, '_', '.', '-' "
                           "(starting with a letter or digit)")
+
+
+def check_field(problem: str | None) -> None:
+    """Refuse a task whose text fields could not be stored and read back alike everywhere (registry.fields)."""
+    if problem:
+        raise DataError(f"{problem}: rename it (the registry stores, exports and imports only printable text of "
+                        "bounded length)")
 
 
 def software_versions() -> dict[str, str]:
@@ -90,6 +100,7 @@ def add_task(
     scratch (`none`); `compare_scratch` also trains the same runs from scratch, and the best run is published.
     """
     validate_name(name)
+    check_field(fields.problem(source, "data source"))
     train.check_config(config)
     named = transfer.named_source(registry, init_from, config.adapter_size) if init_from not in ("none", "auto") \
         else None
@@ -115,6 +126,7 @@ def add_task(
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
                        max_train_samples=options.max_train_samples, seed=config.seed, strict=options.strict)
+    check_field(fields.task_problem(source, loaded.label_column, loaded.text_columns, loaded.labels))
     if new_version:
         check_fits(existing, loaded)
     for line in loaded.inferred:
@@ -294,7 +306,7 @@ def run_fields(config: train.TrainConfig, loaded: data.TaskData, device: torch.d
     hyperparams = {**config.as_dict(), "skipped_rows": loaded.skipped}
     return dict(status="running", hyperparams=hyperparams, seed=config.seed, versions=versions,
                 device=str(device), host=this_host(), pid=os.getpid(), data_fingerprint=loaded.fingerprint,
-                validation_from=loaded.validation_from)
+                validation_from=fields.clip(loaded.validation_from, "validation source"))
 
 
 def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress,
@@ -355,6 +367,7 @@ def publish(registry: Registry, task_id: int, base, source: str, loaded: data.Ta
     version becomes current (see lifecycle.Publication).
     """
     weights, task_config = adapter_files(base, loaded, config, result.best_state)
+    probe_task(registry, base, task_id, task_config, result.best_state)
     adapter_sha, config_sha = registry.store.put(weights), registry.store.put(task_config)
     registry.store.get(adapter_sha), registry.store.get(config_sha)  # read back: refuses a corrupt write
     release = lifecycle.Release(adapter_sha256=adapter_sha, config_sha256=config_sha, adapter_size=config.adapter_size,
@@ -364,6 +377,19 @@ def publish(registry: Registry, task_id: int, base, source: str, loaded: data.Ta
                                         why=why)
     artifacts = [(adapter_sha, "adapter", len(weights)), (config_sha, "adapter-config", len(task_config))]
     return lifecycle.publish(registry, [publication], artifacts)[0]
+
+
+def probe_task(registry: Registry, base, task_id: int, task_config: bytes, state: dict[str, torch.Tensor]) -> None:
+    """Refuse to publish adapters whose outputs on the probe sentences are NaN or infinite (registry.probe)."""
+    with registry.read() as session:
+        name = session.get(Task, task_id).name
+    predictor = Predictor(FrozenBase(checkpoint.unpack(registry, base), device="cpu"),
+                          [TaskSpec.from_config(name, json.loads(task_config))], [state])
+    try:
+        probe.check_tasks(predictor, [name])
+    except NonFiniteOutput:
+        raise TrainingError(f"task {name!r}: its trained adapters give NaN or infinite outputs, so they are not "
+                            "published: train again with a lower --lr") from None
 
 
 def abandon(registry: Registry, task_id: int, run_id: int | None, exc: BaseException) -> None:
@@ -408,8 +434,11 @@ def score_task(registry: Registry, base: Row, task: Row, loaded: data.TaskData, 
     max_length = json.loads(registry.store.get(task.config_sha256))["max_length"]
     model, tokenizer = load_task_model(registry, task, base, device)
     encoded = encode_split(registry, base, tokenizer, loaded, "validation", max_length, progress)
-    return train.evaluate(model, encoded, task_type=task.task_type, metric=task.metric,
-                          pad_id=tokenizer.pad_token_id, device=device, progress=progress)
+    outputs = train.predict(model, encoded, pad_id=tokenizer.pad_token_id, device=device, progress=progress)
+    if not np.isfinite(outputs).all():  # a score of NaN answers is no score
+        raise NonFiniteOutput(f"task {task.name!r} gives NaN or infinite outputs on its validation data, so no score "
+                              "is recorded: its adapter is broken; run `registry verify`, or re-add the task")
+    return metrics.compute(task.metric, train.to_predictions(outputs, task.task_type), encoded.labels)
 
 
 def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData,

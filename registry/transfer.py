@@ -15,6 +15,7 @@ are only read: the new task gets its own copy of the weights, and adding it chan
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -29,7 +30,7 @@ from registry.adapters import AdapterModel
 from registry.catalog import find_task
 from registry.core import Registry
 from registry.encoding import Encoded
-from registry.errors import TrainingError
+from registry.errors import ArtifactError, TrainingError
 from registry.schema import tasks
 
 TRIAL_ROWS = 768  # 24 steps of 32
@@ -109,11 +110,22 @@ def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Enc
     losses: dict[str | None, float] = {}
     for source in [None, *sources] if sources else []:  # with no source there is nothing to compare
         model = build()
-        if source is not None:
-            start_from(model, source_tensors(registry, source))
-        losses[source.name if source else None] = trial(model, trial_rows, held_rows, config, task_type=task_type,
-                                                        metric=metric, pad_id=pad_id, device=device)
-    best = min(sources, key=lambda s: losses[s.name], default=None)
+        try:
+            if source is not None:
+                start_from(model, source_tensors(registry, source))
+            loss = trial(model, trial_rows, held_rows, config, task_type=task_type, metric=metric, pad_id=pad_id,
+                         device=device)
+        except (ArtifactError, TrainingError) as exc:
+            if source is None:
+                raise
+            loss = exc
+        if source is not None and not (isinstance(loss, float) and math.isfinite(loss)):  # an unusable start
+            why = loss if isinstance(loss, Exception) else "its trial loss is not finite: run `registry verify`"
+            echo(f"--init-from auto: skipped {source.name}: {why}")
+            skipped.append(source.name)
+            continue
+        losses[source.name if source else None] = loss
+    best = min((s for s in sources if s.name in losses), key=lambda s: losses[s.name], default=None)
     chosen = best if best is not None and losses[best.name] < (1 - AUTO_MARGIN) * losses[None] else None
     figures = ", ".join(f"{name or 'none'} {loss:.4f}" for name, loss in losses.items())
     if chosen is not None:

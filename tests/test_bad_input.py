@@ -54,7 +54,7 @@ BAD_BUNDLES = [  # tests.bad_bundles' variants: (name, the problem the line name
     ("auto-map", "config.json names code to run (auto_map): the registry never runs code from a checkpoint", CODE),
     ("tokenizer-auto-map", "tokenizer_config.json names code to run (auto_map)", CODE),
     ("model-type", "is a 'gpt2' model", "supported: bert, distilbert, electra, roberta, xlm-roberta"),
-    ("label-escape", "its columns, labels, type, metric and data source must be printable text", AGAIN),
+    ("label-escape", "the label '\\x1b[2J\\x1b[31mnegative' holds the non-printable character U+001B", AGAIN),
     ("metric-unknown", "task 'sentiment': --metric bleu is not a known metric", AGAIN),
     ("labels-for-regression", "task 'sentiment': a regression task has no label map", AGAIN),
     ("adapter-size", "adapters/sentiment.safetensors holds tensor", AGAIN),
