@@ -62,7 +62,7 @@ BAD_BUNDLES = [  # tests.bad_bundles' variants: (name, the problem the line name
      "adapters/sentiment.safetensors holds tensor 'head.bias' of shape [2], where this base and task need [3]", AGAIN),
     ("config-disagrees", "adapters/sentiment.json says text_columns is ['review'], but the task's is ['sentence']",
      AGAIN),
-    ("adapter-key", "adapters/sentiment.safetensors does not load on the bundle's base", "1 missing, 1 unexpected"),
+    ("adapter-key", "adapters/sentiment.safetensors does not load on this registry's base", "1 missing, 1 unexpected"),
     ("adapter-float16", "adapters/sentiment.safetensors holds F16 tensor", AGAIN),
     ("adapter-nan", "adapters/sentiment.safetensors holds NaN or infinite values in 'head.bias'", AGAIN),
     ("base-float16", "base/model.safetensors holds F16 tensors, but manifest.json says float32", AGAIN),
