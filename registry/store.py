@@ -88,7 +88,8 @@ class Store:
         """The bytes of artifact `sha`, refused when missing or when they no longer hash to `sha`."""
         try:
             data = self.call(f"read artifact {sha[:12]}", self.fs.cat_file, self.path(sha))
-        except (FileNotFoundError, NotADirectoryError):  # no file, or a file where its shard directory should be
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # no file, a file where its shard
+            # directory should be, or a directory where the file should be
             raise ArtifactError(
                 f"artifact {sha[:12]} is missing from the store {self.url}: run `registry verify`"
             ) from None
