@@ -80,6 +80,8 @@ def read_marker(store: Store) -> str | None:
 def write_marker(store: Store, registry_id: str) -> None:
     """Write the marker naming `registry_id` at the store's root."""
     data = json.dumps({"format": MARKER_FORMAT, "registry_id": registry_id}, sort_keys=True).encode()
+    if store.local:
+        store.fs.makedirs(store.root, exist_ok=True)
     store.call("write the store marker", store.fs.pipe_file, f"{store.root}/{MARKER}", data)
 
 
