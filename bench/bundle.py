@@ -45,12 +45,12 @@ def build_registry(
 ) -> dict[str, float]:
     """A registry at `home` on MiniLM with the tasks trained (kept across runs with --workdir); seconds per task
     trained."""
-    from registry import checkpoint
-    from registry.config import resolve
-    from registry.core import open_registry
+    from registry.model import checkpoint
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
     from registry.errors import NotInitialised
-    from registry.tasks import DataOptions, add_task
-    from registry.train import TrainConfig
+    from registry.training.tasks import DataOptions, add_task
+    from registry.training.train import TrainConfig
 
     settings = resolve(home=home)
     try:
@@ -58,7 +58,7 @@ def build_registry(
     except NotInitialised:
         checkpoint.init(settings, base_path())
         registry = open_registry(settings)
-    from registry.catalog import list_tasks
+    from registry.catalog.queries import list_tasks
 
     present = {row["name"] for row in list_tasks(registry) if row["status"] == "ready"}
     seconds = {}
@@ -80,8 +80,8 @@ def tree_bytes(path: Path) -> int:
 
 def sample_items(registry, names: list[str], per_task: int) -> list[tuple[str, object]]:
     """The first `per_task` validation examples of each task, as (task, text or (text, text_pair))."""
-    from registry import data
-    from registry.catalog import find_task
+    from registry.data import splits as data
+    from registry.catalog.queries import find_task
 
     items = []
     for name in names:
@@ -97,13 +97,13 @@ def sample_items(registry, names: list[str], per_task: int) -> list[tuple[str, o
 
 def child(mode: str, bundle_dir: str, names: list[str]) -> None:
     """In a fresh process: load, predict one example per task, print the peak RSS in bytes."""
-    from registry import bundle
+    from registry.serving.loading import load as load_bundle
 
     predictors = []
     if mode == "shared":
-        predictors = [bundle.load(bundle_dir, names, device="cpu")]
+        predictors = [load_bundle(bundle_dir, names, device="cpu")]
     elif mode == "separate":
-        predictors = [bundle.load(bundle_dir, [name], device="cpu") for name in names]
+        predictors = [load_bundle(bundle_dir, [name], device="cpu") for name in names]
     for predictor in predictors:
         predictor.predict_many(
             [
@@ -164,9 +164,10 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     """Train (unless `workdir` holds the registry already), export, measure, print."""
     import torch
 
-    from registry import bundle
-    from registry.config import resolve
-    from registry.core import open_registry
+    from registry.bundle.export import export
+    from registry.serving.loading import load as load_bundle
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
 
     tasks = TASKS[:2] if args.quick else TASKS
     rows = args.train_samples or (64 if args.quick else 300)
@@ -179,7 +180,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
 
     # --- size --------------------------------------------------------------------------------
     exported = {
-        key: bundle.export(registry, workdir / key, names, dtype=dtype, archive=archive, force=True)
+        key: export(registry, workdir / key, names, dtype=dtype, archive=archive, force=True)
         for key, dtype, archive in (
             ("bundle", "float32", False),
             ("bundle-tar", "float32", True),
@@ -234,8 +235,8 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     shuffled = items[:]
     random.Random(0).shuffle(shuffled)
     by_task = {name: [text for task, text in items if task == name] for name in names}
-    shared = bundle.load(workdir / "bundle", device="cpu")
-    singles = {name: bundle.load(workdir / "bundle", [name], device="cpu") for name in names}
+    shared = load_bundle(workdir / "bundle", device="cpu")
+    singles = {name: load_bundle(workdir / "bundle", [name], device="cpu") for name in names}
     batch = args.batch_size
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> dict:
     info = machine()
     with tempfile.TemporaryDirectory() as tmp:
         path = write_data(Path(tmp) / "train.tsv", 2000)
-        load = f"from registry import data; data.load({str(path)!r})"
+        load = f"from registry.data import splits as data; data.load({str(path)!r})"
         check = "import sys; assert 'datasets' not in sys.modules"
         sides = {
             "now: `data.load(train.tsv)`": [sys.executable, "-c", f"{load}; {check}"],

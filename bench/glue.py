@@ -4,7 +4,7 @@
     python -m bench.glue --quick    # a few minutes: 300 rows, 1 epoch (docs untouched)
 
 Adapters are trained by `registry add-task` (the product, as users run it). Full fine-tuning is the same
-training loop (`registry.train.fit`) with the base unfrozen, a baseline only, never a registry task.
+training loop (`registry.training.train.fit`) with the base unfrozen, a baseline only, never a registry task.
 After each task is added every task so far is re-evaluated, giving R[i][j], ACC and BWT (GEM).
 """
 
@@ -70,7 +70,10 @@ def full_fine_tune(base: str, source: Path, rows: int | None, epochs: int, seed:
     """Best validation score, wall seconds and trainable parameters of full fine-tuning on one task."""
     from transformers import AutoModel, AutoTokenizer
 
-    from registry import checkpoint, data, encoding, train
+    from registry.model import checkpoint
+    from registry.data import splits as data, encoding
+    from registry.formats import pick_device
+    from registry.training import train
 
     checkpoint.quiet_transformers()
     started = time.perf_counter()
@@ -83,7 +86,7 @@ def full_fine_tune(base: str, source: Path, rows: int | None, epochs: int, seed:
     torch.manual_seed(seed)
     model = FullFineTune(AutoModel.from_pretrained(base), 1 if loaded.task_type == "regression" else len(loaded.labels))
     result = train.fit(model, train_set, validation_set, config, task_type=loaded.task_type, metric=loaded.metric,
-                       pad_id=tokenizer.pad_token_id, device=train.pick_device())
+                       pad_id=tokenizer.pad_token_id, device=pick_device())
     return result.best_score, time.perf_counter() - started, sum(p.numel() for p in model.parameters())
 
 

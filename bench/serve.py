@@ -315,7 +315,7 @@ def hot_add(bundle4: Path, home: Path, bodies: dict, new: tuple[str, str], secon
     first answer."""
     from sqlalchemy import create_engine, select
 
-    from registry import schema
+    from registry.storage import schema
 
     if home.exists():
         shutil.rmtree(home)
@@ -387,8 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="bench-serve-"))
     home = workdir / "registry"
     trained = build_registry(home, TASKS, args.train_samples, 1, 64)
-    from registry.config import resolve
-    from registry.core import open_registry
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
 
     registry = open_registry(resolve(home=home))
     names = [name for name, _ in TASKS]

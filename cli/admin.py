@@ -7,8 +7,8 @@ import sys
 import click
 
 from registry.cli.output import emit, json_option, table
-from registry.config import Settings
-from registry.core import open_registry
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
 
 RUN_COLUMNS = ("run", "task", "status", "from", "score", "device", "started_at", "finished_at", "error")
 
@@ -24,7 +24,7 @@ def verify(settings: Settings, prune: bool, as_json: bool) -> None:
 
     Example: registry verify --prune
     """
-    from registry.verify import verify as check
+    from registry.catalog.verify import verify as check
 
     report = check(open_registry(settings), prune=prune)
     emit(report.as_dict(), as_json, print_report)
@@ -56,7 +56,7 @@ def runs(settings: Settings, name: str | None, sweep: bool, as_json: bool) -> No
 
     Example: registry runs cola --sweep
     """
-    from registry.runs import list_runs, sweep_stale_runs
+    from registry.catalog.runs import list_runs, sweep_stale_runs
 
     registry = open_registry(settings)
     if sweep:

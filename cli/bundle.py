@@ -6,8 +6,8 @@ import click
 
 from registry.cli.output import device_option, emit, fields, json_option, regular_file, table
 from registry.cli.read import LIST_COLUMNS
-from registry.config import Settings
-from registry.core import open_registry
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
 
 @click.command()
 @click.option("--tasks", "task_names", default="all", show_default=True, help="Which ready tasks: all, or NAME,NAME…")
@@ -31,11 +31,11 @@ def export(
 
     Example: registry export --tasks all --output bundle/ --archive
     """
-    from registry import bundle
+    from registry.bundle.export import export
 
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
     registry = open_registry(settings)
-    result = bundle.export(registry, output, names, dtype=dtype, archive=archive, force=force)
+    result = export(registry, output, names, dtype=dtype, archive=archive, force=force)
     emit(result, as_json, lambda r: fields({**r, "tasks": ", ".join(r["tasks"])}))
 
 
@@ -48,9 +48,9 @@ def import_(settings: Settings, path: str, as_json: bool) -> None:
 
     Example: registry import bundle.tar
     """
-    from registry import bundle
+    from registry.bundle.importer import import_bundle
 
-    result = bundle.import_bundle(settings, path)
+    result = import_bundle(settings, path)
 
     def render(r: dict) -> None:
         if r["initialised"]:
@@ -84,11 +84,12 @@ def predict(
 
     Example: registry predict --bundle bundle.tar --task sst2 "a gripping, funny film"
     """
-    from registry import bundle, live, predictor
+    from registry.serving.loading import load
+    from registry.serving import live, predictor
 
     if bundle_path is not None:
         def open_predictor(names):
-            return bundle.load(bundle_path, names, device=device)
+            return load(bundle_path, names, device=device)
     else:
         def open_predictor(names):
             return live.from_registry(open_registry(settings), names, device=device)

@@ -7,7 +7,7 @@ import sys
 import click
 
 from registry.cli import admin, bundle, lifecycle, read, serve, setup, train
-from registry.config import resolve
+from registry.storage.config import resolve
 from registry.errors import RegistryError, printable
 
 

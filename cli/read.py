@@ -5,9 +5,9 @@ from __future__ import annotations
 import click
 
 from registry.cli.output import emit, fields, fmt, json_option, table
-from registry import catalog
-from registry.config import Settings
-from registry.core import open_registry
+from registry.catalog import queries as catalog
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
 
 LIST_COLUMNS = ("position", "name", "version", "task_type", "metric", "score", "trainable_params", "status",
                 "created_at")
@@ -80,7 +80,7 @@ def history(settings: Settings, name: str | None, matrix: bool, plot: str | None
         return
     rows = catalog.history(registry, name)
     if plot:
-        from registry.report import plot_history
+        from registry.catalog.report import plot_history
 
         metrics = {task["name"]: task["metric"] for task in catalog.list_tasks(registry, retired=True)}
         plot_history(rows, metrics, plot)

@@ -7,8 +7,7 @@ from dataclasses import fields
 import click
 
 from registry.cli.output import device_option
-from registry.config import ServeLimits, Settings
-from registry.core import open_registry
+from registry.storage.config import ServeLimits, Settings
 
 def limit_options(command):
     """One option per ServeLimits field, with its default and help."""
@@ -39,32 +38,16 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
 
     Example: registry serve --port 8000
     """
-    import socket
-
-    import uvicorn
-
-    from registry import live, server
+    from registry.serving import startup
 
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
-    if bundle_path is not None:
-        tasks = live.FixedTasks(bundle_path, names, device=device)
-    else:
-        tasks = live.RegistryTasks(open_registry(settings), names, device=device)
-    app = server.create_app(tasks, ServeLimits(**limits), watch=bundle_path is None)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    listener = socket.socket(family, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        listener.bind((host, port))
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port} ({exc.strerror}): pick another --port") from None
-    listener.listen(2048)
-    shown = f"[{host}]" if family == socket.AF_INET6 else host
+    started = startup.start(settings, bundle_path=bundle_path, names=names, host=host, port=port, device=device,
+                            limits=ServeLimits(**limits))
+    tasks = started.tasks
     served = tasks.predictor.tasks if tasks.predictor is not None else []
     quarantined = f"; unavailable: {', '.join(tasks.unavailable)}" if tasks.unavailable else ""
-    click.echo(f"serving {len(served)} task(s) on http://{shown}:{listener.getsockname()[1]} "
-               f"({', '.join(served)}{quarantined})", err=True)
-    uvicorn.Server(uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=None)).run(sockets=[listener])
+    click.echo(f"serving {len(served)} task(s) on {started.url} ({', '.join(served)}{quarantined})", err=True)
+    started.run()
 
 
 COMMANDS = [serve]

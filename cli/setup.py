@@ -5,8 +5,8 @@ from __future__ import annotations
 import click
 
 from registry.cli.output import emit, fields, json_option
-from registry import db as registry_db
-from registry.config import Settings
+from registry.storage import db as registry_db
+from registry.storage.config import Settings
 
 
 @click.command()
@@ -19,7 +19,8 @@ def init(settings: Settings, source: str, name: str | None, as_json: bool) -> No
 
     Example: registry init --base sentence-transformers/all-MiniLM-L6-v2
     """
-    from registry import catalog, checkpoint
+    from registry.catalog import queries as catalog
+    from registry.model import checkpoint
 
     base = checkpoint.init(settings, source, name, echo=lambda line: click.echo(line, err=True))
     emit(catalog.base_row(base), as_json, fields)

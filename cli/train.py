@@ -7,8 +7,8 @@ import sys
 import click
 
 from registry.cli.output import device_option, emit, fields, json_option
-from registry.config import Settings
-from registry.core import open_registry
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or inferred-settings lines.")
 
@@ -83,8 +83,8 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
         raise click.UsageError("--promote needs --new-version (a new task's first version is always current)")
     if compare_scratch and init_from == "none":
         raise click.UsageError("--compare-scratch needs --init-from auto or TASK (the run is already from scratch)")
-    from registry.tasks import DataOptions, add_task as add
-    from registry.train import TrainConfig
+    from registry.training.tasks import DataOptions, add_task as add
+    from registry.training.train import TrainConfig
 
     registry = open_registry(settings)
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, adapter_size=adapter_size,
@@ -110,7 +110,7 @@ def eval_(settings: Settings, name: str, source: str | None, device: str, quiet:
 
     Example: registry eval cola
     """
-    from registry.tasks import evaluate_task
+    from registry.training.tasks import evaluate_task
 
     registry = open_registry(settings)
     result = evaluate_task(registry, name, source, device=device, progress=not quiet and sys.stderr.isatty())

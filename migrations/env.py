@@ -4,9 +4,9 @@ from logging.config import fileConfig
 
 from alembic import context
 
-from registry import config as registry_config
-from registry import schema
-from registry.db import make_engine
+from registry.storage import config as registry_config
+from registry.storage import schema
+from registry.storage.db import make_engine
 
 alembic_config = context.config
 if alembic_config.config_file_name is not None:

@@ -87,3 +87,7 @@ class NonFiniteOutput(RegistryError):
     def __init__(self, message: str, tasks: frozenset[str] = frozenset(), predictions: list | None = None) -> None:
         super().__init__(message)
         self.tasks, self.predictions = tasks, predictions or []
+
+
+class ServeError(RegistryError):
+    """A server cannot start (e.g. its address cannot be listened on)."""

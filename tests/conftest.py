@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from registry.cli.main import cli
-from registry.config import Settings
+from registry.storage.config import Settings
 from tests.helpers import PG_URL, REPO, make_settings, write_tiny_bert
 from tests.servers import MotoServer
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 from sqlalchemy import MetaData, create_engine, text
 
-from registry import db
-from registry.config import Settings
+from registry.storage import db
+from registry.storage.config import Settings
 
 
 def snapshot(settings: Settings) -> dict:

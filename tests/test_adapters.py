@@ -19,12 +19,11 @@ from transformers import (
     RobertaModel,
 )
 
-from registry.adapters import (
+from registry.model.adapters import (
     Adapter,
     AdapterModel,
     AdapterWrapper,
     TaskLayerNorm,
-    count_parameters,
     trainable_parameters,
 )
 from registry.errors import ArtifactError, NoMatchingModules
@@ -32,6 +31,11 @@ from registry.errors import ArtifactError, NoMatchingModules
 LAYERS = 2
 ADAPTER_SIZE = 16
 ADAPTER_TENSORS = ("down_weight", "down_bias", "up_weight", "up_bias")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not)."""
+    return sum(p.numel() for p in model.parameters())
 
 
 def tiny_bert() -> PreTrainedModel:

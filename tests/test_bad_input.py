@@ -23,8 +23,8 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from registry.cli.main import cli
-from registry import db
-from registry.config import Settings
+from registry.storage import db
+from registry.storage.config import Settings
 from tests.bad_bundles import write_bad_bundles
 from tests.helpers import PG_URL, one_line_error, snapshot
 
@@ -767,8 +767,8 @@ def newer_schema(prepared, monkeypatch):
 
 @contextlib.contextmanager
 def retired(prepared, monkeypatch):
-    from registry import lifecycle
-    from registry.core import open_registry
+    from registry.catalog import lifecycle
+    from registry.storage.core import open_registry
 
     registry = open_registry(prepared.settings)
     lifecycle.retire(registry, "second")

@@ -20,12 +20,15 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, text
 
 from registry.cli.main import cli
-from registry import bundle, live
-from registry.config import Settings
-from registry.core import open_registry
+from registry.bundle.manifest import FLOAT16_TOLERANCE
+from registry.catalog.queries import ready_tasks
+from registry.serving.loading import load as load_bundle
+from registry.serving import live
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
 from registry.errors import BundleError, DataError, UnknownTask
-from registry.models import Base
-from registry.predictor import Prediction, Predictor, pad_adapters
+from registry.storage.models import Base
+from registry.serving.predictor import Prediction, Predictor, pad_adapters
 from tests.helpers import make_settings, one_line_error, snapshot, write_task_data
 
 TASKS = {  # name: add-task options; sizes and lengths differ so padding and per-task max_length are exercised
@@ -164,7 +167,7 @@ def test_bundle_serves_like_the_registry_with_the_database_deleted(invoke, setti
     shutil.rmtree(settings.home)
     assert "run `registry init --base PATH_OR_HUB_ID` first" in one_line_error(invoke("list"))
 
-    served = bundle.load(tmp_path / "bundle", device="cpu")
+    served = load_bundle(tmp_path / "bundle", device="cpu")
     assert served.tasks == NAMES
     assert predictions(served) == from_registry  # float32: exactly equal
     assert [p.label for p in from_registry[:4]] != [None] * 4
@@ -226,7 +229,7 @@ def test_predict_cli_rows_and_input_file(source, tmp_path):
 
 
 def test_inputs_must_fit_the_task(source):
-    served = bundle.load(source["dir"], ["sentiment", "pairs"], device="cpu")
+    served = load_bundle(source["dir"], ["sentiment", "pairs"], device="cpu")
     assert served.tasks == ["sentiment", "pairs"]
     with pytest.raises(
         DataError,
@@ -251,7 +254,7 @@ def test_inputs_must_fit_the_task(source):
 
 
 def test_mixed_task_batches_equal_per_task_batches(source):
-    served = bundle.load(source["dir"], device="cpu")
+    served = load_bundle(source["dir"], device="cpu")
     passes = []
     encode = served.model.encode
 
@@ -317,7 +320,7 @@ def test_tampered_file_is_refused(source, copy_of):
     message = (f"{copy_of}: file adapters/pairs.safetensors does not match its sha256 in manifest.json "
                "(corrupt or tampered): export the bundle again")
     with pytest.raises(BundleError) as error:
-        bundle.load(copy_of, ["sentiment"], device="cpu")  # every file is checked, not only those served
+        load_bundle(copy_of, ["sentiment"], device="cpu")  # every file is checked, not only those served
     assert str(error.value) == message
     assert (
         one_line_error(source["invoke"]("predict", "--bundle", copy_of, "--task", "sentiment", "good"))
@@ -333,11 +336,11 @@ def test_tampered_base_is_refused(source, copy_of):
         BundleError,
         match="^" + str(copy_of) + ": file base/model.safetensors does not match its sha256 in manifest.json",
     ):
-        bundle.load(copy_of, device="cpu")
+        load_bundle(copy_of, device="cpu")
     refresh_hash(copy_of, "base/model.safetensors")  # a manifest edited to match is still not the registry's base
     base_sha = json.loads((copy_of / "manifest.json").read_text())["base"]["sha256"]
     with pytest.raises(BundleError) as error:
-        bundle.load(copy_of, device="cpu")
+        load_bundle(copy_of, device="cpu")
     assert (
         str(error.value)
         == f"{copy_of}: base/model.safetensors is not the base {base_sha[:12]} named in manifest.json: export the "
@@ -372,26 +375,26 @@ def test_adapter_from_another_base_is_refused(source, copy_of):
     message = (f"{copy_of}: task 'pairs' was trained on base abababababab, not this bundle's base {base_sha[:12]}: "
                f"export it from a registry whose base is {base_sha[:12]}")
     with pytest.raises(BundleError) as error:
-        bundle.load(copy_of, device="cpu")
+        load_bundle(copy_of, device="cpu")
     assert str(error.value) == message
 
 
 def test_malformed_manifest_is_refused(copy_of):
     rewrite_manifest(copy_of, lambda m: m["tasks"][1].pop("max_length"))
     with pytest.raises(BundleError) as error:
-        bundle.load(copy_of, device="cpu")
+        load_bundle(copy_of, device="cpu")
     assert (
         str(error.value)
         == f"{copy_of}: manifest.json is malformed (task 'pairs' has no 'max_length'): export the bundle again"
     )
     rewrite_manifest(copy_of, lambda m: m.pop("files"))
     with pytest.raises(BundleError, match=r"manifest.json is malformed \(no 'files'\)"):
-        bundle.load(copy_of, device="cpu")
+        load_bundle(copy_of, device="cpu")
     rewrite_manifest(copy_of, lambda m: m.update(format="adapter-registry/bundle@9"))
     with pytest.raises(
         BundleError, match=r"bundle format 'adapter-registry/bundle@9' is not 'adapter-registry/bundle@1'"
     ):
-        bundle.load(copy_of, device="cpu")
+        load_bundle(copy_of, device="cpu")
 
 
 def test_paths_outside_the_bundle_are_refused(copy_of):
@@ -399,7 +402,7 @@ def test_paths_outside_the_bundle_are_refused(copy_of):
     with pytest.raises(
         BundleError, match=r"manifest.json is malformed \(it lists '\.\./escape', which a bundle never "
     ):
-        bundle.load(copy_of, device="cpu")
+        load_bundle(copy_of, device="cpu")
 
 
 # --------------------------------------------------------------------------------------------
@@ -418,7 +421,7 @@ def test_layout_and_size_bound(trained, tmp_path):
     registry = open_registry(settings)
     with registry.read() as session:
         base = registry.base(session)
-        rows = bundle.ready_tasks(session, None)
+        rows = ready_tasks(session, None)
     stored_adapters = {row.name: registry.store.get(row.adapter_sha256) for row in rows}
     stored_configs = {row.name: registry.store.get(row.config_sha256) for row in rows}
     base_bytes = len(registry.store.get(base.sha256))
@@ -491,14 +494,14 @@ def test_float16_halves_the_size_and_predicts_within_tolerance(source, tmp_path)
 
     assert AutoModel.from_pretrained(half / "base").dtype == torch.float16
     assert_close(
-        predictions(bundle.load(half, device="cpu")),
-        predictions(bundle.load(full, device="cpu")),
-        bundle.FLOAT16_TOLERANCE,
+        predictions(load_bundle(half, device="cpu")),
+        predictions(load_bundle(full, device="cpu")),
+        FLOAT16_TOLERANCE,
     )
     assert_close(
-        predictions(bundle.load(half, device="cpu", dtype="float16")),
-        predictions(bundle.load(full, device="cpu")),
-        bundle.FLOAT16_TOLERANCE,
+        predictions(load_bundle(half, device="cpu", dtype="float16")),
+        predictions(load_bundle(full, device="cpu")),
+        FLOAT16_TOLERANCE,
     )
 
 
@@ -513,11 +516,11 @@ def test_archive_round_trip(source, tmp_path):
         names = tar.getnames()
     assert "b/manifest.json" in names and "b/base/model.safetensors" in names and len(names) == len(set(names))
     invoke("export", "--output", tmp_path / "d")
-    assert predictions(bundle.load(archive, device="cpu")) == predictions(bundle.load(tmp_path / "d", device="cpu"))
+    assert predictions(load_bundle(archive, device="cpu")) == predictions(load_bundle(tmp_path / "d", device="cpu"))
     assert one_line_error(invoke("export", "--output", archive, "--archive")) == (
         f"Error: {archive} already exists: pass --force to replace it, or choose another --output")
     assert invoke("export", "--output", archive, "--archive", "--force", "--tasks", "pairs").exit_code == 0
-    assert bundle.load(archive, device="cpu").tasks == ["pairs"]
+    assert load_bundle(archive, device="cpu").tasks == ["pairs"]
 
 
 def test_existing_output_is_refused_unless_force(trained, tmp_path):
@@ -536,7 +539,7 @@ def test_existing_output_is_refused_unless_force(trained, tmp_path):
     assert invoke("export", "--output", output, "--force").exit_code == 0  # an empty directory holds nothing to lose
     assert invoke("export", "--output", output, "--force", "--tasks", "similarity,sentiment").exit_code == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
-    assert bundle.load(output, device="cpu").tasks == ["sentiment", "similarity"]  # registry order
+    assert load_bundle(output, device="cpu").tasks == ["sentiment", "similarity"]  # registry order
 
 
 def test_unknown_task_name_is_refused(trained, tmp_path):

@@ -12,7 +12,7 @@ import pytest
 from click.testing import CliRunner
 
 from registry.cli.main import cli
-from registry import db
+from registry.storage import db
 from tests.helpers import REPO, one_line_error, snapshot
 
 
@@ -125,7 +125,8 @@ def test_debug_shows_the_traceback(tmp_path):
     assert plain.returncode == debug.returncode == 1
     assert plain.stderr.startswith("Error: no registry at") and len(plain.stderr.splitlines()) == 1
     assert debug.stderr.startswith("Traceback (most recent call last):")
-    assert 'registry/core.py", line' in debug.stderr and "in open_registry" in debug.stderr  # the frame that raised it
+    # the frame that raised it
+    assert 'registry/storage/core.py", line' in debug.stderr and "in open_registry" in debug.stderr
     assert debug.stderr.strip().splitlines()[-1].startswith("registry.errors.NotInitialised: no registry at")
 
 

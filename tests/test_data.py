@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from registry import data, sources
+from registry.data import splits as data, sources
 from registry.errors import DataError, RegistryError
 from tests.helpers import SENTS, col, sentences
 
@@ -686,7 +686,7 @@ def test_a_local_file_loads_without_importing_datasets(tmp_path):
     import sys
 
     path = write(tmp_path / "d.tsv", "text\tlabel\n" + "\n".join(f"{t}\t{i % 2}" for i, t in enumerate(sentences(20))))
-    code = (f"import sys; from registry import data; td = data.load({str(path)!r}); "
+    code = (f"import sys; from registry.data import splits as data; td = data.load({str(path)!r}); "
             "print(type(td.train).__module__, 'datasets' in sys.modules)")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=Path(__file__).resolve().parents[1])

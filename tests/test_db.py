@@ -12,9 +12,9 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from registry import db
+from registry.storage import db
 from registry.errors import NotARegistry, NotInitialised, SchemaMismatch
-from registry.schema import metadata
+from registry.storage.schema import metadata
 from tests.helpers import REPO
 
 

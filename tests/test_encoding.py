@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from registry import data, encoding
+from registry.data import splits as data, encoding
 from tests.helpers import col, sentences
 
 

@@ -9,9 +9,10 @@ import pytest
 import torch
 from sqlalchemy import text
 
-from registry import encoding, train
-from registry.adapters import AdapterModel
-from registry.core import open_registry
+from registry.data import encoding
+from registry.training import train
+from registry.model.adapters import AdapterModel
+from registry.storage.core import open_registry
 from tests.helpers import TINY_WORDS, sentiment_rows
 
 
@@ -87,7 +88,7 @@ def test_score_matrix_acc_and_bwt_arithmetic(run_cli, settings, tiny_base, tmp_p
     """Three tasks with chosen scores: R[i][j] is task j's latest score with i+1 tasks present (the diagonal
     falls back to the published score); ACC is the mean of the last row; BWT the mean of R[T-1][j] - R[j][j], j < T-1.
     """
-    from registry.catalog import score_matrix
+    from registry.catalog.queries import score_matrix
 
     data = tmp_path / "data.tsv"
     data.write_text("sentence\tlabel\n" + "\n".join(f"{s}\t{y}" for s, y in sentiment_rows(40, 0)) + "\n")

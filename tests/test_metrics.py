@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from registry import metrics
+from registry.data import metrics
 
 
 def test_every_metric_is_offered_by_the_cli_and_belongs_to_one_task_type():

@@ -1,4 +1,5 @@
-"""What the registry may delete: only files of its store's layout, in a store it marked as its own (registry.ownership).
+"""What the registry may delete: only files of its store's layout, in a store it marked as its own
+(registry.storage.ownership).
 
 Each test runs on SQLite and PostgreSQL; those about the store also on a directory and on S3 (moto on loopback).
 """
@@ -12,10 +13,10 @@ from click.testing import CliRunner
 from sqlalchemy import text
 
 from registry.cli.main import cli
-from registry import db
-from registry.config import Settings
-from registry.ownership import MARKER
-from registry.store import Store
+from registry.storage import db
+from registry.storage.config import Settings
+from registry.storage.ownership import MARKER
+from registry.storage.store import Store
 from tests.helpers import make_settings, one_line_error
 
 

@@ -23,16 +23,16 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select, text, update
 
-from registry.config import Settings
-from registry.core import open_registry
-from registry.models import Artifact, Run, Task, TaskVersion
-from registry.schema import utcnow
-from registry.runs import Heartbeat, as_utc, sweep_stale_runs, this_host
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
+from registry.storage.models import Artifact, Run, Task, TaskVersion
+from registry.storage.schema import utcnow
+from registry.catalog.runs import Heartbeat, as_utc, sweep_stale_runs, this_host
 from tests.helpers import REPO
 
 LAUNCHER = r"""
 import json, os, signal, sys, traceback
-import registry.cli.main, registry.tasks, registry.data, datasets  # the slow imports, once
+import registry.cli.main, registry.training.tasks, registry.data.splits, datasets  # the slow imports, once
 from transformers import AutoModel, AutoTokenizer  # noqa: F401
 
 def die(*args, **kwargs):
@@ -52,7 +52,8 @@ def patch(owner, attr, *, before=False, calls=1):
     setattr(owner, attr, wrapper)
 
 def kill_point(point):
-    from registry import store, tasks
+    from registry.storage import store
+    from registry.training import tasks
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     if point == "tokenising":
@@ -541,9 +542,9 @@ def test_heartbeat_beats_running_runs_from_a_thread(registry):
 def test_publish_refuses_a_task_swept_while_it_trained(registry):
     import torch
 
-    from registry import tasks
+    from registry.training import tasks
     from registry.errors import RegistryError
-    from registry.train import FitResult, TrainConfig
+    from registry.training.train import FitResult, TrainConfig
 
     task_id = add_rows(registry, "swept", status="failed", runs=[("interrupted", this_host(), dead_pid(), 600)])
     with registry.read() as session:

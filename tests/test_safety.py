@@ -25,10 +25,10 @@ from click.testing import CliRunner
 from sqlalchemy import create_engine, inspect, text
 
 from registry.cli.main import cli
-from registry import checkpoint
-from registry.config import Settings
-from registry.store import sha256_of
-from registry.verify import tensor_header
+from registry.model import checkpoint
+from registry.storage.config import Settings
+from registry.storage.store import sha256_of
+from registry.formats import tensor_header
 from tests.bad_bundles import plant_code, write_bad_bundles
 from tests.conftest import REPO
 from tests.helpers import make_settings, one_line_error, sentiment_rows, snapshot
@@ -182,8 +182,8 @@ def test_export_refuses_the_registry_through_a_symlink(invoke, settings, bundle,
 RACE = """
 import sys, time
 from pathlib import Path
-from registry import checkpoint
-from registry.config import Settings
+from registry.model import checkpoint
+from registry.storage.config import Settings
 from registry.errors import AlreadyInitialised
 home, url, base, me, other = sys.argv[1:]
 loaded = checkpoint.load_checkpoint(base)

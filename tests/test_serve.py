@@ -24,7 +24,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from registry.config import Settings
+from registry.storage.config import Settings
 from tests.helpers import make_settings, stop, write_task_data
 
 REPO = Path(__file__).resolve().parents[1]

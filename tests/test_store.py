@@ -8,7 +8,7 @@ import uuid
 import pytest
 
 from registry.errors import ArtifactError, StoreUnavailable
-from registry.store import Store
+from registry.storage.store import Store
 from tests.servers import Relay
 
 
@@ -92,7 +92,7 @@ def flaky_store(s3_server, refuse: int, attempts: int = 3) -> tuple[Store, Relay
 
 
 def test_s3_transient_errors_are_retried(s3_server, monkeypatch):
-    monkeypatch.setattr("registry.store.RETRY_PAUSE", 0.01)
+    monkeypatch.setattr("registry.storage.store.RETRY_PAUSE", 0.01)
     store, relay, _ = flaky_store(s3_server, refuse=2)
     try:
         sha = store.put(b"weights")
@@ -103,7 +103,7 @@ def test_s3_transient_errors_are_retried(s3_server, monkeypatch):
 
 
 def test_s3_persistent_errors_give_up_after_bounded_attempts_and_write_nothing(s3_server, monkeypatch):
-    monkeypatch.setattr("registry.store.RETRY_PAUSE", 0.01)
+    monkeypatch.setattr("registry.storage.store.RETRY_PAUSE", 0.01)
     store, relay, bucket = flaky_store(s3_server, refuse=1000)
     try:
         with pytest.raises(

@@ -14,10 +14,11 @@ import pytest
 from click.testing import CliRunner
 
 from cli.main import cli
-from registry import cache, checkpoint
-from registry.config import Settings
-from registry.core import open_registry
-from registry.store import Store
+from registry.storage import cache
+from registry.model import checkpoint
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
+from registry.storage.store import Store
 from tests.conftest import REPO
 from tests.test_reliability import add_args, sql, write_data
 

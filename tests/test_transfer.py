@@ -10,8 +10,8 @@ import pytest
 from safetensors.torch import load as load_tensors
 from torch import nn
 
-from registry import transfer
-from registry.core import open_registry
+from registry.training import transfer
+from registry.storage.core import open_registry
 from tests.helpers import one_line_error, snapshot, write_task_data
 
 
@@ -158,7 +158,7 @@ def test_a_retired_task_is_no_source(settings, run_cli, data):
 
 
 def test_the_base_dropout_is_off_unless_asked_and_the_run_says_so(settings, run_cli, data, tiny_base):
-    from registry.tasks import build_model
+    from registry.training.tasks import build_model
 
     add(run_cli, "b", data / "sentiment", "--epochs", "1", "--base-dropout")
     assert shown(run_cli, "b")["runs"][0]["hyperparams"]["base_dropout"] is True

@@ -14,11 +14,12 @@ from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from registry import db, live, server
 from registry.cli.main import cli
-from registry.config import Settings
-from registry.core import open_registry
-from registry.store import Store
+from registry.serving import live, server
+from registry.storage import db
+from registry.storage.config import Settings
+from registry.storage.core import open_registry
+from registry.storage.store import Store
 from tests.bad_bundles import rehash
 from tests.helpers import make_settings, one_line_error, snapshot
 from tests.test_reliability import add_args, write_data

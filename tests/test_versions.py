@@ -13,10 +13,12 @@ from types import SimpleNamespace
 import pytest
 from sqlalchemy import select, text, update
 
-from registry import bundle, db, lifecycle
-from registry.core import open_registry
+from registry.catalog.queries import ready_tasks
+from registry.storage import db
+from registry.catalog import lifecycle
+from registry.storage.core import open_registry
 from registry.errors import RegistryError, RetireError
-from registry.models import Task
+from registry.storage.models import Task
 from tests.helpers import one_line_error, snapshot
 
 
@@ -55,10 +57,10 @@ def versions(run_cli, name: str) -> list[tuple]:
 
 
 def served(settings) -> dict[str, str]:
-    """The adapter each task is served with: what export, predict and serve read (bundle.ready_tasks)."""
+    """The adapter each task is served with: what export, predict and serve read (catalog.queries.ready_tasks)."""
     registry = open_registry(settings)
     with registry.read() as session:
-        rows = bundle.ready_tasks(session, None)
+        rows = ready_tasks(session, None)
     registry.close()
     return {row.name: row.adapter_sha256 for row in rows}
 

@@ -5,7 +5,7 @@ Revises: 0003
 Create Date: 2026-12-02
 
 One nullable column on bases, `registry_id`. `init` writes it with the store's marker (registry-store.json,
-see registry.ownership); a registry made before stays empty until its first `verify --prune` adopts its store.
+see registry.storage.ownership); a registry made before stays empty until its first `verify --prune` adopts its store.
 Downgrading drops it.
 """
 from typing import Sequence, Union

@@ -1,0 +1,1 @@
+"""Bundles: the manifest, the archive safety checks, verify, export, import."""

@@ -1,0 +1,1 @@
+"""What the registry holds and answers: queries, the task lifecycle, runs, registry-wide checks."""

@@ -1,0 +1,1 @@
+"""Task data: value rules, readers, column inference, splits, tokenising."""

@@ -1,0 +1,1 @@
+"""Predicting: the predictor, the task sources a server follows, the HTTP app."""
