@@ -50,7 +50,7 @@ def run_job(sequence: str, seed: int, dropout: bool, epochs: int, rows_cap: int 
     from registry.storage.config import resolve
     from registry.storage.core import open_registry
     from registry.training.tasks import DataOptions, add_task, evaluate_task
-    from registry.training.train import TrainConfig
+    from registry.options import Auto, Scratch, TrainConfig
 
     home = Path(workdir) / f"{sequence}-seed{seed}-{'dropout' if dropout else 'nodropout'}"
     if home.exists():
@@ -67,7 +67,7 @@ def run_job(sequence: str, seed: int, dropout: bool, epochs: int, rows_cap: int 
         started = time.perf_counter()
         add_task(registry, name, str(GLUE_DIR / directory), config,
                  DataOptions(max_train_samples=rows),
-                 init_from="auto" if position else "none", compare_scratch=bool(position))
+                 init_from=Auto() if position else Scratch(), compare_scratch=bool(position))
         seconds = time.perf_counter() - started
         shown = catalog.show_task(registry, name)
         scratch = next(run for run in shown["runs"] if run["init_from"] is None)

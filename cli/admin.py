@@ -6,9 +6,8 @@ import sys
 
 import click
 
-from registry.cli.output import emit, json_option, table
+from registry.cli.output import emit, json_option, open_registry, table
 from registry.storage.config import Settings
-from registry.storage.core import open_registry
 
 RUN_COLUMNS = ("run", "task", "status", "from", "score", "device", "started_at", "finished_at", "error")
 
@@ -24,10 +23,8 @@ def verify(settings: Settings, prune: bool, as_json: bool) -> None:
 
     Example: registry verify --prune
     """
-    from registry.catalog.verify import verify as check
-
-    report = check(open_registry(settings), prune=prune)
-    emit(report.as_dict(), as_json, print_report)
+    report = open_registry(settings).verify(prune=prune)
+    emit(report, as_json, print_report)
     if not report.ok:
         sys.exit(1)
 
@@ -56,13 +53,11 @@ def runs(settings: Settings, name: str | None, sweep: bool, as_json: bool) -> No
 
     Example: registry runs cola --sweep
     """
-    from registry.catalog.runs import list_runs, sweep_stale_runs
-
     registry = open_registry(settings)
     if sweep:
-        swept = sweep_stale_runs(registry)
+        swept = registry.sweep_runs()
         click.echo(f"marked {swept} run{'' if swept == 1 else 's'} interrupted", err=True)
-    emit(list_runs(registry, name), as_json, lambda rows: table(rows, RUN_COLUMNS, empty="(no runs)"))
+    emit(registry.runs(name), as_json, lambda rows: table(rows, RUN_COLUMNS, empty="(no runs)"))
 
 
 COMMANDS = [verify, runs]

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from registry.cli.output import device_option, emit, fields, json_option, regular_file, table
+from registry.api import Bundle, Registry
+from registry.cli.output import device_option, emit, fields, json_option, open_registry, regular_file, table
 from registry.cli.read import LIST_COLUMNS
 from registry.storage.config import Settings
-from registry.storage.core import open_registry
 
 @click.command()
 @click.option("--tasks", "task_names", default="all", show_default=True, help="Which ready tasks: all, or NAME,NAME…")
@@ -31,11 +31,8 @@ def export(
 
     Example: registry export --tasks all --output bundle/ --archive
     """
-    from registry.bundle.export import export
-
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
-    registry = open_registry(settings)
-    result = export(registry, output, names, dtype=dtype, archive=archive, force=force)
+    result = open_registry(settings).export(names, output, dtype=dtype, archive=archive, force=force)
     emit(result, as_json, lambda r: fields({**r, "tasks": ", ".join(r["tasks"])}))
 
 
@@ -48,9 +45,7 @@ def import_(settings: Settings, path: str, as_json: bool) -> None:
 
     Example: registry import bundle.tar
     """
-    from registry.bundle.importer import import_bundle
-
-    result = import_bundle(settings, path)
+    result = Registry.import_bundle(path, home=settings.home, db=settings.db_url, store=settings.store_url)
 
     def render(r: dict) -> None:
         if r["initialised"]:
@@ -84,15 +79,14 @@ def predict(
 
     Example: registry predict --bundle bundle.tar --task sst2 "a gripping, funny film"
     """
-    from registry.serving.loading import load
-    from registry.serving import live, predictor
+    from registry.serving import predictor
 
     if bundle_path is not None:
         def open_predictor(names):
-            return load(bundle_path, names, device=device)
+            return Bundle.open(bundle_path).predictor(names, device=device)
     else:
         def open_predictor(names):
-            return live.from_registry(open_registry(settings), names, device=device)
+            return open_registry(settings).predictor(names, device=device)
     rows = predictor.predict_rows(open_predictor, task, texts, input_path, batch_size=batch_size)
     emit(rows, as_json, lambda r: table(r, ("task", "label", "score", "text", "text_pair")))
 

@@ -1,15 +1,11 @@
-"""`registry promote`, `retire` and `restore`: which version of a task is served, and whether it is. No torch.
-
-registry.lifecycle (the ORM) is imported when they run, so that the read commands never import it.
-"""
+"""`registry promote`, `retire` and `restore`: which version of a task is served, and whether it is. No torch."""
 
 from __future__ import annotations
 
 import click
 
-from registry.cli.output import emit, fields, json_option
+from registry.cli.output import emit, fields, json_option, open_registry
 from registry.storage.config import Settings
-from registry.storage.core import open_registry
 
 
 @click.command()
@@ -25,13 +21,11 @@ def promote(settings: Settings, name: str, version: int, why: str | None, as_jso
 
     Example: registry promote cola --version 1 --why "v2 mislabels questions"
     """
-    from registry.catalog import lifecycle
-
-    emit(lifecycle.promote(open_registry(settings), name, version, why), as_json, fields)
+    emit(open_registry(settings).promote(name, version, why), as_json, fields)
 
 
 def visibility_command(action: str, help_text: str) -> click.Command:
-    """`registry retire` or `registry restore`: one task's visibility, changed by catalog.lifecycle's `action`."""
+    """`registry retire` or `registry restore`: one task's visibility, changed by Registry's method `action`."""
 
     @click.command(name=action, help=help_text)
     @click.argument("name")
@@ -39,9 +33,7 @@ def visibility_command(action: str, help_text: str) -> click.Command:
     @json_option
     @click.pass_obj
     def command(settings: Settings, name: str, why: str | None, as_json: bool) -> None:
-        from registry.catalog import lifecycle
-
-        emit(getattr(lifecycle, action)(open_registry(settings), name, why), as_json, fields)
+        emit(getattr(open_registry(settings), action)(name, why), as_json, fields)
 
     return command
 

@@ -7,6 +7,8 @@ import sys
 import click
 
 from registry.cli import admin, bundle, lifecycle, read, serve, setup, train
+from registry.cli import ui
+from registry.cli.output import show_notices
 from registry.storage.config import resolve
 from registry.errors import RegistryError, printable
 
@@ -52,9 +54,10 @@ def cli(ctx: click.Context, home: str | None, db: str | None, store: str | None,
     Example: registry init --base sentence-transformers/all-MiniLM-L6-v2
     """
     ctx.obj = resolve(home=home, db=db, store=store)
+    show_notices(ctx)
 
 
-for module in (setup, read, train, bundle, lifecycle, serve, admin):
+for module in (setup, read, train, bundle, lifecycle, serve, admin, ui):
     for command in module.COMMANDS:
         cli.add_command(command)
 

@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import click
 
-from registry.errors import printable
+from registry.api import Registry
+from registry.storage.config import Settings
+from registry.errors import OptionError, printable
+from registry.results import plain
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 device_option = click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True,
@@ -23,8 +28,53 @@ def regular_file(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
+class EchoHandler(logging.Handler):
+    """The library's `registry` log records on stderr, one line each (its notices, as the CLI always printed them)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            click.echo(self.format(record), err=True)
+        except Exception:  # a closed stderr must not fail the command
+            self.handleError(record)
+
+
+def show_notices(ctx: click.Context) -> None:
+    """Until the command ends, print the library's INFO and WARNING records on stderr."""
+    logger, handler = logging.getLogger("registry"), EchoHandler()
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    ctx.meta["registry.notices"] = handler
+
+    def restore() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+
+    ctx.call_on_close(restore)
+
+
+def quiet_notices(ctx: click.Context) -> None:
+    """--quiet: only warnings (a cache entry discarded), no inferred settings or run scores."""
+    ctx.find_root().meta["registry.notices"].setLevel(logging.WARNING)
+
+
+def open_registry(settings: Settings) -> Registry:
+    """The registry at the resolved --home/--db/--store."""
+    return Registry.open(settings.home, db=settings.db_url, store=settings.store_url)
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """The library's refusal of options that cannot go together, shown as click's usage error (exit 2)."""
+    try:
+        yield
+    except OptionError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 def emit(data: Any, as_json: bool, render: Callable[[Any], None]) -> None:
-    """Print `data` as JSON or with `render`."""
+    """Print `data` (a result, as plain dicts and lists) as JSON or with `render`."""
+    data = plain(data)
     if as_json:
         click.echo(to_json(data))
     else:

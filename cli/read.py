@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import click
 
-from registry.cli.output import emit, fields, fmt, json_option, table
-from registry.catalog import queries as catalog
+from registry.results import plain
+
+from registry.cli.output import emit, fields, fmt, json_option, open_registry, table
 from registry.storage.config import Settings
-from registry.storage.core import open_registry
 
 LIST_COLUMNS = ("position", "name", "version", "task_type", "metric", "score", "trainable_params", "status",
                 "created_at")
@@ -26,9 +26,8 @@ def list_(settings: Settings, show_all: bool, as_json: bool) -> None:
 
     Example: registry list --json
     """
-    registry = open_registry(settings)
     columns = (*LIST_COLUMNS, "retired_at") if show_all else LIST_COLUMNS
-    emit(catalog.list_tasks(registry, retired=show_all), as_json,
+    emit(open_registry(settings).tasks(include_retired=show_all), as_json,
          lambda rows: table(rows, columns, empty="(no tasks yet: registry add-task NAME --data PATH)"))
 
 
@@ -41,8 +40,7 @@ def show(settings: Settings, name: str, as_json: bool) -> None:
 
     Example: registry show cola
     """
-    registry = open_registry(settings)
-    emit(catalog.show_task(registry, name), as_json, print_task)
+    emit(open_registry(settings).task(name), as_json, print_task)
 
 
 def print_task(row: dict) -> None:
@@ -76,14 +74,14 @@ def history(settings: Settings, name: str | None, matrix: bool, plot: str | None
     """
     registry = open_registry(settings)
     if matrix:
-        emit(catalog.score_matrix(registry), as_json, print_matrix)
+        emit(registry.matrix(), as_json, print_matrix)
         return
-    rows = catalog.history(registry, name)
+    rows = registry.history(name)
     if plot:
         from registry.catalog.report import plot_history
 
-        metrics = {task["name"]: task["metric"] for task in catalog.list_tasks(registry, retired=True)}
-        plot_history(rows, metrics, plot)
+        metrics = {task.name: task.metric for task in registry.tasks(include_retired=True)}
+        plot_history(plain(rows), metrics, plot)
         click.echo(f"wrote {plot}", err=True)
     emit(rows, as_json, lambda r: table(r, HISTORY_COLUMNS))
 

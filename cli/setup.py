@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import click
 
+from registry.api import Registry
 from registry.cli.output import emit, fields, json_option
 from registry.storage import db as registry_db
 from registry.storage.config import Settings
@@ -19,11 +20,8 @@ def init(settings: Settings, source: str, name: str | None, as_json: bool) -> No
 
     Example: registry init --base sentence-transformers/all-MiniLM-L6-v2
     """
-    from registry.catalog import queries as catalog
-    from registry.model import checkpoint
-
-    base = checkpoint.init(settings, source, name, echo=lambda line: click.echo(line, err=True))
-    emit(catalog.base_row(base), as_json, fields)
+    with Registry.create(settings.home, base=source, name=name, db=settings.db_url, store=settings.store_url) as r:
+        emit(r.base(), as_json, fields)
 
 
 @click.group()

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
-
 import click
 
-from registry.cli.output import device_option, emit, fields, json_option
+from registry.cli.output import (device_option, emit, fields, json_option, open_registry, quiet_notices,
+                                 usage_errors)
 from registry.storage.config import Settings
-from registry.storage.core import open_registry
+from registry.options import TrainConfig, parse_init_from
 
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bars or inferred-settings lines.")
 
@@ -79,23 +78,17 @@ def add_task(settings: Settings, name: str, source: str, text_columns: tuple[str
 
     Example: registry add-task mrpc --data ../shared/data/glue/MRPC --init-from auto
     """
-    if promote and not new_version:
-        raise click.UsageError("--promote needs --new-version (a new task's first version is always current)")
-    if compare_scratch and init_from == "none":
-        raise click.UsageError("--compare-scratch needs --init-from auto or TASK (the run is already from scratch)")
-    from registry.training.tasks import DataOptions, add_task as add
-    from registry.training.train import TrainConfig
-
-    registry = open_registry(settings)
+    if quiet:
+        quiet_notices(click.get_current_context())
     config = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, adapter_size=adapter_size,
                          max_length=max_length, seed=seed, base_dropout=base_dropout)
-    options = DataOptions(text_columns=text_columns or None, label_column=label_column, task_type=task_type,
-                          metric=metric, max_train_samples=max_train_samples, strict=strict)
-    row = add(registry, name, source, config, options, new_version=new_version, promote=promote, sweep=sweep,
-              init_from=init_from, compare_scratch=compare_scratch, device=device,
-              progress=not quiet and sys.stderr.isatty(),
-              echo=lambda line: quiet or click.echo(line, err=True))
-    emit(row, as_json, fields)
+    with usage_errors():
+        result = open_registry(settings).add_task(
+            name, source, config=config, init_from=parse_init_from(init_from), new_version=new_version,
+            promote=promote, compare_scratch=compare_scratch, sweep=sweep, text_columns=text_columns,
+            label_column=label_column, task_type=task_type, metric=metric, max_train_samples=max_train_samples,
+            strict=strict, device=device, progress=False if quiet else None)
+    emit(result, as_json, fields)
 
 
 @click.command(name="eval")
@@ -110,10 +103,9 @@ def eval_(settings: Settings, name: str, source: str | None, device: str, quiet:
 
     Example: registry eval cola
     """
-    from registry.training.tasks import evaluate_task
-
-    registry = open_registry(settings)
-    result = evaluate_task(registry, name, source, device=device, progress=not quiet and sys.stderr.isatty())
+    if quiet:
+        quiet_notices(click.get_current_context())
+    result = open_registry(settings).evaluate(name, source, device=device, progress=False if quiet else None)
     emit(
         result,
         as_json,

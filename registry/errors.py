@@ -74,6 +74,10 @@ class RetireError(RegistryError):
     """`retire` of a retired task, or `restore` of one that is not retired."""
 
 
+class OptionError(RegistryError):
+    """Options that cannot go together, such as `promote` without `new_version` (the CLI: a usage error, exit 2)."""
+
+
 class TrainingError(RegistryError):
     """Hyper-parameters no run can use, or a run that diverged."""
 

@@ -45,6 +45,9 @@ curl -sS "$URL/v1/predict" -H 'content-type: application/json' -d "$BODY"
 echo
 step curl -sS "$URL/metrics" -o demo-out/metrics.txt
 grep -E '^registry_serve_(requests_total|tasks_loaded)' demo-out/metrics.txt
+# The read-only dashboard is under /ui/ too (`registry ui` serves it alone): its Tasks page lists both tasks.
+step curl -sS "$URL/ui/" -o demo-out/ui.html
+grep -o 'class="task" data-name="[^"]*"' demo-out/ui.html
 kill -TERM "$SERVER"
 wait "$SERVER" || true   # uvicorn re-raises SIGTERM once it has drained: a signal exit status
 trap - EXIT

@@ -1,12 +1,20 @@
 """The import graphs of our own code have no cycle (module-level and function-level imports alike): between modules,
 and between the three folders (registry/, cli/ as registry.cli, migrations/ as registry.migrations), where
-`registry.storage.db` importing the migrations while `migrations/env.py` imports it was a cycle."""
+`registry.storage.db` importing the migrations while `migrations/env.py` imports it was a cycle. And
+`import registry` with `Registry.open(...).tasks()` stays light: no torch, transformers or fsspec (the read
+commands' own check is in tests/test_cli_core.py)."""
 
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
+
+import registry
+from registry.api import Registry
 from tests.helpers import REPO
 
 FOLDERS = {"registry": "registry", "cli": "registry.cli", "migrations": "registry.migrations"}  # folder: package
@@ -82,3 +90,22 @@ def test_no_import_cycle_among_our_modules():
 def test_the_library_imports_neither_the_cli_nor_the_migrations():
     folders = folder_graph(import_graph())
     assert folders == {"registry": set(), "cli": {"registry"}, "migrations": {"registry"}}
+
+
+def test_import_registry_and_listing_import_nothing_heavy(settings, tiny_base):
+    Registry.create(settings.home, base=str(tiny_base), db=settings.db_url, store=settings.store_url).close()
+    code = (
+        "import sys\nimport registry\n"
+        "assert 'registry.api' not in sys.modules\n"
+        "from registry import Registry, TrainConfig\n"
+        f"r = Registry.open({str(settings.home)!r}, db={settings.db_url!r}, store={settings.store_url!r})\n"
+        "r.tasks(); r.history(); r.matrix(); r.base()\n"
+        "heavy = ('torch', 'transformers', 'datasets', 'fsspec', 'fastapi', 'pandas')\n"
+        "heavy = [m for m in heavy if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
+    assert "HEAVY []" in out.stdout, out.stdout + out.stderr
+    assert set(registry.__all__) <= set(dir(registry))
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        registry.Nope  # noqa: B018

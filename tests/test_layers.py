@@ -10,13 +10,14 @@ from tests.test_imports import import_graph
 
 LAYERS: list[tuple[str, ...]] = [
     ("registry.errors",),                               # the exceptions every floor raises
-    ("registry.formats",),                              # shared facts: adapter config, headers, names, device
+    ("registry.formats", "registry.options", "registry.results"),  # shared facts; the API's typed values
     ("registry.storage",),                              # database, schema, artifact store, cache, registry creation
     ("registry.migrations",),                           # the schema's Alembic revisions (they read storage's schema)
     ("registry.catalog",),                              # what the registry answers: queries, lifecycle, runs, verify
     ("registry.data",),                                 # value rules, readers, inference, splits, encoding, metrics
     ("registry.model",),                                # the frozen base and its adapters
     ("registry.training", "registry.bundle"),           # adding a task | bundles (neither imports the other)
+    ("registry.dashboard",),                            # read-only pages on the catalog (no torch, no model)
     ("registry.serving",),                              # predictor, task sources, HTTP app, start-up
     ("registry", "registry.api"),                       # the face: `from registry import Registry`
     ("registry.cli",),                                  # the command line

@@ -23,7 +23,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from click.testing import CliRunner
 
+from registry.cli.main import cli
 from registry.storage.config import Settings
 from tests.helpers import make_settings, stop, write_task_data
 
@@ -50,10 +52,13 @@ def env_of(settings: Settings) -> dict[str, str]:
             "REGISTRY_STORE": settings.store_url}
 
 
-def registry_cli(settings: Settings, *args, timeout: float = 300) -> subprocess.CompletedProcess:
-    """The real `registry` command in its own process."""
-    return subprocess.run([*REGISTRY, *map(str, args)], env=env_of(settings), cwd=REPO,
-                          capture_output=True, text=True, timeout=timeout)
+def registry_cli(settings: Settings, *args) -> subprocess.CompletedProcess:
+    """The `registry` command run in this process (the servers under test run in their own): its exit code and
+    output as a process's."""
+    env = {"REGISTRY_HOME": str(settings.home), "REGISTRY_DB_URL": settings.db_url,
+           "REGISTRY_STORE": settings.store_url}
+    result = CliRunner().invoke(cli, list(map(str, args)), env=env)
+    return subprocess.CompletedProcess(["registry", *map(str, args)], result.exit_code, result.stdout, result.stderr)
 
 
 def add_task(settings: Settings, data: Path, name: str, *, as_name: str | None = None) -> None:

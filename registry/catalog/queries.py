@@ -24,6 +24,12 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds") if moment else None
 
 
+def base_info(registry: Registry) -> dict[str, Any]:
+    """The frozen base: name, source, sha256, model type, parameters."""
+    with registry.query() as connection:
+        return base_row(registry.base(connection))
+
+
 def base_row(base: Row) -> dict[str, Any]:
     """A base as a plain dict."""
     return {

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import base64
 import json
+import logging
 import shutil
 import tempfile
-from collections.abc import Callable
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +23,8 @@ from registry.storage.creation import new_database, rolled_back
 from registry.errors import AlreadyInitialised, BaseModelError, NotInitialised
 from registry.storage.models import Artifact, BaseCheckpoint
 from registry.storage.store import Store, sha256_of, write_atomic
+
+log = logging.getLogger("registry")
 
 WEIGHTS_FILE, CONFIG_FILE = cache.WEIGHTS_FILE, cache.CONFIG_FILE
 BASE_ID = 1  # the one row of `bases` (see register)
@@ -130,8 +132,7 @@ def quiet_transformers() -> None:
     transformers.logging.disable_progress_bar()
 
 
-def init(settings: Settings, source: str, name: str | None = None, *,
-         echo: Callable[[str], None] = lambda line: None) -> BaseCheckpoint:
+def init(settings: Settings, source: str, name: str | None = None) -> BaseCheckpoint:
     """Create the registry (schema at head) and register `source` as its frozen base (in float32, said in one line)."""
     name = name or default_name(source)
     for value, what, hint in ((source, "base source", "move or rename the checkpoint"),
@@ -144,7 +145,8 @@ def init(settings: Settings, source: str, name: str | None = None, *,
         )
     checkpoint = load_checkpoint(source)  # every check that can fail runs before anything is written
     if checkpoint.converted_from:
-        echo(f"base {source} is saved in {checkpoint.converted_from}: stored as float32, which adapters train against")
+        log.info(f"base {source} is saved in {checkpoint.converted_from}: stored as float32, "
+                 "which adapters train against")
     registry_id = ownership.new_registry_id()
     with rolled_back(settings, registry_id):  # another init that won keeps its registry (register removed our files)
         return create(settings, source, name, checkpoint, registry_id)

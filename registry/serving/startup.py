@@ -38,6 +38,10 @@ def start(settings: Settings, *, bundle_path: str | None = None, names: Sequence
     else:
         tasks = live.RegistryTasks(open_registry(settings), names, device=device)
     app = server.create_app(tasks, limits or ServeLimits(), watch=bundle_path is None)
+    if bundle_path is None:  # the read-only dashboard (`registry ui`) under /ui, on a connection of its own
+        from registry.dashboard.app import create_app, open_read_only
+
+        app.mount("/ui", create_app(open_read_only(settings)))
     listener = listen(host, port)
     shown = f"[{host}]" if listener.family == socket.AF_INET6 else host
     return Started(tasks, app, listener, f"http://{shown}:{listener.getsockname()[1]}")

@@ -8,7 +8,7 @@ Two kinds of entries:
 * `tokens/encoded-<key digest>-<sha256>.safetensors`: tokenised splits, named by what they encode and by
   the sha256 of their own bytes.
 
-An entry whose bytes differ is discarded with one line on stderr and made again (fetched from the store,
+An entry whose bytes differ is discarded with one logged warning and made again (fetched from the store,
 or tokenised); `registry verify` checks every entry the same way. Imports neither torch nor transformers.
 """
 
@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import json
 import re
+import logging
 import shutil
-import sys
 from pathlib import Path
 
 from registry.storage.store import digest
@@ -25,6 +25,7 @@ from registry.storage.store import digest
 MANIFEST = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
+log = logging.getLogger("registry")
 TOKENS_NAME = re.compile(r"encoded-[0-9a-f]{64}-(?P<sha>[0-9a-f]{64})\.safetensors")
 
 
@@ -35,8 +36,8 @@ def file_sha256(path: Path) -> str:
 
 
 def notice(line: str) -> None:
-    """One line on stderr about the cache (the command goes on)."""
-    print(line, file=sys.stderr, flush=True)
+    """One warning about the cache (the command goes on), logged to `registry` (the CLI shows it on stderr)."""
+    log.warning(line)
 
 
 def base_problem(directory: Path, weights_sha: str, config_sha: str) -> str | None:

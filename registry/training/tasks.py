@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import itertools
 import json
+import logging
 import os
 import platform
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from safetensors.torch import load as load_tensors, save as save_tensors
@@ -30,11 +30,15 @@ from registry.model.adapters import AdapterModel, trainable_parameters
 from registry.catalog.queries import find_task, task_row
 from registry.storage import fields
 from registry.storage.core import Registry
-from registry.errors import DataError, NonFiniteOutput, TaskExists, TrainingError, UnknownTask, VersionError
+from registry.errors import (DataError, NonFiniteOutput, OptionError, TaskExists, TrainingError, UnknownTask,
+                             VersionError)
 from registry.storage.models import Evaluation, Metric, Run, Task
+from registry.options import Auto, FromTask, InitFrom, Scratch
 from registry.storage.schema import utcnow
 from registry.catalog.runs import Heartbeat, sweep_stale_runs, this_host
 from registry.formats import DROPOUT_KEYS, AdapterConfig, head_size, pick_device, validate_name
+
+log = logging.getLogger("registry")
 
 # The paper's grid (Houlsby et al. 2019, section 3.1) on our scale: learning rates 3e-4..3e-3, sizes 8/64/256
 # → we keep 16/64.
@@ -78,42 +82,43 @@ def add_task(
     new_version: bool = False,
     promote: bool = False,
     sweep: bool = False,
-    init_from: str = "none",
+    init_from: InitFrom = Scratch(),
     compare_scratch: bool = False,
     device: str = "auto",
     progress: bool = False,
-    echo: Callable[[str], None] = lambda line: None,
 ) -> dict:
     """Train an adapter for a new task and publish it as the next task, or (`new_version`) the next version of one.
 
     A new version becomes current with `promote`, or when it scores at least as well as the current
-    version on its validation data (both scores are printed); otherwise it is kept as a candidate.
-    `init_from` starts the adapters from an earlier task's (a name), from the one `auto` picks, or from
-    scratch (`none`); `compare_scratch` also trains the same runs from scratch, and the best run is published.
+    version on its validation data (both scores are logged); otherwise it is kept as a candidate.
+    `init_from` starts the adapters from an earlier task's (FromTask), from the one Auto picks, or from
+    Scratch; `compare_scratch` also trains the same runs from scratch, and the best run is published.
+    What it infers and each run's score are logged (INFO) to the `registry` logger.
     """
+    check_options(new_version=new_version, promote=promote, init_from=init_from, compare_scratch=compare_scratch)
     plan = plan_task(registry, name, source, config, options, new_version=new_version, sweep=sweep,
-                     init_from=init_from, device=device, echo=echo)
+                     init_from=init_from, device=device)
     runs = RunRecorder.start(registry, plan)  # from here a kill is visible to the next command
     try:
         with Heartbeat(registry, runs.task_id):
             prepared = prepare(registry, plan, runs, progress)
-            origin, selection = choose_start(registry, plan, prepared, echo)
+            origin, selection = choose_start(registry, plan, prepared)
             runs.record_start(origin, selection)
             starts = [origin, None] if compare_scratch and origin is not None else [origin]
-            best = train_runs(registry, plan, prepared, runs, starts, selection, progress, echo)
+            best = train_runs(registry, plan, prepared, runs, starts, selection, progress)
             terms = {}
             if new_version:
                 terms = compare_with_current(registry, name, plan.base, plan.loaded, best[1].best_score, promote,
-                                             plan.target, progress, echo)
+                                             plan.target, progress)
             runs.current = best[0]  # a failure to publish is recorded on the run being published
             published = publish(registry, runs.task_id, plan.base, source, plan.loaded, *best, **terms)
     except BaseException as exc:
         runs.abandon(exc)
         raise
     if new_version:
-        echo(f"{name} version {published.version} is current ({published.why})" if published.current else
-             f"{name} version {published.version} is kept as a candidate ({published.why}): "
-             f"`registry promote {name} --version {published.version}` makes it current")
+        log.info(f"{name} version {published.version} is current ({published.why})" if published.current else
+                 f"{name} version {published.version} is kept as a candidate ({published.why}): "
+                 f"`registry promote {name} --version {published.version}` makes it current")
     with registry.read() as session:
         return {**task_row(session.get(Task, runs.task_id), plan.base.parameters),
                 "published_version": published.version, "published_current": published.current,
@@ -135,19 +140,19 @@ class Plan:
     loaded: data.TaskData
     config: train.TrainConfig  # as given: transfer's trials and the encoding follow it
     grid: list[train.TrainConfig]  # one run per entry (a sweep's grid, else `config`)
-    init_from: str
+    init_from: InitFrom
     named: transfer.Source | None  # the task `init_from` names
     target: torch.device
 
 
 def plan_task(registry: Registry, name: str, source: str, config: train.TrainConfig, options: DataOptions, *,
-              new_version: bool, sweep: bool, init_from: str, device: str, echo: Callable[[str], None]) -> Plan:
+              new_version: bool, sweep: bool, init_from: InitFrom, device: str) -> Plan:
     """Check the name, the config, the source task, the existing task and the data; the runs to train."""
     validate_name(name)
     check_field(fields.problem(source, "data source"))
     train.check_config(config)
-    named = transfer.named_source(registry, init_from, config.adapter_size) if init_from not in ("none", "auto") \
-        else None
+    named = transfer.named_source(registry, init_from.name, config.adapter_size) \
+        if isinstance(init_from, FromTask) else None
     target = pick_device(device)
     sweep_stale_runs(registry)
     base, existing = existing_task(registry, name, new_version)
@@ -163,10 +168,10 @@ def plan_task(registry: Registry, name: str, source: str, config: train.TrainCon
     if new_version:
         check_fits(existing, loaded)
     for line in loaded.inferred:
-        echo(line)
+        log.info(line)
     grid = [config]
     if sweep:  # a source fixes the adapter size: the sweep is then over learning rates only
-        sizes = SWEEP_SIZES if init_from == "none" else (config.adapter_size,)
+        sizes = SWEEP_SIZES if isinstance(init_from, Scratch) else (config.adapter_size,)
         grid = [replace(config, lr=lr, adapter_size=size) for lr, size in itertools.product(SWEEP_LRS, sizes)]
     return Plan(name, source, base, existing if new_version else None, loaded, config, grid, init_from, named, target)
 
@@ -261,26 +266,24 @@ def prepare(registry: Registry, plan: Plan, runs: RunRecorder, progress: bool) -
     return Prepared(base_dir, loaded_base, tokenizer, train_set, validation_set)
 
 
-def choose_start(registry: Registry, plan: Plan, prepared: Prepared,
-                 echo: Callable[[str], None]) -> tuple[transfer.Source | None, dict | None]:
+def choose_start(registry: Registry, plan: Plan, prepared: Prepared) -> tuple[transfer.Source | None, dict | None]:
     """Where the runs start, and how that was chosen: the task `init_from` names, the one `auto`'s trials pick,
     or scratch (None)."""
     config, loaded = plan.config, plan.loaded
-    choice = transfer.Choice(plan.named, {"requested": plan.init_from, "chosen": plan.init_from}) \
+    choice = transfer.Choice(plan.named, {"requested": plan.named.name, "chosen": plan.named.name}) \
         if plan.named else None
-    if plan.init_from == "auto":
+    if isinstance(plan.init_from, Auto):
         head = head_size(loaded.task_type, loaded.labels)
         choice = transfer.choose(
             registry, lambda: build_model(prepared.base_dir, config.adapter_size, head, config.seed,
                                           base_dropout=config.base_dropout),
             prepared.train_set, config, task_type=loaded.task_type, metric=loaded.metric,
-            pad_id=prepared.tokenizer.pad_token_id, device=plan.target, echo=echo)
+            pad_id=prepared.tokenizer.pad_token_id, device=plan.target)
     return (choice.source, choice.selection) if choice else (None, None)
 
 
 def train_runs(registry: Registry, plan: Plan, prepared: Prepared, runs: RunRecorder,
-               starts: list[transfer.Source | None], selection: dict | None, progress: bool,
-               echo: Callable[[str], None]) -> tuple:
+               starts: list[transfer.Source | None], selection: dict | None, progress: bool) -> tuple:
     """Every run (from each start, each config of the grid), recorded as it goes; the best as
     (run id, FitResult, config, trainable parameters)."""
     best = None
@@ -291,12 +294,20 @@ def train_runs(registry: Registry, plan: Plan, prepared: Prepared, runs: RunReco
                                             plan.loaded, prepared.train_set, prepared.validation_set,
                                             prepared.tokenizer.pad_token_id, plan.target, progress, start)
             runs.finish(result, n_trainable)
-            echo(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
-                 f"{f'from {start.name}' if start else 'from scratch'} "
-                 f"best {plan.loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
+            log.info(f"run {run_id}: lr={run_config.lr:g} adapter_size={run_config.adapter_size} "
+                     f"{f'from {start.name}' if start else 'from scratch'} "
+                     f"best {plan.loaded.metric}={result.best_score:.4f} at epoch {result.best_epoch}")
             if best is None or result.best_score > best[1].best_score:
                 best = (run_id, result, run_config, n_trainable)
     return best
+
+
+def check_options(*, new_version: bool, promote: bool, init_from: InitFrom, compare_scratch: bool) -> None:
+    """Refuse options that cannot go together (the CLI shows these as usage errors)."""
+    if promote and not new_version:
+        raise OptionError("--promote needs --new-version (a new task's first version is always current)")
+    if compare_scratch and isinstance(init_from, Scratch):
+        raise OptionError("--compare-scratch needs --init-from auto or TASK (the run is already from scratch)")
 
 
 def check_max_length(max_length: int, base_config: dict) -> None:
@@ -557,17 +568,17 @@ def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData,
 
 
 def compare_with_current(registry: Registry, name: str, base: Row, loaded: data.TaskData, score: float, promote: bool,
-                         device: torch.device, progress: bool, echo: Callable[[str], None]) -> dict:
+                         device: torch.device, progress: bool) -> dict:
     """How a new version of `name` that scored `score` is published: the current version is scored on the same
-    validation rows (recorded as an evaluation), both are printed, and the new one is current only if it is at
+    validation rows (recorded as an evaluation), both are logged, and the new one is current only if it is at
     least as good, or with `promote`."""
     with registry.read() as session:
         current = find_task(session, name, ready=True, retired=True)
     old = score_task(registry, base, current, loaded, device, progress)[current.metric]
     record_evaluation(registry, current, loaded, {current.metric: old})
     version, metric = current.current_version, loaded.metric
-    echo(f"{metric} on the same validation data ({loaded.validation_from}): new version {score:.4f}, "
-         f"current version {version} {old:.4f}")
+    log.info(f"{metric} on the same validation data ({loaded.validation_from}): new version {score:.4f}, "
+             f"current version {version} {old:.4f}")
     versus = f"{metric} {score:.4f} vs version {version}'s {old:.4f} on the same validation data"
     if promote:
         return {"promote": True, "why": f"promoted with --promote ({versus})"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -19,23 +19,7 @@ from tqdm.auto import tqdm
 from registry.data import metrics
 from registry.data.encoding import Encoded, batches
 from registry.errors import TrainingError
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """Hyper-parameters of one run. Recorded as the run's `hyperparams`."""
-
-    epochs: int = 3
-    lr: float = 1e-3
-    batch_size: int = 32
-    adapter_size: int = 64
-    max_length: int = 128
-    warmup: float = 0.1
-    seed: int = 0
-    base_dropout: bool = False  # the frozen base's dropout while training: off, see docs/benchmarks.md (transfer)
-
-    def as_dict(self) -> dict:
-        return asdict(self)
+from registry.options import TrainConfig
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ are only read: the new task gets its own copy of the weights, and adding it chan
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from registry.catalog.queries import find_task, served
 from registry.storage.core import Registry
 from registry.data.encoding import Encoded
 from registry.errors import ArtifactError, TrainingError
+
+log = logging.getLogger("registry")
 
 TRIAL_ROWS = 768  # 24 steps of 32
 HELD_ROWS = 256
@@ -92,8 +95,7 @@ class Choice:
 
 
 def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
-           task_type: str, metric: str, pad_id: int, device: torch.device,
-           echo: Callable[[str], None] = lambda line: None) -> Choice:
+           task_type: str, metric: str, pad_id: int, device: torch.device) -> Choice:
     """Try `none` and every earlier task with adapters of the run's size; pick the best start.
 
     `build()` makes the new task's freshly initialised model (the same weights every call).
@@ -117,7 +119,7 @@ def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Enc
             loss = exc
         if source is not None and not (isinstance(loss, float) and math.isfinite(loss)):  # an unusable start
             why = loss if isinstance(loss, Exception) else "its trial loss is not finite: run `registry verify`"
-            echo(f"--init-from auto: skipped {source.name}: {why}")
+            log.warning(f"--init-from auto: skipped {source.name}: {why}")
             skipped.append(source.name)
             continue
         losses[source.name if source else None] = loss
@@ -132,7 +134,7 @@ def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Enc
         why = "no earlier task with adapters of this size"
     tried = (f"held-out loss after a short trial from each start on {len(trial_rows)} + {len(held_rows)} training "
              f"rows: {figures} " if losses else "")
-    echo(f"--init-from auto: {tried}→ {chosen.name if chosen else 'none'} ({why})")
+    log.info(f"--init-from auto: {tried}→ {chosen.name if chosen else 'none'} ({why})")
     selection = {"requested": "auto", "criterion": CRITERION, "rows": [len(trial_rows), len(held_rows)],
                  "losses": [{"task": name, "loss": loss} for name, loss in losses.items()],
                  "skipped": skipped, "chosen": chosen.name if chosen else None, "why": why,

@@ -1,0 +1,61 @@
+"""What a caller asks of a training run, as typed values: the hyper-parameters and where the adapters start.
+
+Light on purpose (no torch): `from registry import TrainConfig, FromTask` stays cheap. Strings such as
+`--init-from auto` exist only at the CLI's edge (`parse_init_from`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Hyper-parameters of one run. Recorded as the run's `hyperparams`."""
+
+    epochs: int = 3
+    lr: float = 1e-3
+    batch_size: int = 32
+    adapter_size: int = 64
+    max_length: int = 128
+    warmup: float = 0.1
+    seed: int = 0
+    base_dropout: bool = False  # the frozen base's dropout while training: off, see docs/benchmarks.md (transfer)
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Scratch:
+    """Fresh adapters (the default)."""
+
+    def __str__(self) -> str:
+        return "none"
+
+
+@dataclass(frozen=True)
+class Auto:
+    """The start whose short trial on the new data ends with the lowest held-out loss (scratch unless a task
+    beats it by 2%)."""
+
+    def __str__(self) -> str:
+        return "auto"
+
+
+@dataclass(frozen=True)
+class FromTask:
+    """The adapters and LayerNorms of an earlier task's current version (the head is new; the task is only read)."""
+
+    name: str
+
+    def __str__(self) -> str:
+        return self.name
+
+
+InitFrom = Scratch | Auto | FromTask
+
+
+def parse_init_from(text: str) -> InitFrom:
+    """`--init-from`'s value: `none`, `auto`, or a task's name."""
+    return {"none": Scratch(), "auto": Auto()}.get(text) or FromTask(text)
