@@ -57,9 +57,12 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
                             limits=ServeLimits(**limits), token=token, backend=backend)
     if started.warning:
         click.echo(started.warning, err=True)
-    predictor = started.tasks.predictor
-    click.echo(f"serving {len(predictor.tasks)} task(s) with {predictor.backend} on {started.url} "
-               f"({', '.join(predictor.tasks)})", err=True)
+    tasks = started.tasks
+    served = tasks.predictor.tasks if tasks.predictor is not None else []
+    backend_name = tasks.predictor.backend if tasks.predictor is not None else backend
+    quarantined = f"; unavailable: {', '.join(tasks.unavailable)}" if tasks.unavailable else ""
+    click.echo(f"serving {len(served)} task(s) with {backend_name} on {started.url} "
+               f"({', '.join(served)}{quarantined})", err=True)
     started.run()
 
 

@@ -82,5 +82,16 @@ class TrainingError(RegistryError):
     """Hyper-parameters no run can use, or a run that diverged."""
 
 
+class NonFiniteOutput(RegistryError):
+    """A task (or base) gave NaN or infinite outputs: never returned as an answer.
+
+    `tasks` names the tasks that did; `predictions` holds every other input's answer (None for theirs).
+    """
+
+    def __init__(self, message: str, tasks: frozenset[str] = frozenset(), predictions: list | None = None) -> None:
+        super().__init__(message)
+        self.tasks, self.predictions = tasks, predictions or []
+
+
 class ServeError(RegistryError):
     """A server cannot start (e.g. its address cannot be listened on)."""

@@ -267,7 +267,7 @@ class Evaluation:
 class Problem:
     """One inconsistency `verify` found: a kind, what it is about, and a one-line message saying what to do."""
 
-    kind: str  # missing | corrupt | size | task | position | unreferenced | run | cache
+    kind: str  # missing | corrupt | size | task | position | unreferenced | foreign | run | cache
     subject: str
     message: str
 

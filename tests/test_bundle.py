@@ -560,8 +560,8 @@ def test_export_of_a_corrupt_artifact_leaves_nothing(invoke, settings, source, t
     stored.write_bytes(stored.read_bytes()[:-1] + b"!")
     line = one_line_error(invoke("export", "--output", tmp_path / "out" / "b", "--archive"))
     assert line == (
-        f"Error: artifact {sha[:12]} in {settings.store_url} does not match its sha256 (corrupt or tampered): "
-        "run `registry verify`"
+        f"Error: cannot export task 'pairs': artifact {sha[:12]} in {settings.store_url} does not match its sha256 "
+        "(corrupt or tampered): run `registry verify`; export the other tasks with --tasks"
     )
     assert list((tmp_path / "out").iterdir()) == []
 

@@ -540,8 +540,7 @@ def test_heartbeat_beats_running_runs_from_a_thread(registry):
 
 
 def test_publish_refuses_a_task_swept_while_it_trained(registry):
-    import torch
-
+    from registry.model import checkpoint
     from registry.training import tasks
     from registry.errors import RegistryError
     from registry.training.train import FitResult, TrainConfig
@@ -552,7 +551,8 @@ def test_publish_refuses_a_task_swept_while_it_trained(registry):
         run_id = session.scalars(select(Run.id).where(Run.task_id == task_id)).one()
     loaded = SimpleNamespace(task_type="classification", labels=("0", "1"), text_columns=("sentence",),
                              label_column="label", metric="accuracy", fingerprint="f" * 64)
-    result = FitResult(best_epoch=1, best_score=0.5, best_state={"head.weight": torch.zeros(2, 2)})
+    model = tasks.build_model(checkpoint.unpack(registry, base), TrainConfig().adapter_size, 2, seed=0)
+    result = FitResult(best_epoch=1, best_score=0.5, best_state=model.task_state_dict())  # passes publish's probe
     with pytest.raises(RegistryError, match="'swept' was marked interrupted while it trained"):
         tasks.publish(registry, task_id, base, "data.tsv", loaded, run_id, result, TrainConfig(), 4)
     with registry.read() as session:
@@ -590,7 +590,7 @@ def test_verify_clean_registry(run_cli, trained):
     assert result.stdout == "ok: 5 artifacts and 1 ready tasks verified, no unreferenced files in the store\n"
     report = json.loads(run_cli("verify", "--json").stdout)
     assert report == {"ok": True, "problems": [], "pruned": [], "discarded": [],
-                      "checked": {"artifacts": 5, "tasks": 1, "files": 5}}
+                      "checked": {"artifacts": 5, "tasks": 1, "files": 6}}  # and the store marker
 
 
 def test_verify_finds_missing_and_corrupt_artifacts(run_cli, settings, trained):

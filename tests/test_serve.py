@@ -167,7 +167,7 @@ def server(trained):
 
 def test_every_endpoint(server, trained):
     assert httpx.get(f"{server.url}/healthz").json() == {"status": "ok"}
-    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "tasks": 3}
+    assert httpx.get(f"{server.url}/readyz").json() == {"status": "ready", "tasks": 3, "unavailable": []}
     shown = [json.loads(registry_cli(trained, "show", name, "--json").stdout) for name in TASKS]
     fields = ("name", "position", "task_type", "labels", "metric", "score", "adapter_sha256")
     assert httpx.get(f"{server.url}/v1/tasks").json() == [{key: row[key] for key in fields} for row in shown]

@@ -17,7 +17,8 @@ from registry.bundle.archive import _listed_members
 from registry.bundle.manifest import (ADAPTER_DIR, BASE_DIR, DTYPES, FORMAT, MANIFEST, MANIFEST_LIMIT, file_digest,
                                       parse_manifest)
 from registry.catalog.queries import ready_tasks
-from registry.errors import BundleError
+from registry.errors import ArtifactError, BundleError
+from registry.formats import adapter_problem, head_size
 from registry.model import checkpoint
 from registry.storage.core import Registry
 from registry.storage.schema import utcnow
@@ -90,8 +91,7 @@ def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtyp
     entries = []
     for row in rows:
         adapter, config = f"{ADAPTER_DIR}/{row.name}.safetensors", f"{ADAPTER_DIR}/{row.name}.json"
-        weights = registry.store.get(row.adapter_sha256)
-        config_bytes = registry.store.get(row.config_sha256)
+        weights, config_bytes = _task_files(registry, base, row)
         write_atomic(root / adapter, weights if dtype == "float32" else _cast(weights, dtype))
         write_atomic(root / config, config_bytes)
         task_config = json.loads(config_bytes)
@@ -131,6 +131,22 @@ def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtyp
     }
     write_atomic(root / MANIFEST, (json.dumps(manifest, indent=2) + "\n").encode())
     return manifest
+
+
+def _task_files(registry: Registry, base: Row, row: Row) -> tuple[bytes, bytes]:
+    """A task's adapter and config from the store, refused (naming the task) when they cannot load on the base:
+    export never writes a bundle that its own import or `predict --bundle` refuses."""
+    try:
+        weights, config_bytes = registry.store.get(row.adapter_sha256), registry.store.get(row.config_sha256)
+    except ArtifactError as exc:
+        problem = str(exc).split(": run `registry verify`")[0]
+    else:
+        problem = adapter_problem(weights, base.config, row.adapter_size, head_size(row.task_type, row.labels))
+        problem = problem and f"its adapter {problem}"
+    if problem:
+        raise BundleError(f"cannot export task {row.name!r}: {problem}: run `registry verify`; export the other "
+                          "tasks with --tasks")
+    return weights, config_bytes
 
 
 def _cast(weights: bytes, dtype: str) -> bytes:

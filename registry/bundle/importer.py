@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from contextlib import nullcontext
 from pathlib import Path
 
+from sqlalchemy import Row
 
 from registry.bundle.archive import opened
-from registry.bundle.manifest import BASE_DIR, MANIFEST
+from registry.bundle.manifest import BASE_DIR, MANIFEST, read_json
 from registry.bundle.verify import verify
 from registry.catalog import lifecycle
 from registry.catalog.queries import taken_names, task_row
-from registry.errors import ArtifactError, BundleError, NotInitialised, TaskExists
-from registry.formats import head_size
-from registry.model import checkpoint
-from registry.model.adapters import AdapterModel
+from registry.errors import ArtifactError, BundleError, NonFiniteOutput, NotInitialised, TaskExists
+from registry.model import checkpoint, probe
+from registry.storage import ownership
 from registry.storage.config import Settings
 from registry.storage.core import Registry, open_registry
 from registry.storage.creation import rolled_back
@@ -26,8 +27,9 @@ from registry.storage.store import sha256_of
 def import_bundle(settings: Settings, path: str | os.PathLike) -> dict:
     """Add a bundle's tasks after the registry's own, in bundle order; start an empty registry from its base.
 
-    Everything is checked before anything is written: the bundle (verify), each adapter loaded on the base,
-    the base itself when it starts a registry. The files go to the store first, then one transaction adds
+    Everything is checked before anything is written: the bundle (verify), the base itself when it starts a
+    registry, each adapter loaded and run on the base (the registry's stored base when it has one, never the
+    bundle's claim). The files go to the store first, then one transaction adds
     every task, so a failure leaves the registry as it was; a registry this import started is removed again.
     """
     with opened(path) as root:
@@ -35,15 +37,19 @@ def import_bundle(settings: Settings, path: str | os.PathLike) -> dict:
         if manifest["dtype"] != "float32":
             raise BundleError(f"{path} holds {manifest['dtype']} weights, which can be served but not imported "
                               f"(the registry keeps the exact float32 artifacts): export it again with --dtype float32")
-        _load_adapters(root, manifest, path)
         registry = _existing(settings)
         initialised = registry is None
-        if initialised:
-            loaded = _load_base(root, manifest, path)
         try:
-            with rolled_back(settings) if initialised else nullcontext():
+            if initialised:
+                loaded = _load_base(root, manifest, path)
+                _probe_tasks(root / BASE_DIR, root, manifest, path, "the bundle's")
+            else:
+                _check_on_stored_base(registry, root, manifest, path)
+            registry_id = ownership.new_registry_id()
+            with rolled_back(settings, registry_id) if initialised else nullcontext():
                 if initialised:
-                    checkpoint.create(settings, manifest["base"]["source"], manifest["base"]["name"], loaded)
+                    checkpoint.create(settings, manifest["base"]["source"], manifest["base"]["name"], loaded,
+                                      registry_id)
                     registry = open_registry(settings)
                 rows = _add_tasks(registry, root, manifest, path)
         finally:
@@ -67,26 +73,49 @@ def _existing(settings: Settings) -> Registry | None:
     return registry
 
 
-def _load_adapters(root: Path, manifest: dict, shown) -> None:
-    """Load every task's adapter into a model of the bundle's base (its shapes only: on the meta device)."""
+def _check_on_stored_base(registry: Registry, root: Path, manifest: dict, shown) -> None:
+    """Check a bundle's tasks against the registry's stored base, never the bundle's own claim: the base's weights
+    and config must be the registry's, and each task must load and give finite outputs on the stored base."""
+    with registry.read() as session:
+        base = registry.base(session)
+    _refuse_other_base(base, manifest, shown)
+    config_sha = sha256_of((root / BASE_DIR / checkpoint.CONFIG_FILE).read_bytes())
+    if config_sha != base.config_sha256:
+        raise BundleError(f"{shown}: {BASE_DIR}/{checkpoint.CONFIG_FILE} ({config_sha[:12]}) is not this registry's "
+                          f"base config ({base.config_sha256[:12]}): export the bundle again from a registry of this "
+                          "base, or import it into a new registry (--home)")
+    with tempfile.TemporaryDirectory() as tmp:
+        checkpoint.write_base_files(registry.store, base, Path(tmp))
+        _probe_tasks(Path(tmp), root, manifest, shown, "this registry's")
+
+
+def _probe_tasks(base_dir: Path, root: Path, manifest: dict, shown, whose: str) -> None:
+    """Each task's adapters load on the base at `base_dir` and give finite outputs on the probe sentences."""
     import torch
     from safetensors.torch import load as load_tensors
-    from transformers import AutoConfig, AutoModel
 
-    config = AutoConfig.from_pretrained(root / BASE_DIR, trust_remote_code=False)
+    encoder, tokenizer = probe.load_base(base_dir, f"{shown}: {whose} base")
     for entry in manifest["tasks"]:
-        with torch.device("meta"):
-            model = AdapterModel(AutoModel.from_config(config), entry["adapter_size"],
-                                 [head_size(entry["task_type"], entry["labels"])])
+        config = read_json(root, entry["config"], shown)
         tensors = load_tensors((root / entry["adapter"]).read_bytes())
-        try:
-            model.load_task_state_dict(tensors)
-        except ArtifactError as exc:
-            raise BundleError(f"{shown}: {entry['adapter']} does not load on the bundle's base ({exc})") from None
         broken = next((key for key, value in sorted(tensors.items()) if not torch.isfinite(value).all()), None)
         if broken:
             raise BundleError(f"{shown}: {entry['adapter']} holds NaN or infinite values in {broken!r}: "
                               "export the bundle again")
+        try:
+            probe.check_adapters(encoder, tokenizer, entry["name"], config, tensors)
+        except ArtifactError as exc:
+            raise BundleError(f"{shown}: {entry['adapter']} does not load on {whose} base ({exc})") from None
+        except NonFiniteOutput:
+            raise BundleError(f"{shown}: task {entry['name']!r} gives NaN or infinite outputs on {whose} base (its "
+                              f"adapter {entry['adapter']} is broken): export the bundle again") from None
+
+
+def _refuse_other_base(base: Row, manifest: dict, shown) -> None:
+    """A bundle built on another base than the registry's is refused."""
+    if base.sha256 != manifest["base"]["sha256"]:
+        raise BundleError(f"{shown} is built on base {manifest['base']['sha256'][:12]}, this registry's base is "
+                          f"{base.sha256[:12]}: import it into a registry with that base, or a new one (--home)")
 
 
 def _load_base(root: Path, manifest: dict, shown) -> checkpoint.Checkpoint:
@@ -106,9 +135,7 @@ def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[di
     names = [entry["name"] for entry in manifest["tasks"]]
     with registry.read() as session:
         base = registry.base(session)
-        if base.sha256 != manifest["base"]["sha256"]:
-            raise BundleError(f"{shown} is built on base {manifest['base']['sha256'][:12]}, this registry's base is "
-                              f"{base.sha256[:12]}: import it into a registry with that base, or a new one (--home)")
+        _refuse_other_base(base, manifest, shown)
         _refuse_clashes(session, names, shown)
     blobs = {}
     for entry in manifest["tasks"]:

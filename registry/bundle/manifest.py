@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 
 from registry.errors import BundleError, RegistryError, printable
 from registry.model.checkpoint import WEIGHTS_FILE
+from registry.storage import fields
 from registry.storage.store import digest
 
 FORMAT = "adapter-registry/bundle@1"
@@ -32,7 +33,7 @@ DTYPES = ("float32", "float16")  # the weights' dtypes a bundle may hold (torch'
 FLOAT16_TOLERANCE = 1e-2
 MANIFEST_LIMIT = 16 << 20  # bytes: far above any manifest `export` writes
 SHA256 = re.compile(r"[0-9a-f]{64}")
-BASE_TEXT = {"name": 200, "source": 1024, "model_type": 64}  # the base's text fields and their lengths in the database
+BASE_TEXT = {"model_type": 64}  # the base's text fields and their lengths in the database (storage.fields: others)
 BASE_FILE_SUFFIXES = (".json", ".txt", ".model")  # base/ holds its weights, config and tokenizer files: nothing else
 FLOAT_DTYPES = {"F16", "BF16", "F32", "F64"}
 SAFETENSORS_DTYPES = {"float32": "F32", "float16": "F16"}
@@ -91,8 +92,11 @@ def _manifest_problem(manifest: dict) -> str | None:
     if manifest["dtype"] not in DTYPES:
         return f"dtype {manifest['dtype']!r}"
     base, files, tasks = manifest["base"], manifest["files"], manifest["tasks"]
-    if not isinstance(base, dict) or any(not _is_text(base.get(key), limit) for key, limit in BASE_TEXT.items()):
-        return f"base needs {', '.join(BASE_TEXT)} as printable text"
+    if not isinstance(base, dict) or not _is_text(base.get("model_type"), BASE_TEXT["model_type"]):
+        return "base needs a model_type as printable text"
+    problem = fields.first_problem([(base.get("source"), "base source"), (base.get("name"), "base name")])
+    if problem:
+        return problem
     if not SHA256.fullmatch(str(base.get("sha256"))) or not _is_count(base.get("parameters")):
         return "base needs a sha256 and a parameter count"
     if not isinstance(files, dict) or any(not isinstance(v, dict) or set(v) != {"sha256", "size"}
@@ -113,10 +117,12 @@ def _manifest_problem(manifest: dict) -> str | None:
         name, labels, columns = entry["name"], entry["labels"], entry["text_columns"]
         if not isinstance(name, str):
             return "a task name that is not text"
-        texts = (entry["label_column"], entry["data_source"], entry["task_type"], entry["metric"])
         if not (isinstance(columns, list) and (labels is None or isinstance(labels, list))
-                and all(_is_text(value, 1024) for value in (*texts, *columns, *(labels or [])))):
-            return f"task {name!r}: its columns, labels, type, metric and data source must be printable text"
+                and all(_is_text(value, 16) for value in (entry["task_type"], entry["metric"]))):
+            return f"task {name!r}: its columns, labels, type and metric must be printable text"
+        problem = fields.task_problem(entry["data_source"], entry["label_column"], columns, labels)
+        if problem:
+            return f"task {name!r}: {problem}"
         try:
             validate_name(name)
             check_task_fields(columns, entry["label_column"], entry["task_type"], labels, entry["metric"])

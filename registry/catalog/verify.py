@@ -20,29 +20,26 @@ Imports neither torch nor transformers.
 
 from __future__ import annotations
 
-import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 
-from registry.formats import TASK_CONFIG_FIELDS, adapter_problem, config_problem, head_size
-from registry.storage import cache
-from registry.storage.core import Registry
 from registry.catalog.lifecycle import CURRENT_FIELDS
-from registry.storage.models import Artifact, Evaluation, Run, Task, TaskVersion
 from registry.catalog.runs import sweep_stale_runs
+from registry.formats import TASK_CONFIG_FIELDS, adapter_problem, config_problem, head_size
+from registry.storage import cache, ownership
+from registry.storage.core import Registry
+from registry.storage.models import Artifact, Evaluation, Run, Task, TaskVersion
 from registry.storage.store import digest
-
-SHA_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
 class Problem:
     """One inconsistency: a kind, what it is about, and a one-line message that says what to do."""
 
-    kind: str  # missing | corrupt | size | task | position | unreferenced | run | cache
+    kind: str  # missing | corrupt | size | task | position | unreferenced | foreign | run | cache
     subject: str
     message: str
 
@@ -69,6 +66,7 @@ def verify(registry: Registry, *, prune: bool = False) -> Report:
     """Check the database against the store; with `prune`, sweep dead runs and remove unreferenced store files."""
     report = Report()
     if prune:
+        ownership.ensure_owned(registry)  # prune deletes only in the registry's own store (refused, nothing removed)
         sweep_stale_runs(registry)  # a dead add-task must not keep its files from being pruned
     with registry.read() as session:
         base = registry.base(session)
@@ -236,14 +234,20 @@ def check_cache(registry: Registry, base, report: Report) -> list:
 
 
 def check_store(registry: Registry, known: set[str], report: Report) -> tuple[list[str], int]:
-    """Files in the store that no artifact row names (stray temporary files included): their paths, and how many
-    files."""
+    """Files of the store's layout that no artifact row names (stray temporary files included): their paths, and how
+    many files. A file the registry never writes (not of its layout; its marker excepted) is reported, never
+    removed."""
     store = registry.store
     unreferenced = []
     paths = store.files()
     for path in paths:
-        parent, name = path.rsplit("/", 2)[-2:]
-        if SHA_NAME.fullmatch(name) and parent == name[:2] and name in known:
+        name = path.rsplit("/", 1)[-1]
+        if ownership.layout_sha(store, path) in known or ownership.relative(store, path) == ownership.MARKER:
+            continue
+        if not ownership.of_layout(store, path):
+            report.problems.append(Problem("foreign", path, (
+                f"store file {path} is not one the registry writes: left alone (prune never removes it); "
+                "move it out of the store")))
             continue
         unreferenced.append(path)
         what = "a stray temporary file" if name.startswith(".tmp-") else "not in the database"

@@ -14,8 +14,9 @@ from pathlib import Path
 from sqlalchemy import Row, select, text
 from sqlalchemy.exc import IntegrityError
 
-from registry.storage import cache, db
+from registry.model import probe
 from registry.model.adapters import ARCHITECTURES
+from registry.storage import cache, db, fields, ownership
 from registry.storage.config import Settings
 from registry.storage.core import Registry, database_exists, open_registry
 from registry.storage.creation import new_database, rolled_back
@@ -62,14 +63,18 @@ def load_checkpoint(source: str) -> Checkpoint:
     check_no_code(tokenizer_config, f"base {source!r}: tokenizer_config.json")
     refuse_pickles(source)
     try:  # use_safetensors: never unpickle, not even with torch's restricted unpickler
-        model = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True)
+        model, info = AutoModel.from_pretrained(source, trust_remote_code=False, use_safetensors=True,
+                                                output_loading_info=True)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=False)
     except Exception as exc:  # transformers and tokenizers raise anything, even a bare Exception, on a bad file
         raise cannot_load(source, exc) from exc
+    probe.check_loading(info, f"base {source!r}")  # no weight filled at random, none dropped
+    probe.check_tokenizer(tokenizer, f"base {source!r}")
     stored_as = model.dtype
     if stored_as != torch.float32:  # adapters train in float32 next to the base; a half-precision base makes NaN losses
         model = model.float()
         model.config.dtype = torch.float32
+    probe.check_encoder(model.eval(), tokenizer, f"base {source!r}")  # finite outputs, in float32 as stored
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
@@ -148,33 +153,57 @@ def quiet_transformers() -> None:
 
 def init(settings: Settings, source: str, name: str | None = None) -> BaseCheckpoint:
     """Create the registry (schema at head) and register `source` as its frozen base (in float32, said in one line)."""
-    if database_exists(settings):
-        try:
-            registry = open_registry(settings)
-        except NotInitialised:
-            registry = None
-        if registry is not None:
-            with registry.read() as session:
-                if session.query(BaseCheckpoint).first() is not None:
-                    raise AlreadyInitialised(
-                        f"the registry at {settings.home} already has a base: use another --home to start a new one"
-                    )
-            registry.close()
+    name = name or default_name(source)
+    for value, what, hint in ((source, "base source", "move or rename the checkpoint"),
+                              (name, "base name", "pass another --name")):
+        if problem := fields.problem(value, what):
+            raise BaseModelError(f"{problem}: {hint}")
+    if has_base(settings):
+        raise AlreadyInitialised(
+            f"the registry at {settings.home} already has a base: use another --home to start a new one"
+        )
     checkpoint = load_checkpoint(source)  # every check that can fail runs before anything is written
     if checkpoint.converted_from:
         log.info(f"base {source} is saved in {checkpoint.converted_from}: stored as float32, "
                  "which adapters train against")
-    with rolled_back(settings):  # another init that won keeps its registry (register removed our files)
-        return create(settings, source, name or default_name(source), checkpoint)
+    registry_id = ownership.new_registry_id()
+    with rolled_back(settings, registry_id):  # another init that won keeps its registry (register removed our files)
+        return create(settings, source, name, checkpoint, registry_id)
 
 
-def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
-    """Create the registry's database (schema at head) and record an already loaded checkpoint as its base."""
+def has_base(settings: Settings) -> bool:
+    """Whether a registry with a base is at `settings` already."""
+    if not database_exists(settings):
+        return False
+    try:
+        registry = open_registry(settings)
+    except NotInitialised:
+        return False
+    try:
+        with registry.read() as session:
+            return session.query(BaseCheckpoint).first() is not None
+    finally:
+        registry.close()
+
+
+def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint, registry_id: str) -> BaseCheckpoint:
+    """Claim the store (registry.storage.ownership), create the registry's database (schema at head) and record an
+    already loaded checkpoint as its base."""
+    store = Store(settings.store_url)
+    try:
+        ownership.check_claim(settings, store)
+    except ownership.StoreNotOwned:
+        if has_base(settings):  # another init won the race and marked the store: the registry is theirs
+            raise AlreadyInitialised(f"the registry at {settings.home} already has a base (another `init` won): "
+                                     "use another --home to start a new one") from None
+        raise
     with new_database(settings) as registry:
-        return register(registry, source, name, checkpoint)
+        base = register(registry, source, name, checkpoint, registry_id)
+    ownership.write_marker(store, registry_id)
+    return base
 
 
-def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint) -> BaseCheckpoint:
+def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint, registry_id: str) -> BaseCheckpoint:
     """Store the checkpoint's files and record the base in one transaction; AlreadyInitialised if another base won."""
     tokenizer_blob = json.dumps(
         {k: base64.b64encode(v).decode() for k, v in sorted(checkpoint.tokenizer_files.items())}, sort_keys=True
@@ -200,6 +229,7 @@ def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint)
                 tokenizer_sha256=shas["tokenizer"],
                 config=checkpoint.config,
                 parameters=checkpoint.parameters,
+                registry_id=registry_id,
             )
             session.add(base)
             session.flush()

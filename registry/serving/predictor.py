@@ -21,10 +21,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from registry.model import checkpoint
+from registry.model import checkpoint, probe
 from registry.model.adapters import AdapterModel
 from registry.data.encoding import PASS_COST_TOKENS, Encoded, batches, tokenise
-from registry.errors import DataError, UnknownTask
+from registry.errors import DataError, NonFiniteOutput, UnknownTask
 from registry.formats import head_size, pick_device
 
 # What `GET /v1/tasks` and a bundle's manifest say about each task.
@@ -136,8 +136,11 @@ class FrozenBase:
 
         checkpoint.quiet_transformers()
         self.device = pick_device(device)
-        self.encoder = AutoModel.from_pretrained(base_dir, dtype=dtype).requires_grad_(False).to(self.device).eval()
+        self.encoder, info = AutoModel.from_pretrained(base_dir, dtype=dtype, output_loading_info=True)
+        probe.check_loading(info, f"base {base_dir}")
+        self.encoder = self.encoder.requires_grad_(False).to(self.device).eval()
         self.tokenizer = AutoTokenizer.from_pretrained(base_dir)
+        probe.check_tokenizer(self.tokenizer, f"base {base_dir}")
 
     def encoder_copy(self) -> torch.nn.Module:
         """The encoder's modules copied around the very same weight tensors: adapters injected into the copy leave
@@ -220,7 +223,20 @@ class Predictor:
                     logits = self.model.heads[t](hidden[torch.from_numpy(mine).to(self.device)]).float().cpu().numpy()
                     for row, logit in zip(rows[mine], logits):
                         outputs[row] = logit
-        return [self._result(self.specs[self.tasks[t]], output) for t, output in zip(task_of, outputs)]
+        return self._results(task_of, outputs)
+
+    def _results(self, task_of: np.ndarray, outputs: list[np.ndarray]) -> list[Prediction]:
+        """Each output's answer; NonFiniteOutput (holding the other answers) when a task gave NaN or infinity."""
+        broken = sorted({self.tasks[t] for t, output in zip(task_of, outputs) if not np.isfinite(output).all()})
+        results = [None if self.tasks[t] in broken else self._result(self.specs[self.tasks[t]], output)
+                   for t, output in zip(task_of, outputs)]
+        if broken:
+            more = f" (and {len(broken) - 1} more)" if broken[1:] else ""
+            raise NonFiniteOutput(
+                f"task {broken[0]!r} gave NaN or infinite outputs{more}: its adapter is broken, no answer is given; "
+                "run `registry verify`, or re-add the task",
+                frozenset(broken), results)
+        return results
 
     def _task_index(self, task: str) -> int:
         if task not in self._index:

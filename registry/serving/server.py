@@ -26,6 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from pydantic import BaseModel, ConfigDict, Field
 
+from registry.errors import NonFiniteOutput
 from registry.serving import limits as admission
 from registry.serving.openapi import served_schema
 from registry.serving.predictor import Prediction, Predictor, Tally, Text
@@ -91,6 +92,8 @@ class TaskInfo(BaseModel):
     metric: str
     score: float | None
     adapter_sha256: str
+    available: bool = True  # false for a quarantined task (registry.live), with its problem
+    problem: str | None = None
 
 
 class RequestError(Exception):
@@ -130,6 +133,9 @@ class Metrics:
                                     registry=self.registry, buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512))
         self.queue_depth = Gauge("registry_serve_queue_inputs", "Inputs waiting in the queue.", registry=self.registry)
         self.tasks_loaded = Gauge("registry_serve_tasks_loaded", "Tasks being served.", registry=self.registry)
+        self.tasks_unavailable = Gauge("registry_serve_tasks_unavailable",
+                                       "Tasks quarantined: they cannot be served (see /v1/tasks).",
+                                       registry=self.registry)
         self.swaps = Counter("registry_serve_task_set_changes", "Times the served tasks changed while serving.",
                              registry=self.registry)
         self.passes = Counter("registry_serve_forward_passes", "Forward passes the model ran.", registry=self.registry)
@@ -251,6 +257,8 @@ class Batcher:
             predictions = await asyncio.get_running_loop().run_in_executor(
                 self.model_thread, lambda: predictor.predict_many(items, batch_size=self.limits.max_batch_size,
                                                                   max_tokens=self.limits.max_batch_tokens, tally=tally))
+        except NonFiniteOutput as exc:  # never an answer: those requests get an error naming the task; others theirs
+            predictions = exc.predictions
         except Exception as exc:  # this window's requests fail; the server goes on
             log.exception("a batch of %d inputs failed", len(items))
             for job, _, _ in live:
@@ -261,6 +269,10 @@ class Batcher:
         for job, start, end in live:
             for i in range(start, end):
                 job.results[i] = next(answers)
+            broken = sorted({job.items[i][0] for i in range(start, end) if job.results[i] is None})
+            if broken:
+                fail(job, RequestError(500, f"task {broken[0]!r} gave NaN or infinite outputs for this request: "
+                                            "its adapter is broken, no answer is given"))
             job.done += end - start
             if job.done == len(job.items) and not job.future.done():
                 job.future.set_result(job.results)
@@ -286,8 +298,9 @@ def unknown_task(name: str, predictor: Predictor | None) -> str:
 # the app
 
 
-def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> list[tuple[str, Text]]:
-    """The request's (task, text) inputs, checked against the tasks served now."""
+def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits,
+          unavailable: dict[str, dict] | None = None) -> list[tuple[str, Text]]:
+    """The request's (task, text) inputs, checked against the tasks served now (503 for a quarantined one)."""
     if len(body.inputs) > limits.max_inputs:
         raise RequestError(
             413, f"{len(body.inputs)} inputs in one request, at most {limits.max_inputs}: split the request"
@@ -301,6 +314,8 @@ def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits) -> 
         task = entry.task if entry.task is not None else body.task
         if task is None:
             raise field_error(["inputs", i, "task"], "no task: give \"task\" in the body or in every input")
+        if task in (unavailable or {}):
+            raise RequestError(503, f"task {task!r} is unavailable here: {unavailable[task]['problem']}")
         if predictor is None or task not in predictor.specs:
             raise RequestError(404, unknown_task(task, predictor))
         spec = predictor.specs[task]
@@ -403,6 +418,12 @@ def loaded(tasks) -> int:
     return len(predictor.tasks) if predictor is not None else 0
 
 
+def count_tasks(tasks, metrics: Metrics) -> None:
+    """The gauges of tasks served and tasks quarantined (registry.serving.live), as they are now."""
+    metrics.tasks_loaded.set(loaded(tasks))
+    metrics.tasks_unavailable.set(len(tasks.unavailable))
+
+
 async def poll(tasks, limits: Limits, metrics: Metrics) -> None:
     """Every `poll_seconds`, let `tasks` look at their source again; a change swaps the predictor."""
     while True:
@@ -410,7 +431,7 @@ async def poll(tasks, limits: Limits, metrics: Metrics) -> None:
         try:
             if await asyncio.to_thread(tasks.refresh):
                 metrics.swaps.inc()
-                metrics.tasks_loaded.set(loaded(tasks))
+                count_tasks(tasks, metrics)
                 log.warning(
                     "now serving %d task(s): %s",
                     loaded(tasks),
@@ -425,7 +446,7 @@ async def lifespan(app: FastAPI, *, tasks, limits: Limits, metrics: Metrics, wat
     """The server's life: the batcher (in `app.state.batcher`) and the poller run; on stop, drain, then cancel."""
     batcher = Batcher(tasks, limits, metrics)
     app.state.batcher = batcher
-    metrics.tasks_loaded.set(loaded(tasks))
+    count_tasks(tasks, metrics)
     running = [asyncio.create_task(batcher.run())]
     if watch:
         running.append(asyncio.create_task(poll(tasks, limits, metrics)))
@@ -475,7 +496,7 @@ def add_routes(app: FastAPI, tasks, limits: Limits, metrics: Metrics) -> None:
         for task in counted:
             metrics.requests.labels(task).inc()
         try:
-            results = await app.state.batcher.submit(parse(body, predictor, limits))
+            results = await app.state.batcher.submit(parse(body, predictor, limits, tasks.unavailable))
         except RequestError as exc:
             for task in counted or [""]:
                 metrics.errors.labels(task, str(exc.status)).inc()
@@ -485,9 +506,11 @@ def add_routes(app: FastAPI, tasks, limits: Limits, metrics: Metrics) -> None:
 
     @app.get("/v1/tasks", response_model=list[TaskInfo])
     async def list_tasks() -> JSONResponse:
-        """The tasks served now, in registry order: name, position, type, labels, metric, score, adapter sha256."""
+        """The tasks served now, in registry order: name, position, type, labels, metric, score, adapter sha256;
+        then quarantined ones, with `available` false and their problem."""
         predictor = tasks.predictor
-        return JSONResponse([predictor.about[name] for name in predictor.tasks] if predictor is not None else [])
+        served = [predictor.about[name] for name in predictor.tasks] if predictor is not None else []
+        return JSONResponse(served + list(tasks.unavailable.values()))
 
     @app.get("/healthz")
     async def healthz() -> dict:
@@ -496,9 +519,10 @@ def add_routes(app: FastAPI, tasks, limits: Limits, metrics: Metrics) -> None:
 
     @app.get("/readyz", responses={503: {"description": "No task loaded"}})
     async def readyz() -> JSONResponse:
-        """Ready: the model is loaded with at least one task (503 otherwise)."""
+        """Ready: the model is loaded with at least one task (503 otherwise); quarantined tasks are listed."""
         n = loaded(tasks)
-        return JSONResponse({"status": "ready" if n else "no tasks loaded", "tasks": n}, 200 if n else 503)
+        return JSONResponse({"status": "ready" if n else "no tasks loaded", "tasks": n,
+                             "unavailable": sorted(tasks.unavailable)}, 200 if n else 503)
 
     @app.get("/metrics", response_class=PlainTextResponse,
              responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}})

@@ -52,17 +52,22 @@ def start(settings: Settings, *, bundle_path: str | None = None, names: Sequence
     from registry.serving import limits as admission, live, server
     from registry.storage.core import open_registry
 
-    if bundle_path is not None:
-        tasks = live.FixedTasks(bundle_path, names, device=device, backend=backend)
-    else:
-        tasks = live.RegistryTasks(open_registry(settings), names, device=device, backend=backend)
-    chosen = limits or ServeLimits()
-    app = server.create_app(tasks, chosen, watch=bundle_path is None, token=token)
-    if bundle_path is None:  # the read-only dashboard (`registry ui`) under /ui, on a connection of its own
-        from registry.dashboard.app import create_app, open_read_only
+    listener = bind(host, port)  # an address this machine cannot have is refused before any model loads
+    try:
+        if bundle_path is not None:
+            tasks = live.FixedTasks(bundle_path, names, device=device, backend=backend)
+        else:
+            tasks = live.RegistryTasks(open_registry(settings), names, device=device, backend=backend)
+        chosen = limits or ServeLimits()
+        app = server.create_app(tasks, chosen, watch=bundle_path is None, token=token)
+        if bundle_path is None:  # the read-only dashboard (`registry ui`) under /ui, on a connection of its own
+            from registry.dashboard.app import create_app, open_read_only
 
-        app.mount("/ui", create_app(open_read_only(settings)))
-    listener = listen(host, port)
+            app.mount("/ui", create_app(open_read_only(settings)))
+    except BaseException:
+        listener.close()
+        raise
+    listener.listen(2048)
     shown = f"[{host}]" if listener.family == socket.AF_INET6 else host
     return Started(tasks, app, listener, f"http://{shown}:{listener.getsockname()[1]}", chosen,
                    admission.exposure_warning(host, token))
@@ -70,6 +75,13 @@ def start(settings: Settings, *, bundle_path: str | None = None, names: Sequence
 
 def listen(host: str, port: int) -> socket.socket:
     """A socket listening on `host`:`port` (0: a free port); ServeError when the address cannot be had."""
+    listener = bind(host, port)
+    listener.listen(2048)
+    return listener
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A socket bound to `host`:`port` (0: a free port), not yet listening; ServeError when it cannot be had."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     listener = socket.socket(family, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -78,7 +90,6 @@ def listen(host: str, port: int) -> socket.socket:
     except OSError as exc:
         listener.close()
         raise ServeError(f"cannot listen on {host}:{port} ({exc.strerror or exc}): {bind_hint(exc)}") from None
-    listener.listen(2048)
     return listener
 
 

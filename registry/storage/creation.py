@@ -15,22 +15,23 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from registry.errors import AlreadyInitialised
-from registry.storage import db, schema
+from registry.storage import db, ownership, schema
 from registry.storage.config import Settings
 from registry.storage.core import Registry
 from registry.storage.store import Store
 
 
 @contextmanager
-def rolled_back(settings: Settings) -> Iterator[None]:
-    """Run the block that starts a registry at `settings`; if it fails, put the location back as it was."""
+def rolled_back(settings: Settings, registry_id: str | None = None) -> Iterator[None]:
+    """Run the block that starts a registry at `settings`; if it fails, put the location back as it was (the
+    store's marker too, when it names `registry_id`: the one this block claimed the store with)."""
     before = Before.of(settings)
     try:
         yield
     except AlreadyInitialised:  # another init or import started the registry meanwhile: it is theirs, leave it
         raise
     except BaseException:
-        before.restore(settings)
+        before.restore(settings, registry_id)
         raise
 
 
@@ -64,8 +65,9 @@ class Before:
         return cls(home=settings.home.exists(), database=path is None or path.exists(),
                    tables=db.revision_at(settings.db_url) is not None, store=frozenset(Store(settings.store_url).all()))
 
-    def restore(self, settings: Settings) -> None:
-        """Remove the database, tables, rows and store files added since (a registry without a base has no tasks)."""
+    def restore(self, settings: Settings, registry_id: str | None = None) -> None:
+        """Remove the database, tables, rows and store files added since (a registry without a base has no tasks),
+        and the store's marker when it names `registry_id`."""
         path = db.sqlite_path(settings.db_url)
         if not self.database:
             for suffix in ("", "-wal", "-shm", "-journal"):
@@ -79,11 +81,13 @@ class Before:
                         connection.execute(schema.artifacts.delete())
                     else:
                         schema.metadata.drop_all(connection)
-                        connection.exec_driver_sql("DROP TABLE alembic_version")
+                        connection.exec_driver_sql("DROP TABLE IF EXISTS alembic_version")
             finally:
                 engine.dispose()
         store = Store(settings.store_url)
         for sha in set(store.all()) - self.store:
             store.delete(sha)
+        if registry_id is not None:
+            ownership.remove_marker(store, registry_id)
         if not self.home:
             shutil.rmtree(settings.home, ignore_errors=True)

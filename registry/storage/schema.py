@@ -78,6 +78,7 @@ bases = Table(
     Column("config", JSON, nullable=False),
     Column("parameters", BigInteger, nullable=False),
     moment("created_at"),
+    Column("registry_id", String(32)),  # what the store's marker names (revision 0004; see registry.ownership)
 )
 
 # A named task; its row reserves the name while training and is listed once ready. Its adapter, config, size,

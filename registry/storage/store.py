@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -24,6 +25,7 @@ WRITABLE = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "
 
 
 CHUNK = 1 << 20
+SHA_NAME = re.compile(r"[0-9a-f]{64}")
 
 
 def sha256_of(data: bytes) -> str:
@@ -88,7 +90,8 @@ class Store:
         """The bytes of artifact `sha`, refused when missing or when they no longer hash to `sha`."""
         try:
             data = self.call(f"read artifact {sha[:12]}", self.fs.cat_file, self.path(sha))
-        except (FileNotFoundError, NotADirectoryError):  # no file, or a file where its shard directory should be
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):  # no file, a file where its shard
+            # directory should be, or a directory where the file should be
             raise ArtifactError(
                 f"artifact {sha[:12]} is missing from the store {self.url}: run `registry verify`"
             ) from None
@@ -119,10 +122,9 @@ class Store:
         return sorted(self.call("list the store", self.fs.find, self.root))
 
     def all(self) -> Iterator[str]:
-        """The sha256 names of every file in the store."""
+        """The sha256 names of every artifact file in the store: `<root>/<sha[:2]>/<sha>`, nothing else it holds."""
         for path in self.files():
-            name = path.rsplit("/", 1)[-1]
-            if len(name) == 64:
+            if path == self.path(name := path.rsplit("/", 1)[-1]) and SHA_NAME.fullmatch(name):
                 yield name
 
     def delete(self, sha: str) -> None:

@@ -18,17 +18,20 @@ import platform
 from dataclasses import dataclass, replace
 
 from safetensors.torch import load as load_tensors, save as save_tensors
+import numpy as np
 import torch
 from sqlalchemy import Row, func, select, update
 
-from registry.model import checkpoint
-from registry.data import splits as data, encoding
+from registry.model import checkpoint, probe
+from registry.data import splits as data, encoding, metrics
 from registry.catalog import lifecycle
 from registry.training import train, transfer
 from registry.model.adapters import AdapterModel, trainable_parameters
 from registry.catalog.queries import find_task, task_row
+from registry.storage import fields
 from registry.storage.core import Registry
-from registry.errors import DataError, OptionError, TaskExists, TrainingError, UnknownTask, VersionError
+from registry.errors import (DataError, NonFiniteOutput, OptionError, TaskExists, TrainingError, UnknownTask,
+                             VersionError)
 from registry.storage.models import Evaluation, Metric, Run, Task
 from registry.options import Auto, FromTask, InitFrom, Scratch
 from registry.storage.schema import utcnow
@@ -54,6 +57,13 @@ class DataOptions:
     metric: str | None = None
     max_train_samples: int | None = None
     strict: bool = False  # refuse data with rows that cannot train instead of skipping them
+
+
+def check_field(problem: str | None) -> None:
+    """Refuse a task whose text fields could not be stored and read back alike everywhere (registry.storage.fields)."""
+    if problem:
+        raise DataError(f"{problem}: rename it (the registry stores, exports and imports only printable text of "
+                        "bounded length)")
 
 
 def software_versions() -> dict[str, str]:
@@ -141,6 +151,7 @@ def plan_task(registry: Registry, name: str, source: str, config: train.TrainCon
               new_version: bool, sweep: bool, init_from: InitFrom, device: str) -> Plan:
     """Check the name, the config, the source task, the existing task and the data; the runs to train."""
     validate_name(name)
+    check_field(fields.problem(source, "data source"))
     train.check_config(config)
     named = transfer.named_source(registry, init_from.name, config.adapter_size) \
         if isinstance(init_from, FromTask) else None
@@ -156,6 +167,7 @@ def plan_task(registry: Registry, name: str, source: str, config: train.TrainCon
     loaded = data.load(source, text_columns=options.text_columns, label_column=options.label_column,
                        task_type=options.task_type, metric=options.metric,
                        max_train_samples=options.max_train_samples, seed=config.seed, strict=options.strict)
+    check_field(fields.task_problem(source, loaded.label_column, loaded.text_columns, loaded.labels))
     if new_version:
         check_fits(existing, loaded)
     for line in loaded.inferred:
@@ -422,7 +434,7 @@ def run_fields(config: train.TrainConfig, loaded: data.TaskData, device: torch.d
     hyperparams = {**config.as_dict(), "skipped_rows": loaded.skipped}
     return dict(status="running", hyperparams=hyperparams, seed=config.seed, versions=versions,
                 device=str(device), host=this_host(), pid=os.getpid(), data_fingerprint=loaded.fingerprint,
-                validation_from=loaded.validation_from)
+                validation_from=fields.clip(loaded.validation_from, "validation source"))
 
 
 def train_one(registry, run_id, task_id, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress,
@@ -482,6 +494,7 @@ def publish(registry: Registry, task_id: int, base, source: str, loaded: data.Ta
     version becomes current (see lifecycle.Publication).
     """
     weights, task_config = adapter_files(base, loaded, config, result.best_state)
+    probe_task(registry, base, task_id, task_config, result.best_state)
     adapter_sha, config_sha = registry.store.put(weights), registry.store.put(task_config)
     registry.store.get(adapter_sha), registry.store.get(config_sha)  # read back: refuses a corrupt write
     release = lifecycle.Release(adapter_sha256=adapter_sha, config_sha256=config_sha, adapter_size=config.adapter_size,
@@ -491,6 +504,18 @@ def publish(registry: Registry, task_id: int, base, source: str, loaded: data.Ta
                                         why=why)
     artifacts = [(adapter_sha, "adapter", len(weights)), (config_sha, "adapter-config", len(task_config))]
     return lifecycle.publish(registry, [publication], artifacts)[0]
+
+
+def probe_task(registry: Registry, base, task_id: int, task_config: bytes, state: dict[str, torch.Tensor]) -> None:
+    """Refuse to publish adapters whose outputs on the probe sentences are NaN or infinite (registry.model.probe)."""
+    with registry.read() as session:
+        name = session.get(Task, task_id).name
+    encoder, tokenizer = probe.load_base(checkpoint.unpack(registry, base), "the registry's base")
+    try:
+        probe.check_adapters(encoder, tokenizer, name, json.loads(task_config), state)
+    except NonFiniteOutput:
+        raise TrainingError(f"task {name!r}: its trained adapters give NaN or infinite outputs, so they are not "
+                            "published: train again with a lower --lr") from None
 
 
 def abandon(registry: Registry, task_id: int, run_id: int | None, exc: BaseException) -> None:
@@ -535,8 +560,11 @@ def score_task(registry: Registry, base: Row, task: Row, loaded: data.TaskData, 
     max_length = json.loads(registry.store.get(task.config_sha256))["max_length"]
     model, tokenizer = load_task_model(registry, task, base, device)
     encoded = encode_split(registry, base, tokenizer, loaded, "validation", max_length, progress)
-    return train.evaluate(model, encoded, task_type=task.task_type, metric=task.metric,
-                          pad_id=tokenizer.pad_token_id, device=device, progress=progress)
+    outputs = train.predict(model, encoded, pad_id=tokenizer.pad_token_id, device=device, progress=progress)
+    if not np.isfinite(outputs).all():  # a score of NaN answers is no score
+        raise NonFiniteOutput(f"task {task.name!r} gives NaN or infinite outputs on its validation data, so no score "
+                              "is recorded: its adapter is broken; run `registry verify`, or re-add the task")
+    return metrics.compute(task.metric, train.to_predictions(outputs, task.task_type), encoded.labels)
 
 
 def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData,

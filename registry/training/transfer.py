@@ -120,8 +120,8 @@ def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Enc
     ranking, unusable = rank(registry, build(), sources, train_set, config.seed, task_type=task_type, pad_id=pad_id,
                              device=device)
     skipped += unusable
-    for name, why in skipped:
-        log.info(f"--init-from auto: skipped {name} ({why})")
+    for name, why in skipped:  # a warning: it shows with --quiet too
+        log.warning(f"--init-from auto: skipped {name} ({why})")
     ranked_seconds = time.perf_counter() - started
     picked = selection.shortlist(ranking, shortlist)
     by_name = {source.name: source for source in sources}
