@@ -256,13 +256,13 @@ def test_inputs_must_fit_the_task(source):
 def test_mixed_task_batches_equal_per_task_batches(source):
     served = load_bundle(source["dir"], device="cpu")
     passes = []
-    encode = served.model.encode
+    encode = served.encode  # what predict_many runs each pass on (the eager model's encode here)
 
     def counted(*args, task_ids, **kwargs):
         passes.append(sorted(set(task_ids.tolist())))
         return encode(*args, task_ids=task_ids, **kwargs)
 
-    served.model.encode = counted
+    served.encode = counted
     mixed = served.predict_many(ITEMS, batch_size=4)
     assert len(passes) == -(-len(ITEMS) // 4) and max(map(len, passes)) >= 2  # one forward pass per batch, tasks mixed
     assert sorted(set().union(*passes)) == [0, 1, 2]

@@ -26,6 +26,7 @@ from sqlalchemy.exc import DBAPIError
 
 from registry.catalog import queries as catalog
 from registry.cli.main import cli
+from registry.storage import db
 from registry.storage.config import Settings
 from registry.dashboard.app import create_app, open_read_only, redact
 from registry.storage.schema import tasks
@@ -205,7 +206,7 @@ def test_health_page_shows_the_base_revision_and_store(dashboard):
     base = catalog.base_info(open_read_only(dashboard.settings))
     page = load(dashboard, "/health", "health")
     assert page.one(id="base-sha256").text() == base["sha256"]
-    assert page.one(id="revision").text() == "0003"
+    assert page.one(id="revision").text() == db.SCHEMA_REVISION
     assert page.one(id="store").text() == dashboard.settings.store_url
     assert page.one(id="verify").text().startswith("Not recorded")
 

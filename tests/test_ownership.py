@@ -9,22 +9,14 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 from sqlalchemy import text
 
-from registry.cli.main import cli
 from registry.storage import db
 from registry.storage.config import Settings
 from registry.storage.ownership import MARKER
 from registry.storage.store import Store
+from tests.test_bundle import cli_for
 from tests.helpers import make_settings, one_line_error
-
-
-def cli_for(settings: Settings):
-    runner = CliRunner()
-    env = {"REGISTRY_HOME": str(settings.home), "REGISTRY_DB_URL": settings.db_url,
-           "REGISTRY_STORE": settings.store_url}
-    return lambda *args: runner.invoke(cli, [str(arg) for arg in args], env=env, catch_exceptions=False)
 
 
 @pytest.fixture

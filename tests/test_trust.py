@@ -10,26 +10,18 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from click.testing import CliRunner
 from fastapi.testclient import TestClient
 from sqlalchemy import text
 
-from registry.cli.main import cli
 from registry.serving import live, server
 from registry.storage import db
 from registry.storage.config import Settings
 from registry.storage.core import open_registry
 from registry.storage.store import Store
 from tests.bad_bundles import rehash
+from tests.test_bundle import cli_for
 from tests.helpers import make_settings, one_line_error, snapshot
 from tests.test_reliability import add_args, write_data
-
-
-def cli_for(settings: Settings):
-    runner = CliRunner()
-    env = {"REGISTRY_HOME": str(settings.home), "REGISTRY_DB_URL": settings.db_url,
-           "REGISTRY_STORE": settings.store_url}
-    return lambda *args: runner.invoke(cli, [str(arg) for arg in args], env=env, catch_exceptions=False)
 
 
 @pytest.fixture

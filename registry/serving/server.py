@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from registry.errors import NonFiniteOutput
 from registry.serving import limits as admission
 from registry.serving.openapi import served_schema
-from registry.serving.predictor import Prediction, Predictor, Tally, Text
+from registry.serving.predictor import Prediction, Predictor, Tally, TaskSpec, Text
 from registry.storage.config import ServeLimits as Limits
 
 log = logging.getLogger("registry.serve")
@@ -298,6 +298,15 @@ def unknown_task(name: str, predictor: Predictor | None) -> str:
 # the app
 
 
+def served_now(task: str, predictor: Predictor | None, unavailable: dict[str, dict] | None) -> TaskSpec:
+    """The spec of `task` if it is served now; 503 when it is quarantined, 404 when it is unknown."""
+    if task in (unavailable or {}):
+        raise RequestError(503, f"task {task!r} is unavailable here: {unavailable[task]['problem']}")
+    if predictor is None or task not in predictor.specs:
+        raise RequestError(404, unknown_task(task, predictor))
+    return predictor.specs[task]
+
+
 def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits,
           unavailable: dict[str, dict] | None = None) -> list[tuple[str, Text]]:
     """The request's (task, text) inputs, checked against the tasks served now (503 for a quarantined one)."""
@@ -305,8 +314,8 @@ def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits,
         raise RequestError(
             413, f"{len(body.inputs)} inputs in one request, at most {limits.max_inputs}: split the request"
         )
-    if body.task is not None and (predictor is None or body.task not in predictor.specs):
-        raise RequestError(404, unknown_task(body.task, predictor))  # even when every input names its own
+    if body.task is not None:  # checked even when every input names its own
+        served_now(body.task, predictor, unavailable)
     items = []
     for i, entry in enumerate(body.inputs):
         if isinstance(entry, str):
@@ -314,11 +323,7 @@ def parse(body: PredictRequest, predictor: Predictor | None, limits: Limits,
         task = entry.task if entry.task is not None else body.task
         if task is None:
             raise field_error(["inputs", i, "task"], "no task: give \"task\" in the body or in every input")
-        if task in (unavailable or {}):
-            raise RequestError(503, f"task {task!r} is unavailable here: {unavailable[task]['problem']}")
-        if predictor is None or task not in predictor.specs:
-            raise RequestError(404, unknown_task(task, predictor))
-        spec = predictor.specs[task]
+        spec = served_now(task, predictor, unavailable)
         if spec.pair != (entry.text_pair is not None):
             want = "a text_pair" if spec.pair else "no text_pair"
             raise field_error(

@@ -163,7 +163,9 @@ def filesystem(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, 
         raise StoreUnavailable(f"the store {url}: {protocol}:// cannot hold a store: give a directory or one of "
                                f"{', '.join(sorted(p + '://' for p in WRITABLE - {'file', 'local'}))}")
     try:
-        fs, root = fsspec.core.url_to_fs(url, **storage_options)
+        # A fresh instance: fsspec's instance cache would keep the endpoint and credentials an earlier store in
+        # this process read from the environment (s3fs reads AWS_ENDPOINT_URL when an instance is made).
+        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **storage_options)
     except ImportError as exc:
         raise StoreUnavailable(f"the store {url} needs a package that is not installed ({first_line(exc)}): "
                                "install it (s3://: pip install 'adapter-registry[s3]')") from None
