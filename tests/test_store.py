@@ -112,7 +112,9 @@ def test_s3_persistent_errors_give_up_after_bounded_attempts_and_write_nothing(s
         ) as error:
             store.put(b"weights")
         assert "\n" not in str(error.value)
-        assert 3 <= relay.refused <= 3 * 3  # 3 attempts (the HTTP client may reconnect within one)
+        # 3 attempts of ours; within one, botocore's own retries (legacy mode: at most 5 tries of a request)
+        # reconnect as often as its timing allows, so the bound is theirs times ours
+        assert 3 <= relay.refused <= 3 * 5
     finally:
         relay.close()
     assert Store(f"s3://{bucket}/artifacts").files() == []

@@ -205,8 +205,8 @@ def test_a_task_that_cannot_load_is_quarantined_and_the_others_serve(settings, r
     result = run_cli(*args, "--init-from", "auto")  # auto skips the unusable candidate, in one line
     assert result.exit_code == 0, result.output
     skipped = [line for line in result.stderr.splitlines() if "skipped" in line]
-    assert skipped == [f"--init-from auto: skipped broken: artifact {broken[:12]} is missing from the store "
-                       f"{settings.store_url}: run `registry verify`"], result.stderr
+    assert skipped == [f"--init-from auto: skipped broken (artifact {broken[:12]} is missing from the store "
+                       f"{settings.store_url}: run `registry verify`)"], result.stderr
     assert tasks.refresh() and tasks.predictor.tasks == ["good", "later"] and list(tasks.unavailable) == ["broken"]
     logged = [r.getMessage() for r in caplog.records if "quarantined" in r.getMessage()]
     assert len(logged) == 1 and "'broken'" in logged[0]  # logged once, not at every rebuild

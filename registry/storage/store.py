@@ -165,7 +165,7 @@ def filesystem(url: str, **storage_options) -> tuple[fsspec.AbstractFileSystem, 
     try:
         # A fresh instance: fsspec's instance cache would keep the endpoint and credentials an earlier store in
         # this process read from the environment (s3fs reads AWS_ENDPOINT_URL when an instance is made).
-        fs, root = fsspec.core.url_to_fs(url, skip_instance_cache=True, **storage_options)
+        fs, root = fsspec.core.url_to_fs(url, **{"skip_instance_cache": True, **storage_options})
     except ImportError as exc:
         raise StoreUnavailable(f"the store {url} needs a package that is not installed ({first_line(exc)}): "
                                "install it (s3://: pip install 'adapter-registry[s3]')") from None
