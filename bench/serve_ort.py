@@ -11,7 +11,12 @@ The inputs: the dev sets of the five served tasks in arrival order (task i mod 5
    (Debian's HTTP benchmarking client; a Lua script sends the same inputs, one per request, in arrival order) at
    32 connections; padding from /metrics (token slots that were padding in the forward passes during the load);
    then one connection sending one short input, for the latency of a lone request.
-3. Cold start: from starting `registry serve --backend onnx` to /readyz answering 200, 1 task and 20 tasks.
+3. Where the time goes: /metrics' stage seconds (registry_serve_request_stage_seconds,
+   registry_serve_model_stage_seconds) read before and after each measured load; a request's time by stage, and the
+   model thread's.
+4. What else was tried (bench.serve_variants): torch.compile, int8 dynamic quantisation of the base; throughput side
+   by side in this process and every task's dev-set score.
+5. Cold start: from starting `registry serve --backend onnx` to /readyz answering 200, 1 task and 20 tasks.
 """
 
 from __future__ import annotations
@@ -26,9 +31,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench import common
+from bench import common, serve_variants
 from bench.bundle import TASKS, base_path, build_registry, sample_items
 from bench.serve import body_of, request, serving, widened
+from registry.serving.predictor import MODEL_STAGES
+from registry.serving.server import REQUEST_STAGES
 
 HEADING = "Serving against ONNX Runtime: throughput, padding, latency, cold start"
 WRK_SCRIPT = """
@@ -123,15 +130,36 @@ def wrk(url: str, bodies: Path, connections: int, seconds: float) -> dict:
         return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit]
 
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    mean, unit = re.search(r"^\s*Latency\s+([\d.]+)(us|ms|s|m)\s", out, re.MULTILINE).groups()
     return {"throughput": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
             "requests": int(re.search(r"(\d+) requests in", out).group(1)), "p50": ms("50"), "p99": ms("99"),
+            "mean": float(mean) * {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 6e4}[unit],
             "failed": int(errors.group(1)) if errors else 0}
 
 
+STAGE = re.compile(r'^registry_serve_(request|model)_stage_seconds_(sum|count)\{(?:backend="[^"]*",)?stage="(\w+)"\} '
+                   r"(\S+)$", re.MULTILINE)
+
+
 def metrics(server) -> dict[str, float]:
+    """The counters of /metrics this benchmark reads: tokens, slots, passes, and the stage summaries
+    ("request sum queue", "model count forward", ...)."""
     text = asyncio.run(request(server.host, server.port, "GET", "/metrics"))[1].decode()
-    return {name: float(re.search(rf"^registry_serve_{name}_total (\S+)$", text, re.MULTILINE).group(1))
-            for name in ("tokens", "token_slots", "forward_passes")}
+    found = {name: float(re.search(rf"^registry_serve_{name}_total (\S+)$", text, re.MULTILINE).group(1))
+             for name in ("tokens", "token_slots", "forward_passes")}
+    return found | {f"{kind} {part} {stage}": float(value) for kind, part, stage, value in STAGE.findall(text)}
+
+
+def breakdown(before: dict[str, float], after: dict[str, float], load: dict, seconds: float) -> dict:
+    """Where one load's time went: ms per answered request by request stage (and what the client saw beyond them),
+    the model thread's seconds by stage as shares of its busy time, and its busy share of the load's wall time."""
+    delta = {key: after[key] - before.get(key, 0.0) for key in after if " " in key}
+    answered = max(1.0, delta["request count queue"])
+    request = {stage: 1e3 * delta[f"request sum {stage}"] / answered for stage in REQUEST_STAGES}
+    busy = sum(delta[f"model sum {stage}"] for stage in MODEL_STAGES)
+    return {"request_ms": request, "outside_ms": load["mean"] - sum(request.values()),
+            "model_share": {stage: delta[f"model sum {stage}"] / busy for stage in MODEL_STAGES},
+            "model_ms_per_input": 1e3 * busy / max(1, load["requests"]), "busy": busy / seconds}
 
 
 def served(home: Path, bundle: Path, backend: str, bodies: Path, short: Path, seconds: float) -> dict:
@@ -142,12 +170,15 @@ def served(home: Path, bundle: Path, backend: str, bodies: Path, short: Path, se
         before = metrics(server)
         loaded = wrk(url, bodies, 32, seconds)
         after = metrics(server)
-        lone = wrk(url, short, 1, max(5.0, seconds / 3))
+        lone_seconds = max(5.0, seconds / 3)
+        lone = wrk(url, short, 1, lone_seconds)
+        alone = metrics(server)
         rss = server.rss()
     slots = after["token_slots"] - before["token_slots"]
     return {**loaded, "padding": 1 - (after["tokens"] - before["tokens"]) / slots, "lone": lone,
             "inputs_per_pass": loaded["requests"] / max(1.0, after["forward_passes"] - before["forward_passes"]),
-            "rss": rss}
+            "rss": rss, "stages": breakdown(before, after, loaded, seconds),
+            "lone_stages": breakdown(after, alone, lone, lone_seconds)}
 
 
 def cold_start(home: Path, bundles: dict[str, Path], rounds: int) -> dict[str, list[float]]:
@@ -202,11 +233,13 @@ def main(argv: list[str] | None = None) -> None:
     print("2. servers under wrk", file=sys.stderr)
     sides = {backend: served(workdir, bundle, backend, bodies, short, seconds) for backend in ("onnx", "eager")}
     anchor.append(len(items) / timed(offline))
-    print("3. cold start", file=sys.stderr)
+    print("3. what else was tried", file=sys.stderr)
+    tried = serve_variants.tried(bundle, home, items, names, score=not args.quick)
+    print("4. cold start", file=sys.stderr)
     starts = cold_start(workdir, {"1 task": one, "20 tasks": widened(bundle, workdir / "bundle-20", 4)},
                         1 if args.quick else 2)
     info["load average (1 min) at end"] = common.load_average()
-    publish(args, info, items, anchor, padding_offline, sides, starts, seconds)
+    publish(args, info, items, anchor, padding_offline, sides, starts, seconds, tried)
 
 
 def timed(run) -> float:
@@ -215,7 +248,43 @@ def timed(run) -> float:
     return time.perf_counter() - started
 
 
-def publish(args, info, items, anchor, padding_offline, sides, starts, seconds) -> None:
+def where_the_time_goes(sides: dict) -> str:
+    """Two tables: a request's mean time by stage (ms, and its share), and the model thread's time by stage."""
+    loads = [(backend, key, label) for key, label in (("stages", "32 conn."), ("lone_stages", "1 conn."))
+             for backend in sides]
+    header = ["stage", *(f"{backend}, {label}" for backend, _, label in loads)]
+    rows = []
+    for stage in REQUEST_STAGES:
+        cells = []
+        for backend, key, _ in loads:
+            ms = sides[backend][key]["request_ms"]
+            cells.append(f"{ms[stage]:.1f} ms ({ms[stage] / sum(ms.values()):.0%})")
+        rows.append([stage, *cells])
+    rows.append(["all stages (server)", *(f"{sum(sides[b][k]['request_ms'].values()):.1f} ms" for b, k, _ in loads)])
+    rows.append(["beyond them (uvicorn, sockets, wrk): wrk's mean − the stages",
+                 *(f"{sides[b][k]['outside_ms']:.1f} ms" for b, k, _ in loads)])
+    requests = common.markdown_table(header, rows)
+    rows = [[stage, *(f"{sides[b][k]['model_share'][stage]:.0%}" for b, k, _ in loads)] for stage in MODEL_STAGES]
+    rows.append(["model thread busy (share of the load's wall time)",
+                 *(f"{sides[b][k]['busy']:.0%}" for b, k, _ in loads)])
+    rows.append(["model thread ms per input", *(f"{sides[b][k]['model_ms_per_input']:.1f}" for b, k, _ in loads)])
+    return (f"A request's time by stage (mean ms per answered request, and its share of the stages' sum):\n\n"
+            f"{requests}\n\nThe model thread's time by stage (share of its busy time):\n\n"
+            f"{common.markdown_table(header, rows)}\n")
+
+
+def tried_text(tried: list[dict]) -> str:
+    names = [name for name, _ in TASKS]
+    return ("What else was tried (bench.serve_variants, in the benchmark's process, one torch thread pool): inputs/s "
+            f"over the same {WINDOW_NOTE}; outputs against eager float's on those inputs; every task's whole GLUE dev "
+            "set in points (cola MCC, sst2 accuracy, mrpc F1, stsb Spearman, rte accuracy, x 100) for float and "
+            "the int8 variants:\n\n" + common.markdown_table(*serve_variants.table(tried, names)) + "\n")
+
+
+WINDOW_NOTE = "inputs in windows of 32, as the server runs a window (after one warm-up window)"
+
+
+def publish(args, info, items, anchor, padding_offline, sides, starts, seconds, tried) -> None:
     plain = statistics.mean(anchor)
     rows = [["ONNX Runtime offline, plain base (before, after)", f"{anchor[0]:.0f}, {anchor[1]:.0f}", "1.00x",
              f"{padding_offline:.0%}", "", "", "", ""]]
@@ -243,7 +312,13 @@ def publish(args, info, items, anchor, padding_offline, sides, starts, seconds) 
         f"Cold start (`registry serve --backend onnx --bundle`, process start to /readyz 200, median of "
         f"{len(starts['1 task'])}): 1 task {cold['1 task']:.1f} s, 20 tasks {cold['20 tasks']:.1f} s = "
         f"{cold['20 tasks'] / cold['1 task']:.2f}x (goal ≤ 1.5x: "
-        f"{'met' if cold['20 tasks'] <= 1.5 * cold['1 task'] else 'missed'}).\n"
+        f"{'met' if cold['20 tasks'] <= 1.5 * cold['1 task'] else 'missed'}).\n\n"
+        "Where the time goes (/metrics' stage summaries, read before and after each measured load; stages: read the "
+        "body, parse (FastAPI's JSON decoding and validation, our checks), queue (waiting for a window and for the "
+        "model thread), model (the windows that ran the request), serialise (the JSON answer), send (the rest until "
+        "uvicorn has the answer); on the model thread: tokenise, batch (sort, cut, pad), forward and padding (each "
+        "pass's time split by its real and padding token slots), output (heads, softmax, answers)):\n\n"
+        + where_the_time_goes(sides) + "\n" + tried_text(tried)
     )
     common.publish(HEADING, body, info=info, write=common.write_docs(args))
 

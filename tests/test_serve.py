@@ -18,15 +18,19 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
+import safetensors.torch
+import torch
 from click.testing import CliRunner
 
 from registry.cli.main import cli
 from registry.storage.config import Settings
+from tests.bad_bundles import rehash
 from tests.helpers import make_settings, stop, write_task_data
 
 REPO = Path(__file__).resolve().parents[1]
@@ -494,6 +498,64 @@ def test_an_exception_inside_a_batch_fails_that_batch_only(trained, tmp_path):
         assert server.post({"task": "sentiment", "inputs": ["good film"]}).json() == short.json()
         assert metric(server, 'registry_serve_errors_total{status="500",task="sentiment"}') == 1
         assert "a batch of 2 inputs failed" in "".join(server.stderr)
+
+
+def test_a_task_giving_nan_fails_its_requests_and_the_rest_of_its_window_is_answered(trained, tmp_path):
+    """A bundle (served as it is: no probe) whose sentiment head is NaN; a sentiment request and a pairs request wait
+    for the same window (it closes at 2 inputs), so the NaN task's outputs and the answers share one run."""
+    sqlite_only(trained)
+    bundle = tmp_path / "bundle"
+    assert registry_cli(trained, "export", "--tasks", "sentiment,pairs", "--output", bundle).returncode == 0
+    adapter = bundle / "adapters" / "sentiment.safetensors"
+    tensors = safetensors.torch.load_file(adapter)
+    tensors["head.weight"] = torch.full_like(tensors["head.weight"], float("nan"))
+    safetensors.torch.save_file(tensors, adapter)
+    rehash(bundle)
+    pair = {"task": "pairs", "text": "good film", "text_pair": "great movie"}
+    with serving(trained, "--bundle", bundle, "--max-batch-size", "2", "--max-wait-ms", "20000") as server:
+        with ThreadPoolExecutor(2) as pool:
+            nan, fine = pool.map(server.post, [{"task": "sentiment", "inputs": ["good film"]}, {"inputs": [pair]}])
+        assert nan.status_code == 500
+        assert nan.json()["detail"].startswith("task 'sentiment' gave NaN or infinite outputs for this request")
+        assert fine.status_code == 200
+        assert_same(fine.json()["results"], predicted(trained, [pair]), tolerance=1e-4)
+        assert metric(server, "registry_serve_batch_inputs_count") == 1  # one window ran both
+        assert metric(server, 'registry_serve_errors_total{status="500",task="sentiment"}') == 1
+        assert server.post({"task": "pairs", "inputs": [pair]}).json() == fine.json()  # the server goes on
+
+
+@pytest.mark.parametrize("backend", ["eager", "onnx"])
+def test_metrics_say_where_a_requests_time_goes_within_the_clients_wall_time(trained, backend):
+    """Requests one after another: each stage's seconds are counted once a request (a window) and add up to at most
+    what the client waited in all; the model thread's stages to at most the requests' model stage."""
+    sqlite_only(trained)
+    bodies = [{"task": "sentiment", "inputs": ["good film", "good great film", "not a good great film at all"]},
+              {"inputs": MIXED[:3]}] * 3
+    with serving(trained, "--backend", backend, "--max-wait-ms", "1") as server:
+        with httpx.Client(timeout=60) as http:
+            started = time.perf_counter()
+            for body in bodies:
+                assert http.post(f"{server.url}/v1/predict", json=body).status_code == 200
+            wall = time.perf_counter() - started
+        exposed = httpx.get(f"{server.url}/metrics").text
+    request = stage_sums(exposed, "registry_serve_request_stage_seconds", r'stage="(\w+)"')
+    model = stage_sums(exposed, "registry_serve_model_stage_seconds", rf'backend="{backend}",stage="(\w+)"')
+    assert set(request) == {"read", "parse", "queue", "model", "serialise", "send"}
+    assert set(model) == {"tokenise", "batch", "forward", "padding", "output"}
+    assert all(count == len(bodies) for count, _ in request.values())
+    assert all(count >= len(bodies) for count, _ in model.values())  # one window a request at least
+    assert all(seconds > 0 for _, seconds in [*request.values(), *model.values()])
+    assert sum(seconds for _, seconds in request.values()) <= wall
+    assert sum(seconds for _, seconds in model.values()) <= request["model"][1]
+
+
+def stage_sums(exposed: str, name: str, labels: str) -> dict[str, tuple[float, float]]:
+    """(count, seconds) by stage of one of /metrics' stage summaries."""
+    found = {}
+    for kind in ("count", "sum"):
+        for stage, value in re.findall(rf"^{name}_{kind}\{{{labels}\}} (\S+)$", exposed, re.MULTILINE):
+            found.setdefault(stage, {})[kind] = float(value)
+    return {stage: (values["count"], values["sum"]) for stage, values in found.items()}
 
 
 @pytest.mark.real

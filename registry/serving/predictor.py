@@ -13,8 +13,9 @@ import copy
 import itertools
 import json
 import os
+import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -75,13 +76,38 @@ class Prediction:
         return asdict(self)
 
 
+# Where a window's time goes on the model thread (Tally.seconds): tokenising; sorting, cutting and padding the passes;
+# the encoder's forward passes, split between real tokens and padding in proportion to their token slots; the heads,
+# softmax and answers.
+MODEL_STAGES = ("tokenise", "batch", "forward", "padding", "output")
+
+
+class Laps:
+    """A stopwatch by stage: `lap(stage)` adds the seconds since the previous lap (or the start) to `seconds[stage]`."""
+
+    __slots__ = ("mark", "seconds")
+
+    def __init__(self, seconds: dict[str, float] | None = None) -> None:
+        self.seconds = seconds if seconds is not None else {}
+        self.mark = time.perf_counter()
+
+    def lap(self, stage: str) -> float:
+        """The seconds since the previous lap, added to `stage`."""
+        now = time.perf_counter()
+        spent, self.mark = now - self.mark, now
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + spent
+        return spent
+
+
 @dataclass
 class Tally:
-    """What forward passes ran: passes, real tokens and token slots (real + padding), added up across calls."""
+    """What forward passes ran: passes, real tokens and token slots (real + padding), and the seconds of each of
+    MODEL_STAGES, added up across calls."""
 
     passes: int = 0
     tokens: int = 0
     slots: int = 0
+    seconds: dict[str, float] = field(default_factory=lambda: dict.fromkeys(MODEL_STAGES, 0.0))
 
     @property
     def padding(self) -> float:
@@ -198,32 +224,44 @@ class Predictor:
         """Predictions for (task, text) items in input order; each batch may mix tasks freely.
 
         Items are sorted by length and cut into batches of at most `batch_size` rows and (given)
-        `max_tokens` padded tokens; `tally` (given) adds up the passes and their tokens.
+        `max_tokens` padded tokens; `tally` (given) adds up the passes, their tokens and the seconds of each of
+        MODEL_STAGES.
         """
         if not items:
             return []
+        laps = Laps(tally.seconds if tally is not None else None)
         task_of = np.array([self._task_index(task) for task, _ in items], dtype=np.int64)
         encoded = self._tokenise(items, task_of)
         outputs: list[np.ndarray | None] = [None] * len(items)
+        laps.lap("tokenise")
         with torch.inference_mode():
             for batch in batches(encoded, batch_size, pad_id=self.tokenizer.pad_token_id, shuffle=False, seed=0,
                                  max_tokens=max_tokens, pass_cost=self.pass_cost):
                 rows = batch["index"].numpy()
                 tasks = task_of[rows]
+                tokens, slots = int(batch["attention_mask"].sum()), batch["attention_mask"].numel()
                 if tally is not None:
                     tally.passes += 1
-                    tally.tokens += int(batch["attention_mask"].sum())
-                    tally.slots += batch["attention_mask"].numel()
+                    tally.tokens += tokens
+                    tally.slots += slots
+                laps.lap("batch")
                 hidden = self.encode(
                     batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device),
                     task_ids=torch.from_numpy(tasks).to(self.device),
                     token_type_ids=batch["token_type_ids"].to(self.device) if "token_type_ids" in batch else None)
+                wasted = laps.lap("forward") * (1 - tokens / slots)  # the padding slots' share of the pass
+                laps.seconds["forward"] -= wasted
+                laps.seconds["padding"] = laps.seconds.get("padding", 0.0) + wasted
                 for t in np.unique(tasks):
                     mine = np.flatnonzero(tasks == t)
                     logits = self.model.heads[t](hidden[torch.from_numpy(mine).to(self.device)]).float().cpu().numpy()
                     for row, logit in zip(rows[mine], logits):
                         outputs[row] = logit
-        return self._results(task_of, outputs)
+                laps.lap("output")
+        try:
+            return self._results(task_of, outputs)
+        finally:
+            laps.lap("output")
 
     def _results(self, task_of: np.ndarray, outputs: list[np.ndarray]) -> list[Prediction]:
         """Each output's answer; NonFiniteOutput (holding the other answers) when a task gave NaN or infinity."""

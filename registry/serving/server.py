@@ -23,18 +23,25 @@ from functools import partial
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, Summary,
+                               generate_latest)
 from pydantic import BaseModel, ConfigDict, Field
 
 from registry.errors import NonFiniteOutput
 from registry.serving import limits as admission
 from registry.serving.openapi import served_schema
-from registry.serving.predictor import Prediction, Predictor, Tally, TaskSpec, Text
+from registry.serving.predictor import Laps, Prediction, Predictor, Tally, TaskSpec, Text
 from registry.storage.config import ServeLimits as Limits
 
 log = logging.getLogger("registry.serve")
 
 DEFAULT_LIMITS = Limits()  # frozen: one shared default is safe
+# Where an answered predict request's time goes, from the middleware taking it to its answer handed to uvicorn:
+# read (the body arriving, the size checks), parse (FastAPI's JSON decoding and validation, our checks, queueing),
+# queue (waiting for a window, and for the model thread), model (the windows that ran its inputs), serialise (the JSON
+# answer), send (the rest: the route's wrappers, the answer handed on).
+REQUEST_STAGES = ("read", "parse", "queue", "model", "serialise", "send")
+LAPS = "registry.laps"  # the ASGI scope key of a predict request's stopwatch (a Laps)
 
 
 # --------------------------------------------------------------------------------------------
@@ -146,10 +153,25 @@ class Metrics:
         self.padding = Gauge("registry_serve_padding_fraction",
                              "Fraction of the token slots of every forward pass so far that were padding.",
                              registry=self.registry)
+        stages = Summary("registry_serve_request_stage_seconds",
+                         "Seconds of answered predict requests by stage (read, parse, queue, model, serialise, send); "
+                         "summed over concurrent requests.", ["stage"], registry=self.registry)
+        self.request_stages = {stage: stages.labels(stage) for stage in REQUEST_STAGES}
+        self.model_stages = Summary("registry_serve_model_stage_seconds",
+                                    "Seconds of the model thread by stage (tokenise, batch, forward, padding, output) "
+                                    "and backend, one observation a window.", ["stage", "backend"],
+                                    registry=self.registry)
         self.tally = Tally()
 
-    def ran(self, tally: Tally) -> None:
-        """Count one window's forward passes and their tokens."""
+    def answered(self, seconds: dict[str, float]) -> None:
+        """Count one answered request's seconds by stage."""
+        for stage, summary in self.request_stages.items():
+            summary.observe(seconds.get(stage, 0.0))
+
+    def ran(self, tally: Tally, backend: str) -> None:
+        """Count one window's forward passes, their tokens and its seconds by stage on `backend`."""
+        for stage, seconds in tally.seconds.items():
+            self.model_stages.labels(stage, backend).observe(seconds)
         self.passes.inc(tally.passes)
         self.tokens.inc(tally.tokens)
         self.slots.inc(tally.slots)
@@ -172,6 +194,7 @@ class Job:
     arrived: float
     taken: int = 0
     done: int = 0
+    model_seconds: float = 0.0  # of the windows that ran its inputs
     results: list[Prediction | None] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -190,8 +213,8 @@ class Batcher:
         self.arrived = asyncio.Event()
         self.model_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
 
-    def submit(self, items: list[tuple[str, Text]]) -> asyncio.Future:
-        """Queue a request's inputs; 503 when the queue cannot take them."""
+    def submit(self, items: list[tuple[str, Text]]) -> Job:
+        """Queue a request's inputs (its answers: `.future`); 503 when the queue cannot take them."""
         if self.queued + len(items) > self.limits.max_queue:
             raise RequestError(
                 503,
@@ -203,7 +226,7 @@ class Batcher:
         self.queued += len(items)
         self.metrics.queue_depth.set(self.queued)
         self.arrived.set()
-        return job.future
+        return job
 
     async def run(self) -> None:
         """Take windows and run them, one at a time, until cancelled."""
@@ -253,6 +276,7 @@ class Batcher:
             return
         self.metrics.batch_size.observe(len(items))
         tally = Tally()
+        began = time.perf_counter()
         try:
             predictions = await asyncio.get_running_loop().run_in_executor(
                 self.model_thread, lambda: predictor.predict_many(items, batch_size=self.limits.max_batch_size,
@@ -264,9 +288,11 @@ class Batcher:
             for job, _, _ in live:
                 fail(job, RequestError(500, f"the batch holding this request failed ({type(exc).__name__}: {exc})"))
             return
-        self.metrics.ran(tally)
+        took = time.perf_counter() - began
+        self.metrics.ran(tally, predictor.backend)
         answers = iter(predictions)
         for job, start, end in live:
+            job.model_seconds += took
             for i in range(start, end):
                 job.results[i] = next(answers)
             broken = sorted({job.items[i][0] for i in range(start, end) if job.results[i] is None})
@@ -351,6 +377,7 @@ class BodyLimit:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        laps = Laps()
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None and length.isdigit() and int(length) > self.max_bytes:
             return await self._refuse(scope, receive, send)
@@ -373,6 +400,8 @@ class BodyLimit:
             refusal = admission.oversized(whole["body"], self.limits.max_inputs, self.limits.max_text_chars)
             if refusal is not None:
                 return await self._refuse(scope, receive, send, *refusal)
+            laps.lap("read")
+            scope[LAPS] = laps
         replayed = False
 
         async def replay():
@@ -383,6 +412,9 @@ class BodyLimit:
             return await receive()
 
         await self.app(scope, replay, send)
+        if "serialise" in laps.seconds:  # an answered predict request
+            laps.lap("send")
+            self.metrics.answered(laps.seconds)
 
     async def _refuse(self, scope, receive, send, status: int = 413, detail: str | None = None) -> None:
         self.metrics.errors.labels("", str(status)).inc()
@@ -490,9 +522,10 @@ def add_routes(app: FastAPI, tasks, limits: Limits, metrics: Metrics) -> None:
                          404: {"description": "Unknown task"}, 408: {"description": "The body came too slowly"},
                          413: {"description": "Too many inputs, bytes, or characters in one text"},
                          422: {"description": "Malformed body"}, 503: {"description": "Queue full"}})
-    async def predict(body: PredictRequest) -> JSONResponse:
+    async def predict(body: PredictRequest, request: Request) -> JSONResponse:
         """Predict every input: one task for all (`task`), or each input naming its own (the mixed form)."""
         started = time.monotonic()
+        laps = request.scope[LAPS]
         named = {entry.task for entry in body.inputs if not isinstance(entry, str) and entry.task} | (
             {body.task} - {None}
         )
@@ -501,13 +534,19 @@ def add_routes(app: FastAPI, tasks, limits: Limits, metrics: Metrics) -> None:
         for task in counted:
             metrics.requests.labels(task).inc()
         try:
-            results = await app.state.batcher.submit(parse(body, predictor, limits, tasks.unavailable))
+            job = app.state.batcher.submit(parse(body, predictor, limits, tasks.unavailable))
+            laps.lap("parse")
+            results = await job.future
         except RequestError as exc:
             for task in counted or [""]:
                 metrics.errors.labels(task, str(exc.status)).inc()
             raise
         metrics.latency.observe(time.monotonic() - started)
-        return JSONResponse({"results": [result.as_dict() for result in results]})
+        laps.seconds["queue"] = laps.lap("queue") - job.model_seconds
+        laps.seconds["model"] = job.model_seconds
+        response = JSONResponse({"results": [result.as_dict() for result in results]})
+        laps.lap("serialise")
+        return response
 
     @app.get("/v1/tasks", response_model=list[TaskInfo])
     async def list_tasks() -> JSONResponse:
