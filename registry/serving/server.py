@@ -6,7 +6,8 @@ inputs. One batcher takes a window from the queue (up to `max_batch_size` inputs
 sorted by length, cut into forward passes of at most `max_batch_tokens` padded tokens, each mixing
 tasks. A failure inside a window fails the requests in that window (500) and nothing else. From the
 registry, a poller calls `tasks.refresh()` every `poll_seconds` off the event loop: new, replaced or
-dropped tasks take effect at the next window without a restart (see registry.live).
+dropped tasks take effect at the next window without a restart (see registry.live). /metrics says where the time
+goes: each answered request's seconds by stage (REQUEST_STAGES), and the model thread's (predictor.MODEL_STAGES).
 """
 
 from __future__ import annotations
