@@ -147,19 +147,34 @@ def metrics(server) -> dict[str, float]:
     text = asyncio.run(request(server.host, server.port, "GET", "/metrics"))[1].decode()
     found = {name: float(re.search(rf"^registry_serve_{name}_total (\S+)$", text, re.MULTILINE).group(1))
              for name in ("tokens", "token_slots", "forward_passes")}
+    found["queued"] = float(re.search(r"^registry_serve_queue_inputs (\S+)$", text, re.MULTILINE).group(1))
     return found | {f"{kind} {part} {stage}": float(value) for kind, part, stage, value in STAGE.findall(text)}
 
 
-def breakdown(before: dict[str, float], after: dict[str, float], load: dict, seconds: float) -> dict:
-    """Where one load's time went: ms per answered request by request stage (and what the client saw beyond them),
-    the model thread's seconds by stage as shares of its busy time, and its busy share of the load's wall time."""
-    delta = {key: after[key] - before.get(key, 0.0) for key in after if " " in key}
+def settled(server) -> tuple[float, dict[str, float]]:
+    """When the server has answered every request it holds (wrk leaves some in flight when it stops), and /metrics
+    then: nothing queued, and no request answered over 0.5 s."""
+    deadline, last = time.monotonic() + 120, None
+    while time.monotonic() < deadline:
+        now = metrics(server)
+        if last is not None and now["queued"] == 0 and now["request count queue"] == last["request count queue"]:
+            return time.monotonic(), now
+        last = now
+        time.sleep(0.5)
+    raise RuntimeError("the server did not settle within 120 s")
+
+
+def breakdown(before: tuple[float, dict], after: tuple[float, dict], load: dict) -> dict:
+    """Where one load's time went (from settled to settled): ms per answered request by request stage (and what the
+    client saw beyond them), the model thread's seconds by stage as shares of its busy time, and its busy share of
+    the wall time."""
+    delta = {key: after[1][key] - before[1].get(key, 0.0) for key in after[1] if " " in key}
     answered = max(1.0, delta["request count queue"])
     request = {stage: 1e3 * delta[f"request sum {stage}"] / answered for stage in REQUEST_STAGES}
     busy = sum(delta[f"model sum {stage}"] for stage in MODEL_STAGES)
     return {"request_ms": request, "outside_ms": load["mean"] - sum(request.values()),
             "model_share": {stage: delta[f"model sum {stage}"] / busy for stage in MODEL_STAGES},
-            "model_ms_per_input": 1e3 * busy / max(1, load["requests"]), "busy": busy / seconds}
+            "model_ms_per_input": 1e3 * busy / answered, "busy": busy / (after[0] - before[0])}
 
 
 def served(home: Path, bundle: Path, backend: str, bodies: Path, short: Path, seconds: float) -> dict:
@@ -167,18 +182,18 @@ def served(home: Path, bundle: Path, backend: str, bodies: Path, short: Path, se
     with serving(home, "--bundle", str(bundle), "--backend", backend) as server:
         url = f"http://{server.host}:{server.port}"
         wrk(url, bodies, 32, 3)  # warm-up
-        before = metrics(server)
+        start = settled(server)
         loaded = wrk(url, bodies, 32, seconds)
-        after = metrics(server)
-        lone_seconds = max(5.0, seconds / 3)
-        lone = wrk(url, short, 1, lone_seconds)
-        alone = metrics(server)
+        end = settled(server)
+        lone = wrk(url, short, 1, max(5.0, seconds / 3))
+        alone = settled(server)
         rss = server.rss()
+    before, after = start[1], end[1]
     slots = after["token_slots"] - before["token_slots"]
     return {**loaded, "padding": 1 - (after["tokens"] - before["tokens"]) / slots, "lone": lone,
-            "inputs_per_pass": loaded["requests"] / max(1.0, after["forward_passes"] - before["forward_passes"]),
-            "rss": rss, "stages": breakdown(before, after, loaded, seconds),
-            "lone_stages": breakdown(after, alone, lone, lone_seconds)}
+            "inputs_per_pass": (after["request count queue"] - before["request count queue"])
+            / max(1.0, after["forward_passes"] - before["forward_passes"]),
+            "rss": rss, "stages": breakdown(start, end, loaded), "lone_stages": breakdown(end, alone, lone)}
 
 
 def cold_start(home: Path, bundles: dict[str, Path], rounds: int) -> dict[str, list[float]]:
@@ -265,7 +280,7 @@ def where_the_time_goes(sides: dict) -> str:
                  *(f"{sides[b][k]['outside_ms']:.1f} ms" for b, k, _ in loads)])
     requests = common.markdown_table(header, rows)
     rows = [[stage, *(f"{sides[b][k]['model_share'][stage]:.0%}" for b, k, _ in loads)] for stage in MODEL_STAGES]
-    rows.append(["model thread busy (share of the load's wall time)",
+    rows.append(["model thread busy (share of the wall time, load start to every answer sent)",
                  *(f"{sides[b][k]['busy']:.0%}" for b, k, _ in loads)])
     rows.append(["model thread ms per input", *(f"{sides[b][k]['model_ms_per_input']:.1f}" for b, k, _ in loads)])
     return (f"A request's time by stage (mean ms per answered request, and its share of the stages' sum):\n\n"
@@ -281,7 +296,8 @@ def tried_text(tried: list[dict]) -> str:
             "the int8 variants:\n\n" + common.markdown_table(*serve_variants.table(tried, names)) + "\n")
 
 
-WINDOW_NOTE = "inputs in windows of 32, as the server runs a window (after one warm-up window)"
+WINDOW_NOTE = (f"first {serve_variants.WINDOWS} windows of 32 of the server's inputs, as the server runs a window "
+               "(after one warm-up window)")
 
 
 def publish(args, info, items, anchor, padding_offline, sides, starts, seconds, tried) -> None:

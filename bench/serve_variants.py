@@ -5,8 +5,8 @@ dynamic quantisation of the frozen base (ONNX Runtime's `quantize_dynamic` on th
     python -m bench.serve_variants --workdir DIR     # DIR as bench.serve_ort's: its registry and bundle
 
 Each variant is the bundle's Predictor with another encoder (adapters, LayerNorms and heads stay float). Throughput:
-the server's inputs (the five dev sets interleaved) in windows of 32 through `predict_many` as the server runs a
-window (sorted by length, cut into passes), after one warm-up window. Outputs: the largest difference of any
+the first 5 windows of 32 of the server's inputs (the five dev sets interleaved) through `predict_many` as the server
+runs a window (sorted by length, cut into passes), after one warm-up window. Outputs: the largest difference of any
 probability or regression value from eager float's on those inputs, and whether every label is the same. Scores:
 every task's whole GLUE dev set, in points (metric x 100), for float (ONNX Runtime's: eager's within 1e-4) and for
 each lossy variant faster than float ONNX Runtime (a slower one could not be kept whatever its scores); a lossy
@@ -16,15 +16,19 @@ variant would be kept only if every task stays within 0.5 points of float.
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import tempfile
 import time
 from pathlib import Path
+from contextlib import contextmanager
 from types import SimpleNamespace
 
 import numpy as np
 
 WINDOW = 32
+WINDOWS = 5  # windows of the server's inputs timed per variant (the machine is shared and eager is slow)
+SETUP_SECONDS = 300  # for a variant to be built and run its warm-up window (torch.compile compiles then)
 KEEP_WITHIN_POINTS = 0.5
 
 
@@ -100,6 +104,21 @@ VARIANTS = {  # name: (how the predictor is changed, lossy: scored against float
 FLOAT = "onnx (float)"  # the float scores and the throughput a lossy variant must beat
 
 
+@contextmanager
+def within(seconds: int):
+    """TimeoutError in this (the main) thread when the block runs past `seconds`."""
+    def expired(signum, frame):
+        raise TimeoutError(f"not ready within {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expired)
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
 def windows(predictor, items: list, window: int = WINDOW) -> list:
     """Predictions for `items`, a window of `window` at a time, as the server runs them."""
     return [p for start in range(0, len(items), window)
@@ -136,15 +155,17 @@ def tried(bundle: Path, home: Path, items: list, names: list[str], *, score: boo
     from registry.serving.loading import load
 
     sets = dev_sets(home, names) if score else {}
+    items = items[:WINDOW * WINDOWS]
     rows, reference, float_points = [], None, {}
     for name, (change, lossy) in VARIANTS.items():
         predictor = load(bundle, device="cpu")
         row = {"variant": name, "lossy": lossy}
         try:
             started = time.perf_counter()
-            if change is not None:
-                change(predictor)
-            windows(predictor, items[:WINDOW])  # warm-up (and torch.compile's compiling)
+            with within(SETUP_SECONDS):
+                if change is not None:
+                    change(predictor)
+                windows(predictor, items[:WINDOW])  # warm-up (and torch.compile's compiling)
             row["setup_s"] = time.perf_counter() - started
             started = time.perf_counter()
             got = windows(predictor, items)
