@@ -6,6 +6,7 @@ a single-text and a pair task. Every wait is bounded; no test measures speed.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import signal
@@ -18,7 +19,7 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from registry.serving.limits import Repeats, exposure_warning
+from registry.serving.limits import Repeats, exposure_warning, no_delay
 from tests.helpers import make_settings
 from tests.test_serve import REGISTRY, add_task, env_of, registry_cli, serving, task_data  # noqa: F401
 
@@ -219,3 +220,32 @@ def test_a_repeated_log_line_is_written_once_a_window_with_a_count():
     written = stream.getvalue()
     assert written.count("could not refresh") == 2 and written.count("Traceback") == 2
     assert "another line" in written and "(999 more like this in the last 0.5 s not shown)" in written
+
+
+def test_connections_send_small_writes_at_once():
+    """uvicorn's listening socket has proto 0, so asyncio leaves Nagle on for its connections: an answer written as
+    headers then body waited for the client's delayed ACK. `no_delay` (called by the server's protocol) turns it off."""
+
+    async def accepted_nodelay(fix: bool) -> int:
+        seen = asyncio.get_running_loop().create_future()
+
+        class Probe(asyncio.Protocol):
+            def connection_made(self, transport) -> None:
+                if fix:
+                    no_delay(transport)
+                sock = transport.get_extra_info("socket")
+                seen.set_result(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+        listening = socket.socket(socket.AF_INET, socket.SOCK_STREAM)  # as uvicorn binds: proto 0
+        listening.bind(("127.0.0.1", 0))
+        server = await asyncio.get_running_loop().create_server(Probe, sock=listening)
+        try:
+            _, writer = await asyncio.open_connection(*listening.getsockname())
+            value = await asyncio.wait_for(seen, 10)
+            writer.close()
+            return value
+        finally:
+            server.close()
+
+    assert asyncio.run(accepted_nodelay(False)) == 0
+    assert asyncio.run(accepted_nodelay(True)) != 0

@@ -15,6 +15,7 @@ import ipaddress
 import json
 import logging
 import os
+import socket
 import sys
 import threading
 import time
@@ -124,6 +125,15 @@ def exposure_warning(host: str, token: str | None) -> str | None:
 # connections
 
 
+def no_delay(transport) -> None:
+    """Send small writes at once (TCP_NODELAY) on a TCP connection. asyncio sets it only on sockets made with proto
+    IPPROTO_TCP, not on uvicorn's (proto 0); without it, h11 writing an answer's headers and body apart waited for the
+    client's delayed ACK: some 40 ms on every answer, /healthz included."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 def header_deadline(seconds: float) -> type[H11Protocol]:
     """uvicorn's HTTP/1.1 protocol, closing a connection whose next request's headers are not in within `seconds`.
 
@@ -134,6 +144,7 @@ def header_deadline(seconds: float) -> type[H11Protocol]:
     class Protocol(H11Protocol):
         def connection_made(self, transport) -> None:
             super().connection_made(transport)
+            no_delay(transport)
             self._arm()
 
         def on_response_complete(self) -> None:
