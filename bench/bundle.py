@@ -49,7 +49,8 @@ def build_registry(
     from registry.storage.config import resolve
     from registry.storage.core import open_registry
     from registry.errors import NotInitialised
-    from registry.training.tasks import DataOptions, add_task
+    from registry.training.plan import DataOptions
+    from registry.training.tasks import add_task
     from registry.training.train import TrainConfig
 
     settings = resolve(home=home)

@@ -143,7 +143,8 @@ class Registry:
         stderr is a terminal."""
         if not isinstance(init_from, (Scratch, Auto, FromTask)):
             raise OptionError(f"init_from={init_from!r}: pass Scratch(), Auto() or FromTask(name)")
-        from registry.training.tasks import DataOptions, add_task
+        from registry.training.plan import DataOptions
+        from registry.training.tasks import add_task
 
         options = DataOptions(text_columns=tuple(text_columns) if text_columns else None, label_column=label_column,
                               task_type=task_type, metric=metric, max_train_samples=max_train_samples, strict=strict)

@@ -14,11 +14,10 @@ from pathlib import Path
 from sqlalchemy import Row
 
 from registry.bundle.archive import _listed_members
-from registry.bundle.manifest import (ADAPTER_DIR, BASE_DIR, DTYPES, FORMAT, MANIFEST, MANIFEST_LIMIT, file_digest,
-                                      parse_manifest)
+from registry.bundle.manifest import ADAPTER_DIR, BASE_DIR, DTYPES, FORMAT, MANIFEST, MANIFEST_LIMIT, parse_manifest
 from registry.catalog.queries import ready_tasks
 from registry.errors import ArtifactError, BundleError
-from registry.formats import adapter_problem, head_size
+from registry.formats import adapter_problem, file_digest, head_size
 from registry.model import checkpoint
 from registry.storage.core import Registry
 from registry.storage.schema import utcnow

@@ -12,6 +12,7 @@ from sqlalchemy import Row
 from registry.bundle.archive import opened
 from registry.bundle.manifest import BASE_DIR, MANIFEST, read_json
 from registry.bundle.verify import verify
+from registry.formats import sha256_of
 from registry.catalog import lifecycle
 from registry.catalog.queries import taken_names, task_row
 from registry.errors import ArtifactError, BundleError, NonFiniteOutput, NotInitialised, TaskExists
@@ -21,7 +22,6 @@ from registry.storage.config import Settings
 from registry.storage.core import Registry, open_registry
 from registry.storage.creation import rolled_back
 from registry.storage.models import Task
-from registry.storage.store import sha256_of
 
 
 def import_bundle(settings: Settings, path: str | os.PathLike) -> dict:
@@ -147,9 +147,8 @@ def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[di
                     f"{MANIFEST}: export the bundle again"
                 )
             blobs[entry[f"{key}_sha256"]] = (kind, data)
-    for sha, (_, data) in blobs.items():
-        registry.store.put(data)
-        registry.store.get(sha)  # read back: refuses a corrupt write
+    for _, data in blobs.values():
+        registry.store.put(data)  # read back once: refuses a corrupt write
     publications = [lifecycle.Publication(release=_release(entry), name=entry["name"], description=_description(entry),
                                           why=f"imported from {shown}" + (f" (its version {entry['version']} there)"
                                                                           if "version" in entry else ""))

@@ -32,7 +32,7 @@ from registry.formats import TASK_CONFIG_FIELDS, adapter_problem, config_problem
 from registry.storage import cache, ownership
 from registry.storage.core import Registry
 from registry.storage.models import Artifact, Evaluation, Run, Task, TaskVersion
-from registry.storage.store import digest
+from registry.formats import digest
 
 
 @dataclass(frozen=True)

@@ -21,8 +21,9 @@ from registry.storage.config import Settings
 from registry.storage.core import Registry, database_exists, open_registry
 from registry.storage.creation import new_database, rolled_back
 from registry.errors import AlreadyInitialised, BaseModelError, NotInitialised
+from registry.formats import sha256_of
 from registry.storage.models import Artifact, BaseCheckpoint
-from registry.storage.store import Store, sha256_of, write_atomic
+from registry.storage.store import Store, write_atomic
 
 log = logging.getLogger("registry")
 
