@@ -58,7 +58,7 @@ class Registry:
     """An open registry: tasks, versions, runs and scores in SQL, artifacts in the store. Close it when done
     (or use `with`)."""
 
-    def __init__(self, opened: core.Registry) -> None:
+    def __init__(self, opened: core.Opened) -> None:
         self._registry = opened
 
     @classmethod
@@ -232,7 +232,7 @@ class Registry:
         return Imported(result["initialised"], result["base_sha256"], Rows(Task(**row) for row in result["tasks"]))
 
     def predictor(self, tasks: Names = None, *, device: str = "auto") -> Predictor:
-        """The ready tasks (all, or those named) on one copy of the base: `predict` and `predict_many`."""
+        """The ready tasks (all, or those named) on one copy of the base: `predict` and `predict_mixed`."""
         from registry.serving import live
 
         return live.from_registry(self._registry, tasks, device=device)

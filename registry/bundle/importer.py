@@ -19,7 +19,7 @@ from registry.errors import ArtifactError, BundleError, NonFiniteOutput, NotInit
 from registry.model import checkpoint, probe
 from registry.storage import ownership
 from registry.storage.config import Settings
-from registry.storage.core import Registry, open_registry
+from registry.storage.core import Opened, open_registry
 from registry.storage.creation import rolled_back
 from registry.storage.models import Task
 
@@ -58,7 +58,7 @@ def import_bundle(settings: Settings, path: str | os.PathLike) -> dict:
     return {"initialised": initialised, "base_sha256": manifest["base"]["sha256"], "tasks": rows}
 
 
-def _existing(settings: Settings) -> Registry | None:
+def _existing(settings: Settings) -> Opened | None:
     """The registry at `settings` when it has a base, None when there is none yet."""
     try:
         registry = open_registry(settings)
@@ -73,7 +73,7 @@ def _existing(settings: Settings) -> Registry | None:
     return registry
 
 
-def _check_on_stored_base(registry: Registry, root: Path, manifest: dict, shown) -> None:
+def _check_on_stored_base(registry: Opened, root: Path, manifest: dict, shown) -> None:
     """Check a bundle's tasks against the registry's stored base, never the bundle's own claim: the base's weights
     and config must be the registry's, and each task must load and give finite outputs on the stored base."""
     with registry.read() as session:
@@ -130,7 +130,7 @@ def _load_base(root: Path, manifest: dict, shown) -> checkpoint.Checkpoint:
     return loaded
 
 
-def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[dict]:
+def _add_tasks(registry: Opened, root: Path, manifest: dict, shown) -> list[dict]:
     """Store every task's files, then add all tasks in one transaction."""
     names = [entry["name"] for entry in manifest["tasks"]]
     with registry.read() as session:

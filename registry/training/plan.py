@@ -17,7 +17,7 @@ from registry.model import checkpoint
 from registry.options import Auto, FromTask, InitFrom, Scratch
 from registry.catalog.runs import sweep_stale_runs
 from registry.storage import fields
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.storage.models import Task
 from registry.training import train, transfer
 
@@ -96,7 +96,7 @@ class Plan:
     target: torch.device
 
 
-def plan_task(registry: Registry, name: str, source: str, config: train.TrainConfig, options: DataOptions, *,
+def plan_task(registry: Opened, name: str, source: str, config: train.TrainConfig, options: DataOptions, *,
               new_version: bool, sweep: bool, init_from: InitFrom, device: str) -> Plan:
     """Check the name, the config, the source task, the existing task and the data; the runs to train."""
     validate_name(name)
@@ -128,7 +128,7 @@ def plan_task(registry: Registry, name: str, source: str, config: train.TrainCon
     return Plan(name, source, base, existing if new_version else None, loaded, config, grid, init_from, named, target)
 
 
-def existing_task(registry: Registry, name: str, new_version: bool) -> tuple[Row, Task | None]:
+def existing_task(registry: Opened, name: str, new_version: bool) -> tuple[Row, Task | None]:
     """The base, and the task called `name`: a new version needs it ready (and not retired), a new task its absence
     (or a failed task, whose name it takes over)."""
     with registry.read() as session:

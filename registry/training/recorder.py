@@ -18,7 +18,7 @@ from registry.catalog import lifecycle
 from registry.catalog.runs import this_host
 from registry.data import splits as data
 from registry.storage import fields
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.storage.models import Metric, Run, Task
 from registry.storage.schema import utcnow
 from registry.training import train, transfer
@@ -64,13 +64,13 @@ def describe(source: str, loaded: data.TaskData) -> lifecycle.Description:
 class RunRecorder:
     """The runs of one add-task in the database; `current` is the open run a failure is recorded on."""
 
-    registry: Registry
+    registry: Opened
     plan: Plan
     task_id: int
     current: int | None
 
     @classmethod
-    def start(cls, registry: Registry, plan: Plan) -> RunRecorder:
+    def start(cls, registry: Opened, plan: Plan) -> RunRecorder:
         """Open the first run: on the task of a new version, or on a new task whose name it reserves."""
         first = run_fields(plan.grid[0], plan.loaded, plan.target)
         if plan.existing is not None:

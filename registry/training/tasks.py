@@ -28,7 +28,7 @@ from registry.training.plan import DataOptions, Plan, check_options, plan_task
 from registry.training.recorder import RunRecorder
 from registry.model.adapters import AdapterModel, trainable_parameters
 from registry.catalog.queries import find_task, task_row
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.errors import NonFiniteOutput, TrainingError
 from registry.storage.models import Evaluation, Metric, Task
 from registry.options import Auto, InitFrom, Scratch
@@ -38,7 +38,7 @@ from registry.formats import DROPOUT_KEYS, AdapterConfig, head_size, pick_device
 log = logging.getLogger("registry")
 
 
-def add_task(registry: Registry, name: str, source: str, config: train.TrainConfig,
+def add_task(registry: Opened, name: str, source: str, config: train.TrainConfig,
              options: DataOptions = DataOptions(), *, new_version: bool = False, promote: bool = False,
              sweep: bool = False, init_from: InitFrom = Scratch(), compare_scratch: bool = False,
              device: str = "auto", progress: bool = False) -> dict:
@@ -74,7 +74,7 @@ def add_task(registry: Registry, name: str, source: str, config: train.TrainConf
     return added(registry, plan, runs.task_id, published, origin)
 
 
-def added(registry: Registry, plan: Plan, task_id: int, published: lifecycle.Published,
+def added(registry: Opened, plan: Plan, task_id: int, published: lifecycle.Published,
           origin: transfer.Source | None) -> dict:
     """What add_task returns: the task as listed, the version published, whether it is current and why; a new
     version's outcome is also logged."""
@@ -104,7 +104,7 @@ class Prepared:
     validation_set: encoding.Encoded
 
 
-def prepare(registry: Registry, plan: Plan, runs: RunRecorder, progress: bool) -> Prepared:
+def prepare(registry: Opened, plan: Plan, runs: RunRecorder, progress: bool) -> Prepared:
     """Unpack the base (its sha256 recorded on the run), load its tokenizer, encode both splits (cached)."""
     base_dir = checkpoint.unpack(registry, plan.base)
     loaded_base = checkpoint.weights_sha256(base_dir)
@@ -116,7 +116,7 @@ def prepare(registry: Registry, plan: Plan, runs: RunRecorder, progress: bool) -
     return Prepared(base_dir, loaded_base, tokenizer, train_set, validation_set)
 
 
-def choose_start(registry: Registry, plan: Plan, prepared: Prepared) -> tuple[transfer.Source | None, dict | None]:
+def choose_start(registry: Opened, plan: Plan, prepared: Prepared) -> tuple[transfer.Source | None, dict | None]:
     """Where the runs start, and how that was chosen: the task `init_from` names, the one `auto`'s trials pick,
     or scratch (None)."""
     config, loaded = plan.config, plan.loaded
@@ -132,7 +132,7 @@ def choose_start(registry: Registry, plan: Plan, prepared: Prepared) -> tuple[tr
     return (choice.source, choice.selection) if choice else (None, None)
 
 
-def train_runs(registry: Registry, plan: Plan, prepared: Prepared, runs: RunRecorder,
+def train_runs(registry: Opened, plan: Plan, prepared: Prepared, runs: RunRecorder,
                starts: list[transfer.Source | None], selection: dict | None, progress: bool) -> tuple:
     """Every run (from each start, each config of the grid), recorded as it goes; the best as
     (run id, FitResult, config, trainable parameters)."""
@@ -152,7 +152,7 @@ def train_runs(registry: Registry, plan: Plan, prepared: Prepared, runs: RunReco
     return best
 
 
-def encode_split(registry: Registry, base, tokenizer, loaded: data.TaskData, split: str, max_length: int,
+def encode_split(registry: Opened, base, tokenizer, loaded: data.TaskData, split: str, max_length: int,
                  progress: bool) -> encoding.Encoded:
     """One split tokenised with the base's tokenizer, cached by data, tokenizer and length."""
     return encoding.encode(getattr(loaded, split), loaded.text_columns, tokenizer, max_length=max_length,
@@ -219,7 +219,7 @@ def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig,
     return weights, task_config.to_json()
 
 
-def publish(registry: Registry, task_id: int, base, source: str, loaded: data.TaskData, run_id: int,
+def publish(registry: Opened, task_id: int, base, source: str, loaded: data.TaskData, run_id: int,
             result: train.FitResult, config: train.TrainConfig, n_trainable: int, *, promote: bool = False,
             compared_with: int | None = None, why: str = "first version") -> lifecycle.Published:
     """Store the best weights and config, verify them, then publish them as the task's next version.
@@ -239,7 +239,7 @@ def publish(registry: Registry, task_id: int, base, source: str, loaded: data.Ta
     return lifecycle.publish(registry, [publication], artifacts)[0]
 
 
-def probe_task(registry: Registry, base, task_id: int, task_config: bytes, state: dict[str, torch.Tensor]) -> None:
+def probe_task(registry: Opened, base, task_id: int, task_config: bytes, state: dict[str, torch.Tensor]) -> None:
     """Refuse to publish adapters whose outputs on the probe sentences are NaN or infinite (registry.model.probe)."""
     with registry.read() as session:
         name = session.get(Task, task_id).name
@@ -251,7 +251,7 @@ def probe_task(registry: Registry, base, task_id: int, task_config: bytes, state
                             "published: train again with a lower --lr") from None
 
 
-def load_task_model(registry: Registry, task: Row, base: Row, device: torch.device) -> tuple[AdapterModel, object]:
+def load_task_model(registry: Opened, task: Row, base: Row, device: torch.device) -> tuple[AdapterModel, object]:
     """A stored task's model (verified weights) and the base tokenizer."""
     base_dir = checkpoint.unpack(registry, base)
     model = build_model(base_dir, task.adapter_size, head_size(task.task_type, task.labels), seed=0)
@@ -259,7 +259,7 @@ def load_task_model(registry: Registry, task: Row, base: Row, device: torch.devi
     return model.to(device), load_tokenizer(base_dir)
 
 
-def evaluate_task(registry: Registry, name: str, source: str | None = None, *, device: str = "auto",
+def evaluate_task(registry: Opened, name: str, source: str | None = None, *, device: str = "auto",
                   progress: bool = False) -> dict:
     """Score a stored task's current version again on validation data and record it as an evaluation."""
     sweep_stale_runs(registry)
@@ -276,7 +276,7 @@ def evaluate_task(registry: Registry, name: str, source: str | None = None, *, d
             "scores": scores, "tasks_present": tasks_present, "evaluation": evaluation}
 
 
-def score_task(registry: Registry, base: Row, task: Row, loaded: data.TaskData, device: torch.device,
+def score_task(registry: Opened, base: Row, task: Row, loaded: data.TaskData, device: torch.device,
                progress: bool) -> dict:
     """The scores of `task`'s current version on `loaded`'s validation rows, tokenised as that version was trained."""
     max_length = json.loads(registry.store.get(task.config_sha256))["max_length"]
@@ -289,7 +289,7 @@ def score_task(registry: Registry, base: Row, task: Row, loaded: data.TaskData, 
     return metrics.compute(task.metric, train.to_predictions(outputs, task.task_type), encoded.labels)
 
 
-def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData,
+def record_evaluation(registry: Opened, task: Row, loaded: data.TaskData,
                       scores: dict[str, float]) -> tuple[int, int]:
     """Record scores of `task`'s current version as an evaluation, with how many tasks are ready.
 
@@ -307,7 +307,7 @@ def record_evaluation(registry: Registry, task: Row, loaded: data.TaskData,
         return evaluation.id, tasks_present
 
 
-def compare_with_current(registry: Registry, name: str, base: Row, loaded: data.TaskData, score: float, promote: bool,
+def compare_with_current(registry: Opened, name: str, base: Row, loaded: data.TaskData, score: float, promote: bool,
                          device: torch.device, progress: bool) -> dict:
     """How a new version of `name` that scored `score` is published: the current version is scored on the same
     validation rows (recorded as an evaluation), both are logged, and the new one is current only if it is at
