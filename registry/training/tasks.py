@@ -270,16 +270,16 @@ def evaluate_task(registry: Opened, name: str, source: str | None = None, *, dev
     loaded = data.load_validation(source or task.data_source, text_columns=task.text_columns,
                                   label_column=task.label_column, task_type=task.task_type, labels=task.labels,
                                   metric=task.metric, seed=task_config["seed"])
-    scores = score_task(registry, base, task, loaded, pick_device(device), progress)
+    scores = score_task(registry, base, task, loaded, task_config["max_length"], pick_device(device), progress)
     evaluation, tasks_present = record_evaluation(registry, task, loaded, scores)
     return {"task": name, "version": task.current_version, "metric": task.metric, "score": scores[task.metric],
             "scores": scores, "tasks_present": tasks_present, "evaluation": evaluation}
 
 
-def score_task(registry: Opened, base: Row, task: Row, loaded: data.TaskData, device: torch.device,
+def score_task(registry: Opened, base: Row, task: Row, loaded: data.TaskData, max_length: int, device: torch.device,
                progress: bool) -> dict:
-    """The scores of `task`'s current version on `loaded`'s validation rows, tokenised as that version was trained."""
-    max_length = json.loads(registry.store.get(task.config_sha256))["max_length"]
+    """The scores of `task`'s current version on `loaded`'s validation rows, tokenised as that version was trained
+    (`max_length`, from its config)."""
     model, tokenizer = load_task_model(registry, task, base, device)
     encoded = encode_split(registry, base, tokenizer, loaded, "validation", max_length, progress)
     outputs = train.predict(model, encoded, pad_id=tokenizer.pad_token_id, device=device, progress=progress)
@@ -314,7 +314,8 @@ def compare_with_current(registry: Opened, name: str, base: Row, loaded: data.Ta
     least as good, or with `promote`."""
     with registry.read() as session:
         current = find_task(session, name, ready=True, retired=True)
-    old = score_task(registry, base, current, loaded, device, progress)[current.metric]
+    max_length = json.loads(registry.store.get(current.config_sha256))["max_length"]
+    old = score_task(registry, base, current, loaded, max_length, device, progress)[current.metric]
     record_evaluation(registry, current, loaded, {current.metric: old})
     version, metric = current.current_version, loaded.metric
     log.info(f"{metric} on the same validation data ({loaded.validation_from}): new version {score:.4f}, "
