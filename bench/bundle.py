@@ -49,7 +49,8 @@ def build_registry(
     from registry.storage.config import resolve
     from registry.storage.core import open_registry
     from registry.errors import NotInitialised
-    from registry.training.tasks import DataOptions, add_task
+    from registry.training.plan import DataOptions
+    from registry.training.tasks import add_task
     from registry.training.train import TrainConfig
 
     settings = resolve(home=home)
@@ -105,7 +106,7 @@ def child(mode: str, bundle_dir: str, names: list[str]) -> None:
     elif mode == "separate":
         predictors = [load_bundle(bundle_dir, [name], device="cpu") for name in names]
     for predictor in predictors:
-        predictor.predict_many(
+        predictor.predict_mixed(
             [
                 (t, ("a fine film", "a good movie") if predictor.specs[t].pair else "a fine film")
                 for t in predictor.tasks
@@ -243,9 +244,9 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     n = len(names)
     sides = {
         f"mixed-task batches (arrival order), one {n}-task model": lambda: [
-            shared.predict_many(chunk, batch_size=batch) for chunk in chunks(shuffled, batch)
+            shared.predict_mixed(chunk, batch_size=batch) for chunk in chunks(shuffled, batch)
         ],
-        f"mixed-task batches (length-bucketed predict_many), one {n}-task model": lambda: shared.predict_many(
+        f"mixed-task batches (length-bucketed predict_mixed), one {n}-task model": lambda: shared.predict_mixed(
             shuffled, batch_size=batch
         ),
         f"per-task batches, the same {n}-task model": lambda: [
@@ -261,7 +262,7 @@ def run(args: argparse.Namespace, workdir: Path) -> None:
     baseline = common.median(times[f"per-task batches, the same {n}-task model"])
     speed_rows = [[side, common.spread(t), f"{len(items) / common.median(t):.0f}", f"{baseline / common.median(t):.2f}"]
                   for side, t in times.items()]
-    mixed = [p for chunk in chunks(shuffled, batch) for p in shared.predict_many(chunk, batch_size=batch)]
+    mixed = [p for chunk in chunks(shuffled, batch) for p in shared.predict_mixed(chunk, batch_size=batch)]
     alone = {name: iter(singles[name].predict(name, by_task[name], batch_size=batch)) for name in names}
     per_item = [next(alone[task]) for task, _ in items]
     reference = {(task, text if isinstance(text, str) else tuple(text)): p for (task, text), p in zip(items, per_item)}
@@ -308,7 +309,7 @@ each add a whole base. Mixed-task batches run one forward pass per batch, each e
 own task's adapter weights; the gather costs little (per-task batches on the 5-task model against
 single-task models). What decides the speed of mixing is padding: batches of 32 requests taken in
 arrival order pad every example to the longest of the batch, across tasks of very different lengths
-(RTE against CoLA), so a server should hand `predict_many` a window of requests at once, which sorts
+(RTE against CoLA), so a server should hand `predict_mixed` a window of requests at once, which sorts
 them by length into batches that still mix tasks and beat per-task batches.
 """
 

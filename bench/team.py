@@ -170,7 +170,7 @@ def client(settings, k: int, cells: list[tuple[str, int]], seconds: float, ready
     import torch
 
     from registry.catalog import queries as catalog, lifecycle
-    from registry.training import tasks, train
+    from registry.training import recorder, tasks, train
     from registry.storage.core import open_registry
 
     registry = open_registry(settings)
@@ -182,8 +182,8 @@ def client(settings, k: int, cells: list[tuple[str, int]], seconds: float, ready
     catalog.list_tasks(registry)  # connected, queries warm
 
     def publish(name: str) -> None:
-        task_id, run_id = lifecycle.reserve(registry, name, base.id, tasks.describe("bench", loaded),
-                                            tasks.run_fields(config, loaded, torch.device("cpu")))
+        task_id, run_id = lifecycle.reserve(registry, name, base.id, recorder.describe("bench", loaded),
+                                            recorder.run_fields(config, loaded, torch.device("cpu")))
         state = {"head.weight": torch.rand(2, 4)}  # a distinct adapter each time
         result = train.FitResult(best_epoch=1, best_score=0.5, best_state=state)
         tasks.publish(registry, task_id, base, "bench", loaded, run_id, result, config, 8)

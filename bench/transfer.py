@@ -88,7 +88,8 @@ def add(registry, name: str, source: Path, rows: int | None, seed: int, epochs: 
     and seconds."""
     from registry.catalog import queries as catalog
     from registry.options import TrainConfig, parse_init_from
-    from registry.training.tasks import DataOptions, add_task
+    from registry.training.plan import DataOptions
+    from registry.training.tasks import add_task
 
     started = time.perf_counter()
     add_task(registry, name, str(source), TrainConfig(epochs=epochs, seed=seed), DataOptions(max_train_samples=rows),

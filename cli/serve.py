@@ -6,8 +6,10 @@ from dataclasses import fields
 
 import click
 
-from registry.cli.output import device_option
+from registry.api import Bundle
+from registry.cli.output import device_option, open_registry
 from registry.storage.config import ServeLimits, Settings
+
 
 def limit_options(command):
     """One option per ServeLimits field, with its default and help; a float must be finite (no nan, no inf)."""
@@ -50,20 +52,9 @@ def serve(settings: Settings, bundle_path: str | None, task_names: str, host: st
 
     Example: registry serve --port 8000
     """
-    from registry.serving import startup
-
     names = None if task_names.strip() == "all" else [name.strip() for name in task_names.split(",") if name.strip()]
-    started = startup.start(settings, bundle_path=bundle_path, names=names, host=host, port=port, device=device,
-                            limits=ServeLimits(**limits), token=token, backend=backend)
-    if started.warning:
-        click.echo(started.warning, err=True)
-    tasks = started.tasks
-    served = tasks.predictor.tasks if tasks.predictor is not None else []
-    backend_name = tasks.predictor.backend if tasks.predictor is not None else backend
-    quarantined = f"; unavailable: {', '.join(tasks.unavailable)}" if tasks.unavailable else ""
-    click.echo(f"serving {len(served)} task(s) with {backend_name} on {started.url} "
-               f"({', '.join(served)}{quarantined})", err=True)
-    started.run()
+    tasks = Bundle.open(bundle_path) if bundle_path is not None else open_registry(settings)
+    tasks.serve(names, host=host, port=port, device=device, backend=backend, limits=ServeLimits(**limits), token=token)
 
 
 COMMANDS = [serve]

@@ -6,7 +6,6 @@ import click
 
 from registry.api import Registry
 from registry.cli.output import emit, fields, json_option
-from registry.storage import db as registry_db
 from registry.storage.config import Settings
 
 
@@ -39,8 +38,8 @@ def current(settings: Settings) -> None:
 
     Example: registry db current
     """
-    revision = registry_db.revision_at(settings.db_url)
-    click.echo(f"database: {revision or '(empty)'}\ncode:     {registry_db.head_revision()}")
+    revision = Registry.schema_revision(settings.home, db=settings.db_url)
+    click.echo(f"database: {revision.database or '(empty)'}\ncode:     {revision.code}")
 
 
 @db.command()
@@ -50,7 +49,7 @@ def upgrade(settings: Settings) -> None:
 
     Example: registry db upgrade
     """
-    click.echo(f"database at {registry_db.upgrade_registry(settings.db_url)}")
+    click.echo(f"database at {Registry.upgrade(settings.home, db=settings.db_url).database}")
 
 
 COMMANDS = [init, db]

@@ -16,7 +16,7 @@ _HOMES = {
     "registry.options": ("TrainConfig", "Scratch", "Auto", "FromTask", "InitFrom"),
     "registry.results": ("Base", "Task", "TaskVersion", "TaskDetail", "Version", "Event", "Run", "StartPoint", "Score",
                          "Matrix", "Promotion", "Retirement", "Restoration", "Evaluation", "VerifyReport", "Problem",
-                         "RunSummary", "Imported", "Rows"),
+                         "RunSummary", "Imported", "SchemaRevision", "Rows"),
     "registry.serving.predictor": ("Predictor", "Prediction"),
     "registry.errors": ("RegistryError", "NotInitialised", "AlreadyInitialised", "SchemaMismatch", "NotARegistry",
                         "DatabaseUnavailable", "BaseModelError", "InvalidName", "TaskExists", "UnknownTask",

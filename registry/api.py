@@ -27,11 +27,12 @@ from registry.storage.config import ServeLimits, Settings, resolve
 from registry.errors import BundleError, OptionError
 from registry.options import Auto, FromTask, InitFrom, Scratch, TrainConfig
 from registry.results import (Base, Evaluation, Imported, Matrix, Promotion, Restoration, Retirement, Rows,
-                              RunSummary, Score, Task, TaskDetail, TaskVersion, VerifyReport, build)
+                              RunSummary, SchemaRevision, Score, Task, TaskDetail, TaskVersion, VerifyReport, build)
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
+    from registry.serving import live
     from registry.serving.predictor import Predictor
 
 Names = Sequence[str] | None  # some tasks by name; None: every ready task
@@ -57,7 +58,7 @@ class Registry:
     """An open registry: tasks, versions, runs and scores in SQL, artifacts in the store. Close it when done
     (or use `with`)."""
 
-    def __init__(self, opened: core.Registry) -> None:
+    def __init__(self, opened: core.Opened) -> None:
         self._registry = opened
 
     @classmethod
@@ -76,6 +77,24 @@ class Registry:
         """Open an existing registry: arguments win over REGISTRY_HOME / REGISTRY_DB_URL / REGISTRY_STORE,
         which win over ./.registry."""
         return cls(core.open_registry(resolve(home=home, db=db, store=store)))
+
+    @class_or_instance
+    def schema_revision(cls, self: Registry | None, home: str | os.PathLike | None = None, *,
+                        db: str | None = None) -> SchemaRevision:
+        """The schema revision of the database (of this registry, or the one located as `open` does) and the one
+        this code expects; an older database cannot be opened until `upgrade`d."""
+        from registry.storage import db as registry_db
+
+        url = self.settings.db_url if self is not None else resolve(home=home, db=db).db_url
+        return SchemaRevision(registry_db.revision_at(url), registry_db.head_revision())
+
+    @classmethod
+    def upgrade(cls, home: str | os.PathLike | None = None, *, db: str | None = None) -> SchemaRevision:
+        """Migrate the registry's database (located as `open` does) to the schema this code expects."""
+        from registry.storage import db as registry_db
+
+        revision = registry_db.upgrade_registry(resolve(home=home, db=db).db_url)
+        return SchemaRevision(revision, registry_db.head_revision())
 
     @property
     def settings(self) -> Settings:
@@ -143,7 +162,8 @@ class Registry:
         stderr is a terminal."""
         if not isinstance(init_from, (Scratch, Auto, FromTask)):
             raise OptionError(f"init_from={init_from!r}: pass Scratch(), Auto() or FromTask(name)")
-        from registry.training.tasks import DataOptions, add_task
+        from registry.training.plan import DataOptions
+        from registry.training.tasks import add_task
 
         options = DataOptions(text_columns=tuple(text_columns) if text_columns else None, label_column=label_column,
                               task_type=task_type, metric=metric, max_train_samples=max_train_samples, strict=strict)
@@ -212,17 +232,33 @@ class Registry:
         return Imported(result["initialised"], result["base_sha256"], Rows(Task(**row) for row in result["tasks"]))
 
     def predictor(self, tasks: Names = None, *, device: str = "auto") -> Predictor:
-        """The ready tasks (all, or those named) on one copy of the base: `predict` and `predict_many`."""
+        """The ready tasks (all, or those named) on one copy of the base: `predict` and `predict_mixed`."""
         from registry.serving import live
 
         return live.from_registry(self._registry, tasks, device=device)
 
-    def app(self, tasks: Names = None, *, device: str = "auto", limits: ServeLimits = ServeLimits()) -> FastAPI:
+    def app(self, tasks: Names = None, *, device: str = "auto", backend: str = "eager",
+            limits: ServeLimits = ServeLimits(), token: str | None = None) -> FastAPI:
         """`registry serve`'s ASGI app over these tasks (tasks published later are served within
-        `limits.poll_seconds`); run it with uvicorn."""
-        from registry.serving import live, server
+        `limits.poll_seconds`; the read-only dashboard under /ui); run it with uvicorn."""
+        from registry.serving import startup
 
-        return server.create_app(live.RegistryTasks(self._registry, tasks, device=device), limits, watch=True)
+        return startup.app_of(self._tasks(tasks, device, backend), limits, token=token)
+
+    def serve(self, tasks: Names = None, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+              backend: str = "auto", limits: ServeLimits = ServeLimits(), token: str | None = None) -> None:
+        """`registry serve`: these tasks (and those published later) over HTTP until SIGTERM or Ctrl-C. The address
+        is taken before any model loads; it is logged (INFO) with the tasks served."""
+        from registry.serving import startup
+
+        startup.serve(lambda: self._tasks(tasks, device, backend), backend=backend, host=host, port=port,
+                      limits=limits, token=token)
+
+    def _tasks(self, names: Names, device: str, backend: str) -> live.RegistryTasks:
+        """The registry's ready tasks (all, or those named) as a server follows them."""
+        from registry.serving import live
+
+        return live.RegistryTasks(self._registry, names, device=device, backend=backend)
 
 
 @dataclass(frozen=True)
@@ -244,11 +280,26 @@ class Bundle:
 
         return load(self.path, tasks, device=device)
 
-    def app(self, tasks: Names = None, *, device: str = "auto", limits: ServeLimits = ServeLimits()) -> FastAPI:
+    def app(self, tasks: Names = None, *, device: str = "auto", backend: str = "eager",
+            limits: ServeLimits = ServeLimits(), token: str | None = None) -> FastAPI:
         """`registry serve --bundle`'s ASGI app over the bundle's tasks; run it with uvicorn."""
-        from registry.serving import live, server
+        from registry.serving import startup
 
-        return server.create_app(live.FixedTasks(self.path, tasks, device=device), limits, watch=False)
+        return startup.app_of(self._tasks(tasks, device, backend), limits, token=token)
+
+    def serve(self, tasks: Names = None, *, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+              backend: str = "auto", limits: ServeLimits = ServeLimits(), token: str | None = None) -> None:
+        """`registry serve --bundle`: the bundle's tasks over HTTP until SIGTERM or Ctrl-C (see Registry.serve)."""
+        from registry.serving import startup
+
+        startup.serve(lambda: self._tasks(tasks, device, backend), backend=backend, host=host, port=port,
+                      limits=limits, token=token)
+
+    def _tasks(self, names: Names, device: str, backend: str) -> live.FixedTasks:
+        """The bundle's tasks (all, or those named), verified once."""
+        from registry.serving import live
+
+        return live.FixedTasks(self.path, names, device=device, backend=backend)
 
 
 @dataclass(frozen=True)

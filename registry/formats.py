@@ -1,5 +1,6 @@
 """The facts every room shares, in one low place: the adapter config format (written, read and checked here),
-safetensors header checks, the task-name rule, model-family facts, and the one device picker.
+safetensors header checks, the task-name rule, model-family facts, the one device picker, and the sha256 of bytes
+and files (what the store names artifacts by, and bundles, the cache and `verify` check).
 
 Imports nothing of ours but registry.errors, and neither torch nor transformers at import time (the device
 picker imports torch when called), so training, verify, bundles and serving can all stand on it.
@@ -7,17 +8,45 @@ picker imports torch when called), so training, verify, bundles and serving can 
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import struct
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from registry.errors import InvalidName, RegistryError
 
 if TYPE_CHECKING:
     import torch
+
+# --------------------------------------------------------------------------------------------
+# Content digests
+
+CHUNK = 1 << 20  # bytes hashed at a time from a file
+
+
+def sha256_of(data: bytes) -> str:
+    """The hex sha256 of `data`."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def digest(handle: BinaryIO) -> tuple[str, int]:
+    """sha256 and length of everything left in a binary file object, read in chunks."""
+    hashed, length = hashlib.sha256(), 0
+    while chunk := handle.read(CHUNK):
+        hashed.update(chunk)
+        length += len(chunk)
+    return hashed.hexdigest(), length
+
+
+def file_digest(path: str | os.PathLike) -> tuple[str, int]:
+    """sha256 and size of a local file, read in chunks."""
+    with open(path, "rb") as handle:
+        return digest(handle)
+
 
 # --------------------------------------------------------------------------------------------
 # Task names

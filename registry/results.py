@@ -308,3 +308,11 @@ class Imported:
     initialised: bool
     base_sha256: str
     tasks: Rows
+
+
+@dataclass(frozen=True)
+class SchemaRevision:
+    """The database's schema revision (None: an empty database) and the one this code expects."""
+
+    database: str | None
+    code: str

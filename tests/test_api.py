@@ -161,7 +161,7 @@ def test_export_import_and_predict(settings, two_tasks, tmp_path):
     for predictor in (from_bundle, from_registry):
         one = predictor.predict("sentiment", ["good great film"])
         assert one[0].task == "sentiment" and one[0].label in ("positive", "negative")
-        mixed = predictor.predict_many([("pairs", ("good film", "great movie")), ("sentiment", "awful")])
+        mixed = predictor.predict_mixed([("pairs", ("good film", "great movie")), ("sentiment", "awful")])
         assert [p.task for p in mixed] == ["pairs", "sentiment"]
     assert from_bundle.predict("sentiment", ["a b c"]) == from_registry.predict("sentiment", ["a b c"])
 

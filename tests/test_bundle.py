@@ -77,7 +77,7 @@ def listed(invoke) -> list[tuple]:
 
 
 def predictions(predictor: Predictor, items=ITEMS) -> list[Prediction]:
-    return predictor.predict_many(items)
+    return predictor.predict_mixed(items)
 
 
 def assert_close(got: list[Prediction], want: list[Prediction], tolerance: float) -> None:
@@ -256,14 +256,14 @@ def test_inputs_must_fit_the_task(source):
 def test_mixed_task_batches_equal_per_task_batches(source):
     served = load_bundle(source["dir"], device="cpu")
     passes = []
-    encode = served.encode  # what predict_many runs each pass on (the eager model's encode here)
+    encode = served.encode  # what predict_mixed runs each pass on (the eager model's encode here)
 
     def counted(*args, task_ids, **kwargs):
         passes.append(sorted(set(task_ids.tolist())))
         return encode(*args, task_ids=task_ids, **kwargs)
 
     served.encode = counted
-    mixed = served.predict_many(ITEMS, batch_size=4)
+    mixed = served.predict_mixed(ITEMS, batch_size=4)
     assert len(passes) == -(-len(ITEMS) // 4) and max(map(len, passes)) >= 2  # one forward pass per batch, tasks mixed
     assert sorted(set().union(*passes)) == [0, 1, 2]
     per_task = {task: iter(served.predict(task, [text for t, text in ITEMS if t == task])) for task in NAMES}
@@ -284,7 +284,7 @@ def test_smaller_adapters_are_zero_padded_and_outputs_unchanged(source):
     assert not adapter.down_weight[similarity, :, 12:].any() and adapter.up_weight[similarity, :12].any()
     for task in NAMES:
         items = [(t, x) for t, x in ITEMS if t == task]
-        assert_close(together.predict_many(items), alone[task].predict_many(items), 1e-5)
+        assert_close(together.predict_mixed(items), alone[task].predict_mixed(items), 1e-5)
 
     tensors = {
         "a.down_weight": torch.ones(4, 2),

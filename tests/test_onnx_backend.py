@@ -72,20 +72,20 @@ def test_onnx_answers_as_eager_on_every_task_and_task_set(base):
     assert fast.pass_cost < PASS_COST_TOKENS
     rows = items()
     tally = Tally()
-    assert_equal(fast.predict_many(rows, batch_size=16, max_tokens=256, tally=tally), eager.predict_many(rows))
+    assert_equal(fast.predict_mixed(rows, batch_size=16, max_tokens=256, tally=tally), eager.predict_mixed(rows))
     assert tally.passes >= 4 and 0 < tally.tokens < tally.slots
     # Another task set on the same base (a task dropped, one with a wider bottleneck) reuses the exported graph.
     wider = [tasks[0], specs(pair_size=12)[1]]
     again = accelerate(Predictor(base, wider, states(base, wider, 2)), "onnx")
     assert session_of(base, again.model) is session_of(base, fast.model)
     kept = [row for row in rows if row[0] != "similarity"]
-    assert_equal(again.predict_many(kept), Predictor(base, wider, states(base, wider, 2)).predict_many(kept))
+    assert_equal(again.predict_mixed(kept), Predictor(base, wider, states(base, wider, 2)).predict_mixed(kept))
 
 
 def test_one_input_runs_without_padding(base):
     fast = accelerate(Predictor(base, specs(), states(base, specs(), 1)), "onnx")
     tally = Tally()
-    fast.predict_many([("sentiment", "good film")], tally=tally)
+    fast.predict_mixed([("sentiment", "good film")], tally=tally)
     assert tally.passes == 1 and tally.tokens == tally.slots and tally.padding == 0
 
 

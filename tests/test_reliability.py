@@ -54,12 +54,13 @@ def patch(owner, attr, *, before=False, calls=1):
 def kill_point(point):
     from registry.storage import store
     from registry.training import tasks
+    from registry.training.recorder import RunRecorder
     from sqlalchemy import event
     from sqlalchemy.engine import Engine
     if point == "tokenising":
         patch(tasks, "encode_split", calls=1)      # train split cached, validation split not yet
     elif point == "training-done":
-        patch(tasks, "finish_run", before=True)    # every epoch's metrics committed, run still running
+        patch(RunRecorder, "finish", before=True)  # every epoch's metrics committed, run still running
     elif point == "trained":
         patch(tasks, "publish", before=True)       # run succeeded, nothing stored
     elif point == "store-rename":

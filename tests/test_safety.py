@@ -27,7 +27,7 @@ from sqlalchemy import create_engine, inspect, text
 from registry.cli.main import cli
 from registry.model import checkpoint
 from registry.storage.config import Settings
-from registry.storage.store import sha256_of
+from registry.formats import sha256_of
 from registry.formats import tensor_header
 from tests.bad_bundles import plant_code, write_bad_bundles
 from tests.conftest import REPO

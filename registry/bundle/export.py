@@ -14,18 +14,17 @@ from pathlib import Path
 from sqlalchemy import Row
 
 from registry.bundle.archive import _listed_members
-from registry.bundle.manifest import (ADAPTER_DIR, BASE_DIR, DTYPES, FORMAT, MANIFEST, MANIFEST_LIMIT, file_digest,
-                                      parse_manifest)
+from registry.bundle.manifest import ADAPTER_DIR, BASE_DIR, DTYPES, FORMAT, MANIFEST, MANIFEST_LIMIT, parse_manifest
 from registry.catalog.queries import ready_tasks
 from registry.errors import ArtifactError, BundleError
-from registry.formats import adapter_problem, head_size
+from registry.formats import adapter_problem, file_digest, head_size
 from registry.model import checkpoint
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.storage.schema import utcnow
 from registry.storage.store import write_atomic
 
 
-def export(registry: Registry, output: str | os.PathLike, tasks: Sequence[str] | None = None, *,
+def export(registry: Opened, output: str | os.PathLike, tasks: Sequence[str] | None = None, *,
            dtype: str = "float32", archive: bool = False, force: bool = False) -> dict:
     """Write the base once and each task's adapter + config into a bundle (a directory, or one .tar).
 
@@ -77,7 +76,7 @@ def export(registry: Registry, output: str | os.PathLike, tasks: Sequence[str] |
     }
 
 
-def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtype: str) -> dict:
+def _write_tree(registry: Opened, base: Row, rows: list[Row], root: Path, dtype: str) -> dict:
     """The bundle's files under `root`, the manifest last."""
     checkpoint.write_base_files(registry.store, base, root / BASE_DIR)
     if dtype != "float32":
@@ -133,7 +132,7 @@ def _write_tree(registry: Registry, base: Row, rows: list[Row], root: Path, dtyp
     return manifest
 
 
-def _task_files(registry: Registry, base: Row, row: Row) -> tuple[bytes, bytes]:
+def _task_files(registry: Opened, base: Row, row: Row) -> tuple[bytes, bytes]:
     """A task's adapter and config from the store, refused (naming the task) when they cannot load on the base:
     export never writes a bundle that its own import or `predict --bundle` refuses."""
     try:
@@ -193,7 +192,7 @@ def _move_into_place(source: Path, output: Path, force: bool) -> None:
         shutil.rmtree(aside) if aside.is_dir() and not aside.is_symlink() else aside.unlink()
 
 
-def _refuse_registry_paths(registry: Registry, output: Path) -> None:
+def _refuse_registry_paths(registry: Opened, output: Path) -> None:
     """Refuse an --output that is, holds or lies inside the registry's home, store or database (symlinks resolved)."""
     from registry.storage.db import sqlite_path
 

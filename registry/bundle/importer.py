@@ -12,16 +12,16 @@ from sqlalchemy import Row
 from registry.bundle.archive import opened
 from registry.bundle.manifest import BASE_DIR, MANIFEST, read_json
 from registry.bundle.verify import verify
+from registry.formats import sha256_of
 from registry.catalog import lifecycle
 from registry.catalog.queries import taken_names, task_row
 from registry.errors import ArtifactError, BundleError, NonFiniteOutput, NotInitialised, TaskExists
 from registry.model import checkpoint, probe
 from registry.storage import ownership
 from registry.storage.config import Settings
-from registry.storage.core import Registry, open_registry
+from registry.storage.core import Opened, open_registry
 from registry.storage.creation import rolled_back
 from registry.storage.models import Task
-from registry.storage.store import sha256_of
 
 
 def import_bundle(settings: Settings, path: str | os.PathLike) -> dict:
@@ -58,7 +58,7 @@ def import_bundle(settings: Settings, path: str | os.PathLike) -> dict:
     return {"initialised": initialised, "base_sha256": manifest["base"]["sha256"], "tasks": rows}
 
 
-def _existing(settings: Settings) -> Registry | None:
+def _existing(settings: Settings) -> Opened | None:
     """The registry at `settings` when it has a base, None when there is none yet."""
     try:
         registry = open_registry(settings)
@@ -73,7 +73,7 @@ def _existing(settings: Settings) -> Registry | None:
     return registry
 
 
-def _check_on_stored_base(registry: Registry, root: Path, manifest: dict, shown) -> None:
+def _check_on_stored_base(registry: Opened, root: Path, manifest: dict, shown) -> None:
     """Check a bundle's tasks against the registry's stored base, never the bundle's own claim: the base's weights
     and config must be the registry's, and each task must load and give finite outputs on the stored base."""
     with registry.read() as session:
@@ -130,7 +130,7 @@ def _load_base(root: Path, manifest: dict, shown) -> checkpoint.Checkpoint:
     return loaded
 
 
-def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[dict]:
+def _add_tasks(registry: Opened, root: Path, manifest: dict, shown) -> list[dict]:
     """Store every task's files, then add all tasks in one transaction."""
     names = [entry["name"] for entry in manifest["tasks"]]
     with registry.read() as session:
@@ -147,9 +147,8 @@ def _add_tasks(registry: Registry, root: Path, manifest: dict, shown) -> list[di
                     f"{MANIFEST}: export the bundle again"
                 )
             blobs[entry[f"{key}_sha256"]] = (kind, data)
-    for sha, (_, data) in blobs.items():
-        registry.store.put(data)
-        registry.store.get(sha)  # read back: refuses a corrupt write
+    for _, data in blobs.values():
+        registry.store.put(data)  # read back once: refuses a corrupt write
     publications = [lifecycle.Publication(release=_release(entry), name=entry["name"], description=_description(entry),
                                           why=f"imported from {shown}" + (f" (its version {entry['version']} there)"
                                                                           if "version" in entry else ""))

@@ -22,7 +22,6 @@ from pathlib import Path, PurePosixPath
 from registry.errors import BundleError, RegistryError, printable
 from registry.model.checkpoint import WEIGHTS_FILE
 from registry.storage import fields
-from registry.storage.store import digest
 
 FORMAT = "adapter-registry/bundle@1"
 MANIFEST = "manifest.json"
@@ -58,12 +57,6 @@ TASK_FIELDS = (
 
 
 
-def file_digest(path: Path) -> tuple[str, int]:
-    """sha256 and size of a file, read in chunks."""
-    with open(path, "rb") as handle:
-        return digest(handle)
-
-
 def parse_manifest(data: bytes, shown) -> dict:
     """The manifest in `data`, checked: its format, every field this code reads, each of the right type and value."""
     try:
@@ -83,9 +76,6 @@ def parse_manifest(data: bytes, shown) -> dict:
 
 def _manifest_problem(manifest: dict) -> str | None:
     """What is wrong with a manifest's fields, or None: add-task's checks of its own, and the layout export writes."""
-    from registry.data.splits import check_task_fields
-    from registry.formats import validate_name
-
     for key in ("dtype", "base", "tasks", "files"):
         if key not in manifest:
             return f"no {key!r}"
@@ -109,40 +99,51 @@ def _manifest_problem(manifest: dict) -> str | None:
     if not isinstance(tasks, list) or not tasks:
         return "no tasks"
     for entry in tasks:
-        if not isinstance(entry, dict):
-            return "a task that is not an object"
-        missing = [key for key in TASK_FIELDS if key not in entry]
-        if missing:
-            return f"task {entry.get('name')!r} has no {missing[0]!r}"
-        name, labels, columns = entry["name"], entry["labels"], entry["text_columns"]
-        if not isinstance(name, str):
-            return "a task name that is not text"
-        if not (isinstance(columns, list) and (labels is None or isinstance(labels, list))
-                and all(_is_text(value, 16) for value in (entry["task_type"], entry["metric"]))):
-            return f"task {name!r}: its columns, labels, type and metric must be printable text"
-        problem = fields.task_problem(entry["data_source"], entry["label_column"], columns, labels)
+        problem = _task_problem(entry)
         if problem:
-            return f"task {name!r}: {problem}"
-        try:
-            validate_name(name)
-            check_task_fields(columns, entry["label_column"], entry["task_type"], labels, entry["metric"])
-        except RegistryError as exc:
-            return f"task {name!r}: {exc}"
-        if entry["adapter"] != f"{ADAPTER_DIR}/{name}.safetensors" or entry["config"] != f"{ADAPTER_DIR}/{name}.json":
-            return f"task {name!r}: its files must be {ADAPTER_DIR}/{name}.safetensors and .json"
-        if not all(_is_count(entry[key]) and entry[key] >= 1
-                   for key in ("position", "adapter_size", "max_length", "trainable_params")):
-            return f"task {name!r}: position, adapter_size, max_length and trainable_params must be positive integers"
-        score = entry["score"]
-        if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)):
-            return f"task {name!r}: score must be a finite number"
-        if "version" in entry and not (_is_count(entry["version"]) and entry["version"] >= 1):
-            return f"task {name!r}: version must be a positive integer"
-        if not all(SHA256.fullmatch(str(entry[key])) for key in ("adapter_sha256", "config_sha256")):
-            return f"task {name!r}: adapter_sha256 and config_sha256 must be sha256 digests"
+            return problem
     names = [entry["name"] for entry in tasks]
     if len(set(names)) != len(names):
         return "a task named twice"
+    return None
+
+
+def _task_problem(entry) -> str | None:
+    """What is wrong with one task's manifest entry, or None."""
+    from registry.data.splits import check_task_fields
+    from registry.formats import validate_name
+
+    if not isinstance(entry, dict):
+        return "a task that is not an object"
+    missing = [key for key in TASK_FIELDS if key not in entry]
+    if missing:
+        return f"task {entry.get('name')!r} has no {missing[0]!r}"
+    name, labels, columns = entry["name"], entry["labels"], entry["text_columns"]
+    if not isinstance(name, str):
+        return "a task name that is not text"
+    if not (isinstance(columns, list) and (labels is None or isinstance(labels, list))
+            and all(_is_text(value, 16) for value in (entry["task_type"], entry["metric"]))):
+        return f"task {name!r}: its columns, labels, type and metric must be printable text"
+    problem = fields.task_problem(entry["data_source"], entry["label_column"], columns, labels)
+    if problem:
+        return f"task {name!r}: {problem}"
+    try:
+        validate_name(name)
+        check_task_fields(columns, entry["label_column"], entry["task_type"], labels, entry["metric"])
+    except RegistryError as exc:
+        return f"task {name!r}: {exc}"
+    if entry["adapter"] != f"{ADAPTER_DIR}/{name}.safetensors" or entry["config"] != f"{ADAPTER_DIR}/{name}.json":
+        return f"task {name!r}: its files must be {ADAPTER_DIR}/{name}.safetensors and .json"
+    if not all(_is_count(entry[key]) and entry[key] >= 1
+               for key in ("position", "adapter_size", "max_length", "trainable_params")):
+        return f"task {name!r}: position, adapter_size, max_length and trainable_params must be positive integers"
+    score = entry["score"]
+    if not (isinstance(score, (int, float)) and not isinstance(score, bool) and math.isfinite(score)):
+        return f"task {name!r}: score must be a finite number"
+    if "version" in entry and not (_is_count(entry["version"]) and entry["version"] >= 1):
+        return f"task {name!r}: version must be a positive integer"
+    if not all(SHA256.fullmatch(str(entry[key])) for key in ("adapter_sha256", "config_sha256")):
+        return f"task {name!r}: adapter_sha256 and config_sha256 must be sha256 digests"
     return None
 
 

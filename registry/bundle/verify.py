@@ -6,9 +6,9 @@ import os
 from pathlib import Path, PurePosixPath
 
 from registry.bundle.manifest import (BASE_DIR, FLOAT_DTYPES, MANIFEST, MANIFEST_LIMIT, SAFETENSORS_DTYPES,
-                                      file_digest, parse_manifest, read_json)
+                                      parse_manifest, read_json)
 from registry.errors import BundleError, printable
-from registry.formats import TASK_CONFIG_FIELDS, adapter_problem, config_problem, head_size, tensor_header
+from registry.formats import TASK_CONFIG_FIELDS, adapter_problem, config_problem, file_digest, head_size, tensor_header
 from registry.model import checkpoint
 
 
@@ -21,6 +21,23 @@ def verify(root: Path, shown: str | os.PathLike | None = None) -> dict:
     config repeats its manifest entry and each adapter's tensors fit the base, its adapter size and labels.
     """
     shown = shown or root
+    manifest = parse_manifest(_manifest_bytes(root, shown), shown)
+    _check_files(root, manifest["files"], manifest["tasks"], shown)
+    base_sha = manifest["base"]["sha256"]
+    weights = manifest["files"][f"{BASE_DIR}/{checkpoint.WEIGHTS_FILE}"]["sha256"]
+    if manifest["dtype"] == "float32" and weights != base_sha:
+        raise BundleError(
+            f"{shown}: {BASE_DIR}/{checkpoint.WEIGHTS_FILE} is not the base {base_sha[:12]} named in {MANIFEST}: "
+            "export the bundle again"
+        )
+    base_config = _check_base(root, manifest, shown)
+    for entry in manifest["tasks"]:
+        _check_task(root, entry, base_sha, base_config, manifest["dtype"], shown)
+    return manifest
+
+
+def _manifest_bytes(root: Path, shown) -> bytes:
+    """The manifest's bytes, refused when missing, unreadable or larger than any export writes."""
     try:
         data = (root / MANIFEST).read_bytes() if (root / MANIFEST).stat().st_size <= MANIFEST_LIMIT else None
     except FileNotFoundError:
@@ -32,10 +49,13 @@ def verify(root: Path, shown: str | os.PathLike | None = None) -> dict:
     if data is None:
         raise BundleError(f"{shown}: {MANIFEST} is over {MANIFEST_LIMIT >> 20} MiB, which no export writes: "
                           "export the bundle again")
-    manifest = parse_manifest(data, shown)
-    files = manifest["files"]
+    return data
+
+
+def _check_files(root: Path, files: dict, tasks: list, shown) -> None:
+    """The bundle holds exactly the files its manifest lists (and every one a task needs), each of its sha256, size."""
     referenced = [f"{BASE_DIR}/{checkpoint.WEIGHTS_FILE}", f"{BASE_DIR}/{checkpoint.CONFIG_FILE}"]
-    referenced += [entry[key] for entry in manifest["tasks"] for key in ("adapter", "config")]
+    referenced += [entry[key] for entry in tasks for key in ("adapter", "config")]
     for name in referenced:
         if name not in files:
             raise BundleError(f"{shown}: {MANIFEST} lists no file {name}: export the bundle again")
@@ -55,33 +75,27 @@ def verify(root: Path, shown: str | os.PathLike | None = None) -> dict:
                 f"{shown}: file {name} does not match its sha256 in {MANIFEST} (corrupt or tampered): export the "
                 "bundle again"
             )
-    base_sha = manifest["base"]["sha256"]
-    weights = files[f"{BASE_DIR}/{checkpoint.WEIGHTS_FILE}"]["sha256"]
-    if manifest["dtype"] == "float32" and weights != base_sha:
-        raise BundleError(
-            f"{shown}: {BASE_DIR}/{checkpoint.WEIGHTS_FILE} is not the base {base_sha[:12]} named in {MANIFEST}: "
-            "export the bundle again"
-        )
-    base_config = _check_base(root, manifest, shown)
-    for entry in manifest["tasks"]:
-        trained_on = read_json(root, entry["config"], shown).get("base_sha256")
-        if trained_on != base_sha:
-            raise BundleError(f"{shown}: task {entry['name']!r} was trained on base {printable(str(trained_on)[:12])}, "
-                              f"not this bundle's base {base_sha[:12]}: export it from a registry whose base is "
-                              f"{base_sha[:12]}")
-        facts = {key: entry[key] for key in (*TASK_CONFIG_FIELDS, "max_length")}
-        problem = config_problem((root / entry["config"]).read_bytes(), base_sha, facts)
-        if problem:
-            raise BundleError(f"{shown}: {entry['config']} {printable(problem)}: export the bundle again")
-        positions = checkpoint.max_positions(base_config)
-        if entry["max_length"] > positions:
-            raise BundleError(f"{shown}: task {entry['name']!r} reads {entry['max_length']} tokens, "
-                              f"more than the base's {positions} positions: export the bundle again")
-        problem = adapter_problem((root / entry["adapter"]).read_bytes(), base_config, entry["adapter_size"],
-                                  head_size(entry["task_type"], entry["labels"]), SAFETENSORS_DTYPES[manifest["dtype"]])
-        if problem:
-            raise BundleError(f"{shown}: {entry['adapter']} {printable(problem)}: export the bundle again")
-    return manifest
+
+
+def _check_task(root: Path, entry: dict, base_sha: str, base_config: dict, dtype: str, shown) -> None:
+    """A task's config repeats its manifest entry and names this base; its adapter's tensors fit the base."""
+    trained_on = read_json(root, entry["config"], shown).get("base_sha256")
+    if trained_on != base_sha:
+        raise BundleError(f"{shown}: task {entry['name']!r} was trained on base {printable(str(trained_on)[:12])}, "
+                          f"not this bundle's base {base_sha[:12]}: export it from a registry whose base is "
+                          f"{base_sha[:12]}")
+    facts = {key: entry[key] for key in (*TASK_CONFIG_FIELDS, "max_length")}
+    problem = config_problem((root / entry["config"]).read_bytes(), base_sha, facts)
+    if problem:
+        raise BundleError(f"{shown}: {entry['config']} {printable(problem)}: export the bundle again")
+    positions = checkpoint.max_positions(base_config)
+    if entry["max_length"] > positions:
+        raise BundleError(f"{shown}: task {entry['name']!r} reads {entry['max_length']} tokens, "
+                          f"more than the base's {positions} positions: export the bundle again")
+    problem = adapter_problem((root / entry["adapter"]).read_bytes(), base_config, entry["adapter_size"],
+                              head_size(entry["task_type"], entry["labels"]), SAFETENSORS_DTYPES[dtype])
+    if problem:
+        raise BundleError(f"{shown}: {entry['adapter']} {printable(problem)}: export the bundle again")
 
 
 def _check_base(root: Path, manifest: dict, shown) -> dict:

@@ -25,7 +25,7 @@ from sqlalchemy import func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from registry.catalog.queries import find_task
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.errors import RegistryError, RetireError, TaskExists, VersionError
 from registry.storage.models import Artifact, Run, Task, TaskVersion
 from registry.catalog.runs import this_host
@@ -114,7 +114,7 @@ def take_name(session, name: str, base_id: int, description: Description, **fiel
     return task.id
 
 
-def reserve(registry: Registry, name: str, base_id: int, description: Description, run: dict) -> tuple[int, int]:
+def reserve(registry: Opened, name: str, base_id: int, description: Description, run: dict) -> tuple[int, int]:
     """One transaction: task `name` in state `training` (a failed row revived, or a new one) and its first run.
 
     A concurrent add of the same name fails here with TaskExists. Returns the task's and the run's ids.
@@ -130,7 +130,7 @@ def reserve(registry: Registry, name: str, base_id: int, description: Descriptio
         raise TaskExists(f"task {name!r} already exists (another process is adding it): pick another name") from None
 
 
-def publish(registry: Registry, publications: Sequence[Publication], artifacts: Sequence[tuple[str, str, int]], *,
+def publish(registry: Opened, publications: Sequence[Publication], artifacts: Sequence[tuple[str, str, int]], *,
             check: Callable[[object], None] = lambda session: None) -> list[Published]:
     """One transaction: record `artifacts` (sha256, kind, size), then publish every publication, in order.
 
@@ -204,7 +204,7 @@ def _log(session, task_id: int, action: str, why: str | None, at, version: int |
     return by
 
 
-def promote(registry: Registry, name: str, version: int, why: str | None = None) -> dict:
+def promote(registry: Opened, name: str, version: int, why: str | None = None) -> dict:
     """Move task `name`'s current version to `version` (forward or back), recording who, when and why."""
     with registry.write() as session:
         task = find_task(session, name, ready=True)  # a retired task is restored first
@@ -230,7 +230,7 @@ def _version(session, task, version: int) -> TaskVersion:
     return row
 
 
-def retire(registry: Registry, name: str, why: str | None = None) -> dict:
+def retire(registry: Opened, name: str, why: str | None = None) -> dict:
     """Hide task `name` from list, export and serving; its versions and history stay. Who, when and why are logged."""
     with registry.write() as session:
         task = find_task(session, name, ready=True, retired=True)
@@ -242,7 +242,7 @@ def retire(registry: Registry, name: str, why: str | None = None) -> dict:
         return {"task": name, "retired_at": now.isoformat(timespec="seconds"), "by": by, "why": why}
 
 
-def restore(registry: Registry, name: str, why: str | None = None) -> dict:
+def restore(registry: Opened, name: str, why: str | None = None) -> dict:
     """Undo `retire`: task `name` is listed, exported and served again. Who, when and why are logged."""
     with registry.write() as session:
         task = find_task(session, name, ready=True, retired=True)

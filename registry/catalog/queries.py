@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import Row, Select, case, func, select
 from sqlalchemy.sql import alias
 
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.errors import UnknownTask
 from registry.formats import hidden_size, layer_count
 from registry.storage.schema import evaluations, metrics, runs, task_events, task_versions, tasks
@@ -24,7 +24,7 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat(timespec="seconds") if moment else None
 
 
-def base_info(registry: Registry) -> dict[str, Any]:
+def base_info(registry: Opened) -> dict[str, Any]:
     """The frozen base: name, source, sha256, model type, parameters."""
     with registry.query() as connection:
         return base_row(registry.base(connection))
@@ -64,7 +64,7 @@ def task_row(task: Row, base_parameters: int) -> dict[str, Any]:
     }
 
 
-def list_tasks(registry: Registry, *, retired: bool = False) -> list[dict[str, Any]]:
+def list_tasks(registry: Opened, *, retired: bool = False) -> list[dict[str, Any]]:
     """Ready tasks by position, then tasks still training or failed, oldest first; retired ones only if asked."""
     not_ready_last = case((tasks.c.position.is_(None), 1), else_=0)
     query = select(tasks).order_by(not_ready_last, tasks.c.position, tasks.c.id)
@@ -96,7 +96,7 @@ def find_task(connection, name: str, *, ready: bool = False, retired: bool = Fal
     return task
 
 
-def show_task(registry: Registry, name: str) -> dict[str, Any]:
+def show_task(registry: Opened, name: str) -> dict[str, Any]:
     """One task with its columns, label map, artifacts, versions, events (who moved its pointer) and runs."""
     with registry.query() as connection:
         base = registry.base(connection)
@@ -174,7 +174,7 @@ def start_point(run: Row) -> dict[str, Any] | None:
     return {"task": run.init_task, "version": run.init_version, "adapter_sha256": run.init_adapter_sha256}
 
 
-def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]:
+def history(registry: Opened, name: str | None = None) -> list[dict[str, Any]]:
     """Every metric row ever recorded (of one task, or all), oldest first, with the version it measured.
 
     A run's rows belong to the version it produced (none for a run that was not published); an evaluation's
@@ -211,7 +211,7 @@ def history(registry: Registry, name: str | None = None) -> list[dict[str, Any]]
         ]
 
 
-def score_matrix(registry: Registry) -> dict[str, Any]:
+def score_matrix(registry: Opened) -> dict[str, Any]:
     """The continual-learning matrix R[i][j]: task j's score once the registry held i+1 tasks (GEM's ACC, BWT, FWT).
 
     R[i][j] is the latest evaluation of task j recorded with i+1 tasks present; the diagonal falls back

@@ -21,7 +21,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import aliased
 
 from registry.catalog.queries import find_task, iso
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.errors import RegistryError
 from registry.storage.models import Run, Task
 from registry.storage.schema import utcnow
@@ -112,7 +112,7 @@ def gone(host: str | None, pid: int | None, last_sign_of_life: datetime | None, 
     return None
 
 
-def sweep_stale_runs(registry: Registry) -> int:
+def sweep_stale_runs(registry: Opened) -> int:
     """Mark runs whose process is gone as interrupted and release their tasks' names; returns how many runs."""
     now, silence = utcnow(), stale_after()
     with registry.write() as session:
@@ -145,7 +145,7 @@ class Heartbeat:
     """While open, a daemon thread stamps the task's running runs every `every` seconds, whatever the main thread
     does."""
 
-    def __init__(self, registry: Registry, task_id: int, every: float | None = None):
+    def __init__(self, registry: Opened, task_id: int, every: float | None = None):
         self.registry, self.task_id, self.every = registry, task_id, every or heartbeat_seconds()
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self.beat, name=f"heartbeat-task-{task_id}", daemon=True)
@@ -168,7 +168,7 @@ class Heartbeat:
                 pass
 
 
-def list_runs(registry: Registry, name: str | None = None) -> list[dict[str, Any]]:
+def list_runs(registry: Opened, name: str | None = None) -> list[dict[str, Any]]:
     """Every run (of one task, or all), oldest first."""
     source = aliased(Task)
     query = (select(Run, Task.name, source.name).join(Task, Run.task_id == Task.id)

@@ -30,9 +30,9 @@ from registry.catalog.lifecycle import CURRENT_FIELDS
 from registry.catalog.runs import sweep_stale_runs
 from registry.formats import TASK_CONFIG_FIELDS, adapter_problem, config_problem, head_size
 from registry.storage import cache, ownership
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.storage.models import Artifact, Evaluation, Run, Task, TaskVersion
-from registry.storage.store import digest
+from registry.formats import digest
 
 
 @dataclass(frozen=True)
@@ -62,7 +62,7 @@ class Report:
                 "discarded": self.discarded, "checked": self.checked}
 
 
-def verify(registry: Registry, *, prune: bool = False) -> Report:
+def verify(registry: Opened, *, prune: bool = False) -> Report:
     """Check the database against the store; with `prune`, sweep dead runs and remove unreferenced store files."""
     report = Report()
     if prune:
@@ -125,7 +125,7 @@ def artifact_users(session, base, tasks: list[Task]) -> dict[str, list[str]]:
     return users
 
 
-def check_artifacts(registry: Registry, sizes: dict[str, int], users: dict[str, list[str]], report: Report) -> set[str]:
+def check_artifacts(registry: Opened, sizes: dict[str, int], users: dict[str, list[str]], report: Report) -> set[str]:
     """Every artifact row has its file, hashing to its name, of its size; returns the intact ones."""
     store = registry.store
     intact = set()
@@ -160,7 +160,7 @@ def hash_file(store, path: str) -> tuple[str, int]:
     return store.call(f"read {path}", read)  # retried, then StoreUnavailable when the store is down
 
 
-def check_tasks(registry: Registry, base, tasks: list[Task], intact: set[str], report: Report) -> None:
+def check_tasks(registry: Opened, base, tasks: list[Task], intact: set[str], report: Report) -> None:
     """Ready tasks have intact, well-formed artifacts built on this base; positions are exactly 1..N."""
     ready = [task for task in tasks if task.status == "ready"]
     for task in ready:
@@ -223,7 +223,7 @@ def check_loaded_bases(base_sha: str, runs: list, report: Report) -> None:
                 "its task's scores are not comparable; re-add the task")))
 
 
-def check_cache(registry: Registry, base, report: Report) -> list:
+def check_cache(registry: Opened, base, report: Report) -> list:
     """This host's cache (REGISTRY_HOME/cache): the entries that would be discarded when used."""
     found = cache.problems(registry.settings.cache_dir, base.sha256, base.config_sha256)
     for path, problem in found:
@@ -233,7 +233,7 @@ def check_cache(registry: Registry, base, report: Report) -> list:
     return [path for path, _ in found]
 
 
-def check_store(registry: Registry, known: set[str], report: Report) -> tuple[list[str], int]:
+def check_store(registry: Opened, known: set[str], report: Report) -> tuple[list[str], int]:
     """Files of the store's layout that no artifact row names (stray temporary files included): their paths, and how
     many files. A file the registry never writes (not of its layout; its marker excepted) is reported, never
     removed."""

@@ -15,7 +15,7 @@ from sqlalchemy import Engine, event
 from registry.catalog import queries as catalog
 from registry.storage import db
 from registry.storage.config import Settings
-from registry.storage.core import Registry, open_registry
+from registry.storage.core import Opened, open_registry
 from registry.dashboard.charts import line_chart
 from registry.errors import RegistryError, UnknownTask
 
@@ -30,7 +30,7 @@ HEADERS = {"Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inl
            "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
 
 
-def open_read_only(settings: Settings) -> Registry:
+def open_read_only(settings: Settings) -> Opened:
     """The registry at `settings`, every transaction of which the database refuses to write in."""
     registry = open_registry(settings)
     read_only(registry.engine)
@@ -146,7 +146,7 @@ def templates() -> Environment:
     return pages
 
 
-def create_app(registry: Registry) -> FastAPI:
+def create_app(registry: Opened) -> FastAPI:
     """The dashboard of `registry` (open it with `open_read_only`): Tasks, a task, Matrix, Base and health."""
     pages = templates()
     app = FastAPI(title="adapter-registry dashboard", docs_url=None, redoc_url=None, openapi_url=None)

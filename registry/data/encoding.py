@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from registry.formats import sha256_of
 from registry.storage import cache
 from registry.storage.store import write_atomic
 
@@ -101,7 +102,7 @@ def _write_cache(prefix: Path, tensors: dict[str, np.ndarray], cache_key: str) -
     from safetensors.numpy import save
 
     data = save(tensors, metadata={"format": _CACHE_FORMAT, "cache_key": cache_key})
-    write_atomic(prefix.with_name(f"{prefix.name}-{hashlib.sha256(data).hexdigest()}.safetensors"), data)
+    write_atomic(prefix.with_name(f"{prefix.name}-{sha256_of(data)}.safetensors"), data)
 
 
 def _cached(prefix: Path, n: int) -> Encoded | None:
@@ -166,7 +167,7 @@ def encode(
 
     path = None
     if cache_dir is not None:
-        digest = hashlib.sha256(f"{cache_key}\n{_content_digest(texts, labels)}".encode()).hexdigest()
+        digest = sha256_of(f"{cache_key}\n{_content_digest(texts, labels)}".encode())
         path = Path(cache_dir) / f"encoded-{digest}"
         hit = _cached(path, n)
         if hit is not None:
@@ -174,7 +175,18 @@ def encode(
     if tokenizer is None:
         raise ValueError("encode needs a tokenizer: the split is not in the cache")
 
-    pair = len(text_columns) == 2
+    ids_rows, type_rows = _tokenise_in_chunks(tokenizer, texts, max_length=max_length, progress=progress)
+    tensors = _flat_tensors(ids_rows, type_rows, labels)
+    if path is not None:
+        _write_cache(path, tensors, cache_key)
+    return _from_flat(tensors["input_ids"], tensors["offsets"], labels, tensors.get("token_type_ids"))
+
+
+def _tokenise_in_chunks(tokenizer: Any, texts: list[list[str]], *, max_length: int,
+                        progress: bool) -> tuple[list[list[int]], list[list[int]] | None]:
+    """Token ids of every row (pairs when there are two text columns), and segment ids when the tokenizer uses them."""
+    n = len(texts[0])
+    pair = len(texts) == 2
     want_types = uses_segments(tokenizer, pair)
     ids_rows: list[list[int]] = []
     type_rows: list[list[int]] = []
@@ -189,20 +201,22 @@ def encode(
             if want_types:
                 type_rows.extend(types)
             bar.update(len(a))
+    return ids_rows, type_rows if want_types else None
 
+
+def _flat_tensors(ids_rows: list[list[int]], type_rows: list[list[int]] | None,
+                  labels: np.ndarray) -> dict[str, np.ndarray]:
+    """The cache file's tensors: flat int32 ids, int64 offsets, the labels, and flat uint8 segment ids if any."""
+    n = len(ids_rows)
     lengths = np.fromiter(map(len, ids_rows), dtype=np.int64, count=n)
     offsets = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(lengths, out=offsets[1:])
     total = int(offsets[-1])
     flat = np.fromiter(itertools.chain.from_iterable(ids_rows), dtype=np.int32, count=total)
     tensors = {"input_ids": flat, "offsets": offsets, "labels": labels}
-    types_flat = None
-    if want_types:
-        types_flat = np.fromiter(itertools.chain.from_iterable(type_rows), dtype=np.uint8, count=total)
-        tensors["token_type_ids"] = types_flat
-    if path is not None:
-        _write_cache(path, tensors, cache_key)
-    return _from_flat(flat, offsets, labels, types_flat)
+    if type_rows is not None:
+        tensors["token_type_ids"] = np.fromiter(itertools.chain.from_iterable(type_rows), dtype=np.uint8, count=total)
+    return tensors
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,13 +245,21 @@ def batches(
     (rows x longest row) passes it.
     Every row appears exactly once.
     """
-    import torch
-
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be positive, got {batch_size}")
     batch_size = int(batch_size)
     n = len(encoded.input_ids)
     lengths = np.fromiter((x.size for x in encoded.input_ids), dtype=np.int64, count=n)
+    plan = _batch_plan(lengths, batch_size, shuffle=shuffle, seed=seed, max_tokens=max_tokens,
+                       pass_cost=PASS_COST_TOKENS if pass_cost is None else int(pass_cost))
+    for idx in plan:
+        yield _padded(encoded, idx, lengths, pad_id)
+
+
+def _batch_plan(lengths: np.ndarray, batch_size: int, *, shuffle: bool, seed: int, max_tokens: int | None,
+                pass_cost: int) -> list[np.ndarray]:
+    """The rows of each batch, in order (see ``batches``)."""
+    n = lengths.size
     if shuffle:
         rng = np.random.default_rng(seed)
         perm = rng.permutation(n)
@@ -254,31 +276,34 @@ def batches(
         if max_tokens is None:
             plan = [srt[i:i + batch_size] for i in range(0, n, batch_size)]
         else:
-            plan = _least_padding(srt, lengths, batch_size, int(max_tokens),
-                                  PASS_COST_TOKENS if pass_cost is None else int(pass_cost))
+            plan = _least_padding(srt, lengths, batch_size, int(max_tokens), pass_cost)
+    return plan
+
+
+def _padded(encoded: Encoded, idx: np.ndarray, lengths: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """One batch of the rows ``idx``, padded to its longest row (see ``batches``)."""
+    import torch
 
     types = encoded.token_type_ids
-    labels = encoded.labels
-    for idx in plan:
-        width = int(lengths[idx].max()) if idx.size else 0
-        ids = np.full((idx.size, width), pad_id, dtype=np.int64)
-        mask = np.zeros((idx.size, width), dtype=np.int64)
-        tt = np.zeros((idx.size, width), dtype=np.int64) if types is not None else None
-        for r, i in enumerate(idx):
-            L = lengths[i]
-            ids[r, :L] = encoded.input_ids[i]
-            mask[r, :L] = 1
-            if tt is not None:
-                tt[r, :L] = types[i]
-        batch = {
-            "input_ids": torch.from_numpy(ids),
-            "attention_mask": torch.from_numpy(mask),
-            "labels": torch.from_numpy(np.ascontiguousarray(labels[idx])),
-            "index": torch.from_numpy(idx.astype(np.int64)),
-        }
+    width = int(lengths[idx].max()) if idx.size else 0
+    ids = np.full((idx.size, width), pad_id, dtype=np.int64)
+    mask = np.zeros((idx.size, width), dtype=np.int64)
+    tt = np.zeros((idx.size, width), dtype=np.int64) if types is not None else None
+    for r, i in enumerate(idx):
+        L = lengths[i]
+        ids[r, :L] = encoded.input_ids[i]
+        mask[r, :L] = 1
         if tt is not None:
-            batch["token_type_ids"] = torch.from_numpy(tt)
-        yield batch
+            tt[r, :L] = types[i]
+    batch = {
+        "input_ids": torch.from_numpy(ids),
+        "attention_mask": torch.from_numpy(mask),
+        "labels": torch.from_numpy(np.ascontiguousarray(encoded.labels[idx])),
+        "index": torch.from_numpy(idx.astype(np.int64)),
+    }
+    if tt is not None:
+        batch["token_type_ids"] = torch.from_numpy(tt)
+    return batch
 
 
 # What one more forward pass costs beyond its tokens, counted in padded tokens: `_least_padding` only cuts a

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from registry.data.values import MIN_TEXT_TOKENS, looks_like_text, norm, to_number
 from registry.errors import DataError
+from registry.formats import sha256_of
 
 if TYPE_CHECKING:  # imported lazily at run time: `datasets` is slow to import
     import datasets
@@ -148,6 +149,28 @@ def _sniff(name: str, raw: bytes) -> str:
 
 
 def _read_delimited(name: str, text: str, ext: str, *, expect_header: bool | None, required: Sequence[str]) -> Table:
+    rows, lines, width = _delimited_rows(name, text, ext)
+    header = _has_header(name, rows, expect_header=expect_header, required=required)
+    if header:
+        names = [c.strip() for c in rows[0]]
+        if len(rows) == 1:
+            raise DataError(f"{name} has a header row ({', '.join(names)}) but no examples; add labelled rows below it")
+        rows, lines = rows[1:], lines[1:]
+        seen: set[str] = set()
+        for i, nm in enumerate(names):
+            if not nm or nm in seen:
+                if nm in required:
+                    raise DataError(f"{name}'s header names column {nm!r} twice; give every column a distinct name")
+                names[i] = f"{nm or 'column'}.{i}"  # unused duplicate or blank: keep it out of the way
+            seen.add(names[i])
+    else:
+        names = [str(i) for i in range(width)]
+    cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in names]
+    return Table(name=name, columns=dict(zip(names, cols)), header=header, lines=lines)
+
+
+def _delimited_rows(name: str, text: str, ext: str) -> tuple[list[list[str]], list[int], int]:
+    """The non-blank rows of tab- or comma-separated text, each one's line number, and the first row's width."""
     if ext == ".tsv":
         reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
@@ -174,7 +197,11 @@ def _read_delimited(name: str, text: str, ext: str, *, expect_header: bool | Non
             lines.append(reader.line_num)
     except csv.Error as e:
         raise DataError(f"{name} line {reader.line_num} cannot be parsed ({e}); fix that line") from None
+    return rows, lines, width
 
+
+def _has_header(name: str, rows: list[list[str]], *, expect_header: bool | None, required: Sequence[str]) -> bool:
+    """Whether the first row is a header: the one the task reads (``required``), expected, or detected."""
     if expect_header is None and required:
         header = bool(rows) and set(required) <= {c.strip() for c in rows[0]}
         if not header and not all(r.isdigit() for r in required):
@@ -186,9 +213,10 @@ def _read_delimited(name: str, text: str, ext: str, *, expect_header: bool | Non
                 f"{name} has no header row naming {', '.join(map(repr, required))}; "
                 f"add the header row the task was trained with"
             )
-    elif expect_header is None:
-        header = _detect_header(rows)
-    elif expect_header:
+        return header
+    if expect_header is None:
+        return _detect_header(rows)
+    if expect_header:
         header = bool(rows) and (not required or set(required) <= {c.strip() for c in rows[0]})
         if not header:
             first = ", ".join(c.strip() for c in rows[0]) if rows else ""
@@ -196,25 +224,8 @@ def _read_delimited(name: str, text: str, ext: str, *, expect_header: bool | Non
                 f"{name}'s first row ({first}) is not a header naming {', '.join(map(repr, required))}; "
                 "give it the same header row as the train file"
             )
-    else:
-        header = False
-
-    if header:
-        names = [c.strip() for c in rows[0]]
-        if len(rows) == 1:
-            raise DataError(f"{name} has a header row ({', '.join(names)}) but no examples; add labelled rows below it")
-        rows, lines = rows[1:], lines[1:]
-        seen: set[str] = set()
-        for i, nm in enumerate(names):
-            if not nm or nm in seen:
-                if nm in required:
-                    raise DataError(f"{name}'s header names column {nm!r} twice; give every column a distinct name")
-                names[i] = f"{nm or 'column'}.{i}"  # unused duplicate or blank: keep it out of the way
-            seen.add(names[i])
-    else:
-        names = [str(i) for i in range(width)]
-    cols = [list(c) for c in zip(*rows)] if rows else [[] for _ in names]
-    return Table(name=name, columns=dict(zip(names, cols)), header=header, lines=lines)
+        return header
+    return False
 
 
 def _detect_header(rows: list[list[str]]) -> bool:
@@ -438,8 +449,8 @@ def _find_split_files(d: Path) -> tuple[Path, Path | None]:
 
 def _manifest_sha(items: Sequence[tuple[str, bytes]]) -> str:
     """sha256 of a sha256sum-style manifest ("<sha256>  <name>" per line) of the source files."""
-    lines = "".join(f"{hashlib.sha256(b).hexdigest()}  {n}\n" for n, b in items)
-    return hashlib.sha256(lines.encode()).hexdigest()
+    lines = "".join(f"{sha256_of(b)}  {n}\n" for n, b in items)
+    return sha256_of(lines.encode())
 
 
 def resolve(source: str, *, need_train: bool) -> Source:
@@ -473,7 +484,7 @@ def resolve(source: str, *, need_train: bool) -> Source:
         raise DataError(f"{source} is neither a regular file nor a directory; pass a data file or directory")
     raw = _read_bytes(path)
     tab = _read_table(path, raw)
-    return Source(tab, None, path.name, "", hashlib.sha256(raw).hexdigest(), read_as_note(tab))
+    return Source(tab, None, path.name, "", sha256_of(raw), read_as_note(tab))
 
 
 def read_as_note(table: Table | None) -> list[str]:

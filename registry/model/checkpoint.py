@@ -18,11 +18,12 @@ from registry.model import probe
 from registry.model.adapters import ARCHITECTURES
 from registry.storage import cache, db, fields, ownership
 from registry.storage.config import Settings
-from registry.storage.core import Registry, database_exists, open_registry
+from registry.storage.core import Opened, database_exists, open_registry
 from registry.storage.creation import new_database, rolled_back
 from registry.errors import AlreadyInitialised, BaseModelError, NotInitialised
+from registry.formats import sha256_of
 from registry.storage.models import Artifact, BaseCheckpoint
-from registry.storage.store import Store, sha256_of, write_atomic
+from registry.storage.store import Store, write_atomic
 
 log = logging.getLogger("registry")
 
@@ -203,7 +204,7 @@ def create(settings: Settings, source: str, name: str, checkpoint: Checkpoint, r
     return base
 
 
-def register(registry: Registry, source: str, name: str, checkpoint: Checkpoint, registry_id: str) -> BaseCheckpoint:
+def register(registry: Opened, source: str, name: str, checkpoint: Checkpoint, registry_id: str) -> BaseCheckpoint:
     """Store the checkpoint's files and record the base in one transaction; AlreadyInitialised if another base won."""
     tokenizer_blob = json.dumps(
         {k: base64.b64encode(v).decode() for k, v in sorted(checkpoint.tokenizer_files.items())}, sort_keys=True
@@ -250,7 +251,7 @@ def default_name(source: str) -> str:
     return Path(source.rstrip("/")).name or source
 
 
-def unpack(registry: Registry, base: Row | BaseCheckpoint) -> Path:
+def unpack(registry: Opened, base: Row | BaseCheckpoint) -> Path:
     """A local directory `AutoModel.from_pretrained` can read, unpacked from the store once and reused.
 
     Every use re-hashes the cached files: weights and config must still be the registry's base, the tokenizer

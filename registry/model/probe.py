@@ -87,4 +87,4 @@ def check_adapters(encoder: torch.nn.Module, tokenizer, name: str, config: dict,
 def check_tasks(predictor, names: Sequence[str]) -> None:
     """Run the probe sentences through each of `names` on `predictor`: NonFiniteOutput names those that fail."""
     items = [(name, (text, text) if predictor.specs[name].pair else text) for name in names for text in PROBE_TEXTS]
-    predictor.predict_many(items)
+    predictor.predict_mixed(items)

@@ -26,7 +26,7 @@ from registry.model import checkpoint, probe
 from registry.serving.loading import load
 from registry.serving.onnx_backend import accelerate
 from registry.serving.predictor import ABOUT_FIELDS, FrozenBase, Predictor, TaskSpec
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.storage.db import first_line
 
 log = logging.getLogger("registry.serve")
@@ -54,7 +54,7 @@ class RegistryTasks:
     retire and restore) or when the server restarts.
     """
 
-    def __init__(self, registry: Registry, names: Sequence[str] | None = None, *, device: str = "auto",
+    def __init__(self, registry: Opened, names: Sequence[str] | None = None, *, device: str = "auto",
                  backend: str = "eager", quarantine: bool = True) -> None:
         """Without `quarantine`, a task that cannot be served is an error naming it (what `predict` wants)."""
         self.registry = registry
@@ -135,7 +135,7 @@ class RegistryTasks:
         self.unavailable = unavailable
 
 
-def from_registry(registry: Registry, tasks: Sequence[str] | None = None, *, device: str = "auto") -> Predictor:
+def from_registry(registry: Opened, tasks: Sequence[str] | None = None, *, device: str = "auto") -> Predictor:
     """Serve ready tasks of a registry (default all) from its store, as `serving.loading.load` serves a bundle."""
     return RegistryTasks(registry, tasks, device=device, quarantine=False).predictor
 

@@ -217,9 +217,9 @@ class Predictor:
 
     def predict(self, task: str, texts: Sequence[Text], *, batch_size: int = 64) -> list[Prediction]:
         """Predictions for texts (strings, or (text, text_pair) tuples for a pair task) of one task."""
-        return self.predict_many([(task, text) for text in texts], batch_size=batch_size)
+        return self.predict_mixed([(task, text) for text in texts], batch_size=batch_size)
 
-    def predict_many(self, items: Sequence[tuple[str, Text]], *, batch_size: int = 64,
+    def predict_mixed(self, items: Sequence[tuple[str, Text]], *, batch_size: int = 64,
                      max_tokens: int | None = None, tally: Tally | None = None) -> list[Prediction]:
         """Predictions for (task, text) items in input order; each batch may mix tasks freely.
 
@@ -396,7 +396,7 @@ def predict_rows(open_predictor: Callable[[list[str]], Predictor], task: str | N
             items = [(task, (texts[i], texts[i + 1])) for i in range(0, len(texts), 2)]
         else:
             items = [(task, text) for text in texts]
-    predictions = predictor.predict_many(items, batch_size=batch_size)
+    predictions = predictor.predict_mixed(items, batch_size=batch_size)
     return [
         {
             "task": name,

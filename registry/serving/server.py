@@ -280,7 +280,7 @@ class Batcher:
         began = time.perf_counter()
         try:
             predictions = await asyncio.get_running_loop().run_in_executor(
-                self.model_thread, lambda: predictor.predict_many(items, batch_size=self.limits.max_batch_size,
+                self.model_thread, lambda: predictor.predict_mixed(items, batch_size=self.limits.max_batch_size,
                                                                   max_tokens=self.limits.max_batch_tokens, tally=tally))
         except NonFiniteOutput as exc:  # never an answer: those requests get an error naming the task; others theirs
             predictions = exc.predictions

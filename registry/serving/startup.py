@@ -1,26 +1,37 @@
-"""Starting a server process: its tasks (a bundle's or the registry's), the HTTP app, a listening socket, uvicorn."""
+"""Starting a server process: its tasks (a bundle's or the registry's), the HTTP app, a listening socket, uvicorn.
+
+`Registry.serve` and `Bundle.serve` (what `registry serve` calls) run `serve`; `Registry.app` and `Bundle.app` are
+`app_of` the same tasks.
+"""
 
 from __future__ import annotations
 
 import errno
+import logging
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from registry.errors import ServeError
-from registry.storage.config import ServeLimits, Settings
+from registry.storage.config import ServeLimits
 
-if TYPE_CHECKING:  # loaded by start(): `registry ui` listens through this module without torch
+if TYPE_CHECKING:  # loaded by the server's callers: `registry ui` listens through this module without torch
+    from fastapi import FastAPI
+
     from registry.serving import live
+
+    Tasks = live.FixedTasks | live.RegistryTasks
+
+log = logging.getLogger("registry")
 
 
 @dataclass(frozen=True)
 class Started:
     """A server ready to run: its tasks, its app, and the socket it listens on."""
 
-    tasks: live.FixedTasks | live.RegistryTasks
-    app: object
+    tasks: Tasks
+    app: FastAPI
     listener: socket.socket
     url: str
     limits: ServeLimits
@@ -41,36 +52,55 @@ class Started:
         admission.BoundedServer(config, chosen.grace_seconds).run(sockets=[self.listener])
 
 
-def start(settings: Settings, *, bundle_path: str | None = None, names: Sequence[str] | None = None,
-          host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          limits: ServeLimits | None = None, token: str | None = None, backend: str = "eager") -> Started:
-    """Load the tasks (from `bundle_path`, else the registry, followed while it runs) to run on `backend`
-    (registry.serving.onnx_backend: auto, onnx or eager), build the app, listen.
+def serve(load: Callable[[], Tasks], *, backend: str, host: str = "127.0.0.1", port: int = 8000,
+          limits: ServeLimits = ServeLimits(), token: str | None = None) -> None:
+    """Serve the tasks `load` returns until SIGTERM or Ctrl-C (see `start`); the address and the tasks served are
+    logged (INFO), with a warning when the address is reachable from other machines and no token guards it."""
+    started = start(load, host=host, port=port, limits=limits, token=token)
+    if started.warning:
+        log.warning(started.warning)
+    tasks = started.tasks
+    served = tasks.predictor.tasks if tasks.predictor is not None else []
+    backend_name = tasks.predictor.backend if tasks.predictor is not None else backend
+    quarantined = f"; unavailable: {', '.join(tasks.unavailable)}" if tasks.unavailable else ""
+    log.info(f"serving {len(served)} task(s) with {backend_name} on {started.url} ({', '.join(served)}{quarantined})")
+    started.run()
+
+
+def start(load: Callable[[], Tasks], *, host: str = "127.0.0.1", port: int = 8000,
+          limits: ServeLimits = ServeLimits(), token: str | None = None) -> Started:
+    """Bind `host`:`port`, then load the tasks (`load`: a bundle's, or a registry's followed while it runs), build
+    their app (`app_of`), listen.
 
     With `token` every route but /healthz requires `Authorization: Bearer token`.
     """
-    from registry.serving import limits as admission, live, server
-    from registry.storage.core import open_registry
+    from registry.serving import limits as admission
 
     listener = bind(host, port)  # an address this machine cannot have is refused before any model loads
     try:
-        if bundle_path is not None:
-            tasks = live.FixedTasks(bundle_path, names, device=device, backend=backend)
-        else:
-            tasks = live.RegistryTasks(open_registry(settings), names, device=device, backend=backend)
-        chosen = limits or ServeLimits()
-        app = server.create_app(tasks, chosen, watch=bundle_path is None, token=token)
-        if bundle_path is None:  # the read-only dashboard (`registry ui`) under /ui, on a connection of its own
-            from registry.dashboard.app import create_app, open_read_only
-
-            app.mount("/ui", create_app(open_read_only(settings)))
+        tasks = load()
+        app = app_of(tasks, limits, token=token)
     except BaseException:
         listener.close()
         raise
     listener.listen(2048)
     shown = f"[{host}]" if listener.family == socket.AF_INET6 else host
-    return Started(tasks, app, listener, f"http://{shown}:{listener.getsockname()[1]}", chosen,
+    return Started(tasks, app, listener, f"http://{shown}:{listener.getsockname()[1]}", limits,
                    admission.exposure_warning(host, token))
+
+
+def app_of(tasks: Tasks, limits: ServeLimits = ServeLimits(), *, token: str | None = None) -> FastAPI:
+    """The ASGI app serving `tasks` within `limits`: a registry's are followed (polled) and its read-only dashboard
+    is mounted under /ui, on a connection of its own; a bundle's are served as they are."""
+    from registry.serving import live, server
+
+    following = isinstance(tasks, live.RegistryTasks)
+    app = server.create_app(tasks, limits, watch=following, token=token)
+    if following:
+        from registry.dashboard.app import create_app, open_read_only
+
+        app.mount("/ui", create_app(open_read_only(tasks.registry.settings)))
+    return app
 
 
 def listen(host: str, port: int) -> socket.socket:

@@ -20,19 +20,13 @@ import logging
 import shutil
 from pathlib import Path
 
-from registry.storage.store import digest
+from registry.formats import file_digest
 
 MANIFEST = "manifest.json"
 WEIGHTS_FILE = "model.safetensors"
 CONFIG_FILE = "config.json"
 log = logging.getLogger("registry")
 TOKENS_NAME = re.compile(r"encoded-[0-9a-f]{64}-(?P<sha>[0-9a-f]{64})\.safetensors")
-
-
-def file_sha256(path: Path) -> str:
-    """The sha256 of a local file, read in chunks."""
-    with open(path, "rb") as handle:
-        return digest(handle)[0]
 
 
 def notice(line: str) -> None:
@@ -59,14 +53,14 @@ def base_problem(directory: Path, weights_sha: str, config_sha: str) -> str | No
     if present != set(manifest):
         return f"holds files {sorted(present ^ set(manifest))} its manifest does not agree with"
     for name, sha in sorted(manifest.items()):
-        if file_sha256(directory / name) != sha:
+        if file_digest(directory / name)[0] != sha:
             return f"has a {name} that does not match its sha256 (corrupt or changed)"
     return None
 
 
 def write_manifest(directory: Path) -> None:
     """Record the sha256 of every file in `directory` (called once they are verified)."""
-    manifest = {path.name: file_sha256(path) for path in sorted(directory.iterdir()) if path.name != MANIFEST}
+    manifest = {path.name: file_digest(path)[0] for path in sorted(directory.iterdir()) if path.name != MANIFEST}
     (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
 
 
@@ -88,7 +82,7 @@ def tokens_problem(path: Path) -> str | None:
     match = TOKENS_NAME.fullmatch(path.name)
     if match is None:
         return "is not a tokens cache file this version writes"
-    if file_sha256(path) != match["sha"]:
+    if file_digest(path)[0] != match["sha"]:
         return "does not match its sha256 (corrupt or changed)"
     return None
 

@@ -1,4 +1,7 @@
-"""A registry: its settings, database engine and artifact store, opened after checking the schema."""
+"""An opened registry: its settings, database engine and artifact store, opened after checking the schema.
+
+`Opened` is what the library's rooms pass around; the public face, `registry.api.Registry`, wraps one.
+"""
 
 from __future__ import annotations
 
@@ -19,8 +22,8 @@ if TYPE_CHECKING:
 
 
 @dataclass
-class Registry:
-    """An open registry. Use `read()` / `write()` for transactions."""
+class Opened:
+    """An opened registry's settings, engine and store. Use `read()` / `write()` for transactions."""
 
     settings: Settings
     engine: Engine
@@ -70,7 +73,7 @@ def database_exists(settings: Settings) -> bool:
     return path is None or path.exists()
 
 
-def open_registry(settings: Settings) -> Registry:
+def open_registry(settings: Settings) -> Opened:
     """Open an initialised registry at the current schema revision; nothing is created or changed."""
     if not database_exists(settings):
         raise NotInitialised(f"no registry at {settings.home}: run `registry init --base PATH_OR_HUB_ID` first")
@@ -80,4 +83,4 @@ def open_registry(settings: Settings) -> Registry:
     except Exception:
         engine.dispose()
         raise
-    return Registry(settings=settings, engine=engine)
+    return Opened(settings=settings, engine=engine)

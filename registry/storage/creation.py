@@ -17,7 +17,7 @@ from pathlib import Path
 from registry.errors import AlreadyInitialised
 from registry.storage import db, ownership, schema
 from registry.storage.config import Settings
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.storage.store import Store
 
 
@@ -36,7 +36,7 @@ def rolled_back(settings: Settings, registry_id: str | None = None) -> Iterator[
 
 
 @contextmanager
-def new_database(settings: Settings) -> Iterator[Registry]:
+def new_database(settings: Settings) -> Iterator[Opened]:
     """The registry at `settings` for the block, its database created (schema at head) when it has none yet."""
     settings.home.mkdir(parents=True, exist_ok=True)
     engine = db.make_engine(settings.db_url)
@@ -45,7 +45,7 @@ def new_database(settings: Settings) -> Iterator[Registry]:
             db.upgrade(settings.db_url)
             db.enable_wal(engine)
         db.check_schema(engine)
-        yield Registry(settings=settings, engine=engine)
+        yield Opened(settings=settings, engine=engine)
     finally:
         engine.dispose()
 

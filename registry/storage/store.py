@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import os
 import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from typing import BinaryIO, TypeVar
+from typing import TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from registry.storage.db import first_line
 from registry.errors import ArtifactError, StoreUnavailable
+from registry.formats import sha256_of
 
 ATTEMPTS = 3  # tries of one store call before giving up (s3fs retries inside each of them as well)
 RETRY_PAUSE = 0.5  # seconds before the second try; doubled for each later one
@@ -24,22 +24,7 @@ T = TypeVar("T")
 WRITABLE = frozenset({"file", "local", "s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "memory"})
 
 
-CHUNK = 1 << 20
 SHA_NAME = re.compile(r"[0-9a-f]{64}")
-
-
-def sha256_of(data: bytes) -> str:
-    """The hex sha256 of `data`."""
-    return hashlib.sha256(data).hexdigest()
-
-
-def digest(handle: BinaryIO) -> tuple[str, int]:
-    """sha256 and length of everything left in a binary file object, read in chunks."""
-    hashed, length = hashlib.sha256(), 0
-    while chunk := handle.read(CHUNK):
-        hashed.update(chunk)
-        length += len(chunk)
-    return hashed.hexdigest(), length
 
 
 class Store:

@@ -101,7 +101,6 @@ def fit(
     steps_per_epoch = math.ceil(len(train.labels) / config.batch_size)
     total_steps = steps_per_epoch * config.epochs
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: schedule(step, total_steps, config.warmup))
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
     best: FitResult | None = None
     history: list[EpochResult] = []
 
@@ -109,33 +108,11 @@ def fit(
         # --- train one epoch ---
         model.train()
         started = time.perf_counter()
-        losses = []
-        bar = tqdm(
-            total=steps_per_epoch,
-            desc=f"epoch {epoch}/{config.epochs}",
-            unit="batch",
-            disable=not progress,
-            leave=False,
-        )
-        epoch_batches = batches(train, config.batch_size, pad_id=pad_id, shuffle=True, seed=config.seed + epoch)
-        for step, batch in enumerate(epoch_batches, start=1):
-            with autocast:
-                logits = model(**model_inputs(batch, device))
-            loss = loss_fn(logits, batch["labels"].to(device), task_type)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            value = loss.item()
-            if not math.isfinite(value):  # diverged: no later step recovers, and no metric of it can be recorded
-                raise diverged("loss", value, epoch, step, config)
-            optimizer.step()
-            scheduler.step()
-            losses.append(value)
-            bar.update()
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
-        bar.close()
+        losses = _train_epoch(model, train, config, epoch, optimizer, scheduler, task_type=task_type, pad_id=pad_id,
+                              device=device, progress=progress)
         for parameter in trainable:
             if not torch.isfinite(parameter).all():  # the epoch's last step broke the weights
-                raise diverged("weights", float("nan"), epoch, step, config)
+                raise diverged("weights", float("nan"), epoch, len(losses), config)
 
         # --- evaluate on validation, keep the best epoch ---
         scores = evaluate(model, validation, task_type=task_type, metric=metric, pad_id=pad_id, device=device,
@@ -147,6 +124,38 @@ def fit(
             state = {k: v.detach().to("cpu", copy=True) for k, v in model.task_state_dict().items()}
             best = FitResult(best_epoch=epoch, best_score=scores[metric], best_state=state, epochs=history)
     return best
+
+
+def _train_epoch(model: torch.nn.Module, train: Encoded, config: TrainConfig, epoch: int,
+                 optimizer: torch.optim.Optimizer, scheduler: torch.optim.lr_scheduler.LRScheduler, *, task_type: str,
+                 pad_id: int, device: torch.device, progress: bool) -> list[float]:
+    """One pass over the training batches (seeded by the epoch), a step each; the losses, in order."""
+    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+    losses = []
+    bar = tqdm(
+        total=math.ceil(len(train.labels) / config.batch_size),
+        desc=f"epoch {epoch}/{config.epochs}",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    )
+    epoch_batches = batches(train, config.batch_size, pad_id=pad_id, shuffle=True, seed=config.seed + epoch)
+    for step, batch in enumerate(epoch_batches, start=1):
+        with autocast:
+            logits = model(**model_inputs(batch, device))
+        loss = loss_fn(logits, batch["labels"].to(device), task_type)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        value = loss.item()
+        if not math.isfinite(value):  # diverged: no later step recovers, and no metric of it can be recorded
+            raise diverged("loss", value, epoch, step, config)
+        optimizer.step()
+        scheduler.step()
+        losses.append(value)
+        bar.update()
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}")
+    bar.close()
+    return losses
 
 
 def diverged(what: str, value: float, epoch: int, step: int, config: TrainConfig) -> TrainingError:

@@ -30,7 +30,7 @@ from safetensors.torch import load as load_tensors
 from registry.training import selection, train
 from registry.model.adapters import AdapterModel
 from registry.catalog.queries import find_task, served
-from registry.storage.core import Registry
+from registry.storage.core import Opened
 from registry.data.encoding import Encoded
 from registry.errors import ArtifactError, TrainingError
 
@@ -56,7 +56,7 @@ def source_of(row) -> Source:
     return Source(row.id, row.name, row.current_version, row.adapter_sha256, row.adapter_size)
 
 
-def named_source(registry: Registry, name: str, adapter_size: int) -> Source:
+def named_source(registry: Opened, name: str, adapter_size: int) -> Source:
     """The ready task `name` as a source for a run with adapters of `adapter_size`, or a one-line error."""
     with registry.read() as session:
         source = source_of(find_task(session, name, ready=True))
@@ -66,13 +66,13 @@ def named_source(registry: Registry, name: str, adapter_size: int) -> Source:
     return source
 
 
-def candidates(registry: Registry) -> list[Source]:
+def candidates(registry: Opened) -> list[Source]:
     """The ready, not retired tasks in order: what `auto` may start from (a new version, from its own task)."""
     with registry.query() as connection:
         return [source_of(row) for row in connection.execute(served())]
 
 
-def source_tensors(registry: Registry, source: Source) -> dict[str, torch.Tensor]:
+def source_tensors(registry: Opened, source: Source) -> dict[str, torch.Tensor]:
     """The source's adapters and LayerNorms (its head left out), read from the verified store."""
     stored = load_tensors(registry.store.get(source.adapter_sha256))
     return {key: value for key, value in stored.items() if not key.startswith("head.")}
@@ -102,7 +102,7 @@ class Trial:
     outputs: np.ndarray
 
 
-def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
+def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
            task_type: str, metric: str, pad_id: int, device: torch.device, shortlist: int) -> Choice:
     """Rank every earlier task by LogME, trial the `shortlist` best and `none`, choose with the guard; the
     choice's short block is logged (INFO) to the `registry` logger.
@@ -141,7 +141,7 @@ def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Enc
     return Choice(by_name[chosen] if chosen else None, record)
 
 
-def rank(registry: Registry, model: AdapterModel, sources: list[Source], train_set: Encoded, seed: int, *,
+def rank(registry: Opened, model: AdapterModel, sources: list[Source], train_set: Encoded, seed: int, *,
          task_type: str, pad_id: int, device: torch.device) -> tuple[list[tuple[str | None, float]], list]:
     """LogME of `none` (the fresh start) and of every source whose stored weights load, best first; and the
     sources skipped, with why."""
@@ -212,7 +212,7 @@ def trial_split(train_set: Encoded, seed: int) -> tuple[Encoded, Encoded]:
     return subset(train_set, order[held:held + TRIAL_ROWS]), subset(train_set, order[:held])
 
 
-def trial(registry: Registry, model: AdapterModel, source: Source | None, trial_rows: Encoded, held_rows: Encoded,
+def trial(registry: Opened, model: AdapterModel, source: Source | None, trial_rows: Encoded, held_rows: Encoded,
           config: train.TrainConfig, *, task_type: str, metric: str, pad_id: int, device: torch.device) -> Trial:
     """One epoch on `trial_rows` from `source` (or the fresh start) with the run's recipe; scored on `held_rows`."""
     if source is not None:
