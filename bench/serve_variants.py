@@ -5,7 +5,7 @@ dynamic quantisation of the frozen base (ONNX Runtime's `quantize_dynamic` on th
     python -m bench.serve_variants --workdir DIR     # DIR as bench.serve_ort's: its registry and bundle
 
 Each variant is the bundle's Predictor with another encoder (adapters, LayerNorms and heads stay float). Throughput:
-the first 5 windows of 32 of the server's inputs (the five dev sets interleaved) through `predict_many` as the server
+the first 5 windows of 32 of the server's inputs (the five dev sets interleaved) through `predict_mixed` as the server
 runs a window (sorted by length, cut into passes), after one warm-up window. Outputs: the largest difference of any
 probability or regression value from eager float's on those inputs, and whether every label is the same. Scores:
 every task's whole GLUE dev set, in points (metric x 100), for float (ONNX Runtime's: eager's within 1e-4) and for
@@ -122,7 +122,7 @@ def within(seconds: int):
 def windows(predictor, items: list, window: int = WINDOW) -> list:
     """Predictions for `items`, a window of `window` at a time, as the server runs them."""
     return [p for start in range(0, len(items), window)
-            for p in predictor.predict_many(items[start:start + window], batch_size=window, max_tokens=8192)]
+            for p in predictor.predict_mixed(items[start:start + window], batch_size=window, max_tokens=8192)]
 
 
 def points(predictor, dev: dict) -> float:
