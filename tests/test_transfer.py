@@ -114,9 +114,10 @@ def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(sett
     _, stderr = add(run_cli, "sim", data / "similarity", "--epochs", "2", "--init-from", "auto", "--compare-scratch")
     runs = shown(run_cli, "sim")["runs"]
     chosen = runs[0]["selection"]
-    assert {r["task"] for r in chosen["ranking"]} == {None, "a"} and chosen["shortlist"] == ["a"]
+    assert [r["task"] for r in chosen["similarity"]] == ["a"] and chosen["shortlist"] == ["a"]
+    assert chosen["logme"] == [] and chosen["unranked"] == []  # every earlier task has an embedding: no LogME
     assert chosen["skipped"] == [{"task": "small", "why": "adapters of size 16, this run's 64"}]
-    assert chosen["criterion"] == "spearman" and chosen["rows"] == [36, 12] and chosen["feature_rows"] == 48
+    assert chosen["criterion"] == "spearman" and chosen["rows"] == [36, 12] and chosen["embedding_rows"] == 48
     assert [t["task"] for t in chosen["trials"]] == [None, "a"] and all(-1 <= t["spearman"] <= 1
                                                                          for t in chosen["trials"])
     guard = chosen["guard"]
@@ -125,7 +126,7 @@ def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(sett
                               chosen["trials"][0]["spearman"])
     block = [line for line in stderr.splitlines() if "auto" in line or line.startswith("  ")]
     assert block[0] == "--init-from auto: skipped small (adapters of size 16, this run's 64)"
-    assert block[1].startswith("--init-from auto: LogME on 48 training rows, 2 starts in ")
+    assert block[1].startswith("--init-from auto: text similarity of 1 earlier task (48 training rows embedded) in ")
     assert block[2].startswith("  shortlist (k=3): a; trials, held-out spearman after 1 epoch on 36 rows (12 held ")
     assert block[3].startswith(f"  → {chosen['chosen'] or 'none'} (a beats none in ")
     starts = [run["init_from"]["task"] if run["init_from"] else None for run in runs]
@@ -137,13 +138,14 @@ def test_auto_with_many_candidates_trials_only_the_shortlist(settings, run_cli, 
         add(run_cli, name, data / "sentiment", "--epochs", "1", "--lr", lr)
     _, stderr = add(run_cli, "e", data / "sentiment", "--epochs", "1", "--init-from", "auto", "--shortlist", "2")
     chosen = selection_of(run_cli, "e")
-    ranking = [r["task"] for r in chosen["ranking"]]
-    assert sorted(ranking, key=str) == sorted([None, "a", "b", "c", "d"], key=str)
-    assert [r["logme"] for r in chosen["ranking"]] == sorted((r["logme"] for r in chosen["ranking"]), reverse=True)
-    assert chosen["shortlist"] == [name for name in ranking if name][:2] and chosen["k"] == 2
+    ranking = [r["task"] for r in chosen["similarity"]]
+    assert sorted(ranking) == ["a", "b", "c", "d"]
+    assert [r["cosine"] for r in chosen["similarity"]] == sorted((r["cosine"] for r in chosen["similarity"]),
+                                                                 reverse=True)
+    assert chosen["shortlist"] == ranking[:2] and chosen["k"] == 2
     assert [t["task"] for t in chosen["trials"]] == [None, *chosen["shortlist"]]  # two trials and none's, no more
     assert chosen["criterion"] == "loss" and all(t["loss"] > 0 for t in chosen["trials"])
-    assert "5 starts" in stderr and "shortlist (k=2)" in stderr
+    assert "similarity of 4 earlier tasks" in stderr and "shortlist (k=2)" in stderr
 
 
 def test_an_unusable_candidate_is_skipped_with_one_line(settings, run_cli, data):
@@ -156,8 +158,8 @@ def test_an_unusable_candidate_is_skipped_with_one_line(settings, run_cli, data)
     assert skipped == [f"--init-from auto: skipped a (artifact {sha[:12]} in {registry.store.url} does not match "
                        "its sha256 (corrupt or tampered): run `registry verify`)"]
     chosen = selection_of(run_cli, "c")
-    assert [r["task"] for r in chosen["ranking"]] in ([None, "b"], ["b", None]) and chosen["shortlist"] == ["b"]
-    assert chosen["skipped"][0]["task"] == "a"
+    assert chosen["shortlist"] == ["a", "b"]  # ranked by their embeddings; a's adapters fail at its trial
+    assert [t["task"] for t in chosen["trials"]] == [None, "b"] and chosen["skipped"][0]["task"] == "a"
 
 
 def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(settings, run_cli, data,
@@ -168,7 +170,7 @@ def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(s
     add(run_cli, "again", data / "sentiment", "--epochs", "1", "--init-from", "auto")
     (run,) = shown(run_cli, "again")["runs"]
     chosen = run["selection"]
-    assert chosen["ranking"][0]["task"] == "teacher" and chosen["shortlist"][0] == "teacher"
+    assert "teacher" in chosen["shortlist"]  # the same texts as `a`: as similar
     losses = {t["task"]: t["loss"] for t in chosen["trials"]}
     assert losses["teacher"] < losses[None] and chosen["guard"] == {
         "best": "teacher", "wins": 1.0, "needed": selection.CONFIDENCE, "fired": False}
