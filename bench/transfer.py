@@ -188,6 +188,8 @@ def scale(seed: int, epochs: int, n_sources: int, workdir: str, target_seeds: tu
                 lifecycle.retire(registry, task, "bench: not a candidate of the next runs")
             scores = exhaustive(registry, name, path, rows, target_seed, epochs, 3)
             added["few"] = {kind: few[(name, kind)] for kind in ("scratch", "auto")} if target_seed == seed else None
+            with open(Path(workdir) / "scale-progress.jsonl", "a") as progress:  # kept if a later step fails
+                progress.write(json.dumps({"name": name, "seed": target_seed, "added": added, "scores": scores}) + "\n")
             targets.append(target_of(f"{name} (seed {target_seed})", rows, added, scores))
     return {"pool": "scale", "seed": seed, "sources": n_sources, "few": FEW, "targets": targets, **finish(registry)}
 

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load as load_tensors
 from torch import nn
 
+from registry.errors import ArtifactError
 from registry.storage.core import open_registry
 from registry.training import selection
 from tests.helpers import one_line_error, snapshot, write_task_data
@@ -233,3 +236,133 @@ def test_the_base_dropout_is_off_unless_asked_and_the_run_says_so(settings, run_
     assert {m.p for m in off.modules() if isinstance(m, nn.Dropout)} == {0.0}
     assert off.encoder.config.attention_probs_dropout_prob == 0.0
     assert max(m.p for m in on.modules() if isinstance(m, nn.Dropout)) > 0
+
+
+# --- the text embedding auto ranks by ------------------------------------------------------------
+
+
+def embedding_row(settings, name: str) -> tuple[str | None, str | None]:
+    """The current version's embedding sha256 of task `name`, and that artifact's kind."""
+    from sqlalchemy import and_, select
+
+    from registry.storage.schema import artifacts, task_versions, tasks
+
+    current = and_(task_versions.c.task_id == tasks.c.id, task_versions.c.version == tasks.c.current_version)
+    query = (select(task_versions.c.embedding_sha256, artifacts.c.kind).select_from(tasks)
+             .join(task_versions, current).outerjoin(artifacts, artifacts.c.sha256 == task_versions.c.embedding_sha256)
+             .where(tasks.c.name == name))
+    with open_registry(settings).query() as connection:
+        return tuple(connection.execute(query).one())
+
+
+def test_add_task_stores_the_text_embedding_of_its_training_rows_through_the_base(settings, run_cli, data,
+                                                                                  tiny_base):
+    from registry.data import splits
+    from registry.training import embedding
+    from registry.training.tasks import encode_split, load_tokenizer
+
+    sha, kind = embedding_row(settings, "a")
+    registry = open_registry(settings)
+    stored = registry.store.get(sha)  # verified: it hashes to its name
+    assert kind == embedding.KIND and hashlib.sha256(stored).hexdigest() == sha
+    vector = embedding.from_bytes(stored, 32)
+    assert 0.5 < np.linalg.norm(vector) <= 1 + 1e-6  # a mean of unit vectors that point roughly alike
+
+    # the same vector again: the frozen base alone (no adapters) on the task's seeded training rows
+    with registry.read() as session:
+        base = registry.base(session)
+    loaded = splits.load(str(data / "sentiment"), seed=0)
+    tokenizer = load_tokenizer(tiny_base)
+    train_set = encode_split(registry, base, tokenizer, loaded, "train", 128, False)
+    again = embedding.of_task(tiny_base, train_set, 0, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"))
+    assert np.allclose(vector, again, atol=1e-6)
+    assert embedding.similarity(vector, again) == pytest.approx(1.0)
+
+    with pytest.raises(ArtifactError, match="not one finite vector of 16 values"):
+        embedding.from_bytes(stored, 16)
+
+
+def test_a_broken_embedding_is_skipped_with_one_line(settings, run_cli, data):
+    add(run_cli, "b", data / "pairs", "--epochs", "1")  # other texts: another embedding (the same would share its file)
+    registry = open_registry(settings)
+    sha, _ = embedding_row(settings, "a")
+    registry.store.fs.pipe_file(registry.store.path(sha), b"not the embedding")
+    _, stderr = add(run_cli, "c", data / "sentiment", "--epochs", "1", "--init-from", "auto")
+    skipped = [line for line in stderr.splitlines() if "skipped a" in line]
+    assert skipped == [f"--init-from auto: skipped a (artifact {sha[:12]} in {registry.store.url} does not match "
+                       "its sha256 (corrupt or tampered): run `registry verify`)"]
+    chosen = selection_of(run_cli, "c")
+    assert [r["task"] for r in chosen["similarity"]] == ["b"] and chosen["shortlist"] == ["b"]
+
+
+class Passes:
+    """Counts the forward passes of the base (BertModel.forward) and LogME's feature passes."""
+
+    def __init__(self, monkeypatch):
+        from transformers.models.bert import modeling_bert
+
+        self.base = self.logme = 0
+        forward, features = modeling_bert.BertModel.forward, selection.cls_features
+
+        def counted_forward(*args, **kwargs):
+            self.base += 1
+            return forward(*args, **kwargs)
+
+        def counted_features(*args, **kwargs):
+            self.logme += 1
+            return features(*args, **kwargs)
+
+        monkeypatch.setattr(modeling_bert.BertModel, "forward", counted_forward)
+        monkeypatch.setattr(selection, "cls_features", counted_features)
+
+    def of(self, run) -> tuple[int, int]:
+        """The passes `run()` makes."""
+        before = (self.base, self.logme)
+        run()
+        return self.base - before[0], self.logme - before[1]
+
+
+def test_auto_makes_as_many_forward_passes_with_six_earlier_tasks_as_with_three(settings, run_cli, data,
+                                                                               monkeypatch):
+    passes = Passes(monkeypatch)
+    for name in ("b", "c"):
+        add(run_cli, name, data / "sentiment", "--epochs", "1")
+    auto = ["--epochs", "1", "--init-from", "auto", "--shortlist", "3"]
+    scratch_passes = passes.of(lambda: add(run_cli, "scratch3", data / "sentiment", "--epochs", "1"))
+    with_three = passes.of(lambda: add(run_cli, "new3", data / "sentiment", *auto))
+    for name in ("scratch3", "new3"):
+        assert run_cli("retire", name).exit_code == 0  # no candidates of the next
+    for name in ("d", "e", "f"):
+        add(run_cli, name, data / "sentiment", "--epochs", "1")
+    with_six = passes.of(lambda: add(run_cli, "new6", data / "sentiment", *auto))
+    assert with_three == with_six and with_six[1] == 0  # no LogME: every earlier task has an embedding
+    assert len(selection_of(run_cli, "new3")["similarity"]) == 3 and len(selection_of(run_cli, "new6")[
+        "similarity"]) == 6
+    assert [len(selection_of(run_cli, name)["trials"]) for name in ("new3", "new6")] == [4, 4]
+    assert with_six[0] > scratch_passes[0]  # the trials' passes: k + 1 short trials, whatever the registry holds
+
+
+def test_earlier_tasks_without_an_embedding_get_logme_for_a_bounded_few(settings, run_cli, data, monkeypatch):
+    from sqlalchemy import update
+
+    from registry.storage.schema import task_versions
+    from registry.training import transfer
+
+    for name in ("b", "c", "d", "e"):
+        add(run_cli, name, data / "sentiment", "--epochs", "1")
+    with open_registry(settings).write() as session:  # as before revision 0005, or imported from a bundle
+        session.execute(update(task_versions).values(embedding_sha256=None))
+    passes = Passes(monkeypatch)
+    _, logme_passes = passes.of(lambda: add(run_cli, "new", data / "sentiment", "--epochs", "1", "--init-from",
+                                            "auto", "--json"))
+    chosen = selection_of(run_cli, "new")
+    assert transfer.FALLBACK == 3 and logme_passes == transfer.FALLBACK + 1  # the 3 latest and none's
+    assert chosen["similarity"] == [] and chosen["unranked"] == ["a", "b"]
+    assert sorted(r["task"] for r in chosen["logme"] if r["task"]) == ["c", "d", "e"]
+    assert sorted(chosen["shortlist"]) == ["c", "d", "e"] and len(chosen["trials"]) == 4
+    _, stderr = add(run_cli, "again", data / "sentiment", "--epochs", "1", "--init-from", "auto", "--shortlist", "1")
+    chosen = selection_of(run_cli, "again")  # `new` has an embedding and fills the one place: no LogME
+    assert [r["task"] for r in chosen["similarity"]] == ["new"] and chosen["shortlist"] == ["new"]
+    assert chosen["logme"] == [] and chosen["unranked"] == ["a", "b", "c", "d", "e"]
+    assert ("  without an embedding (added before schema 0005, or imported), LogME: not needed; not ranked: "
+            "a, b, c, d, e") in stderr

@@ -170,13 +170,13 @@ def choose(registry: Registry, build: Callable[[], AdapterModel], train_set: Enc
     return Choice(by_name[chosen] if chosen else None, record)
 
 
-def rank(registry: Registry, build: Callable[[], AdapterModel], candidates: list[Source], train_set: Encoded,
+def rank(registry: Registry, build: Callable[[], AdapterModel], earlier: list[Source], train_set: Encoded,
          config: train.TrainConfig, new_embedding: np.ndarray, k: int, *, task_type: str, pad_id: int,
          device: torch.device) -> Ranked:
     """The shortlist: the `k` earlier tasks most similar to the new one; places left go to the `FALLBACK` latest
     tasks without an embedding, best ranked by LogME."""
     sources, skipped = [], []
-    for source in candidates:
+    for source in earlier:
         if source.adapter_size != config.adapter_size:
             skipped.append((source.name, f"adapters of size {source.adapter_size}, this run's {config.adapter_size}"))
         else:
