@@ -159,48 +159,49 @@ def unrelated(seed: int, epochs: int, cap: int | None, workdir: str) -> dict:
 
 
 def scale(seed: int, epochs: int, n_sources: int, workdir: str, target_seeds: tuple[int, ...] = (0, 1)) -> dict:
-    """Earlier tasks, then each new task from scratch and with auto, side by side: first with `FEW` earlier tasks,
-    then with `n_sources`; then, for every new task and seed, the exhaustive trial (every earlier task's trial,
-    no run after it) to see whether auto's shortlist held its best start."""
+    """Earlier tasks; the first new task from scratch and with auto side by side, with `FEW` earlier tasks and
+    with `n_sources`; then, for every new task and seed, auto's shortlist and the exhaustive trial (every earlier
+    task's trial, no run after it), to see whether the shortlist held the exhaustive trial's best start."""
     from registry.catalog import lifecycle
 
     registry = open_new(workdir, f"scale-seed{seed}")
     files = {name: sample_file(path, Path(workdir) / "samples") for name, path in SCALE_SOURCES}
     sources = [(f"{name}-{rows}-s{s}", files[name], rows, s) for rows, s in SCALE_SIZES for name, _ in SCALE_SOURCES]
-    for name, path, rows, s in sources[:FEW]:
-        add(registry, name, path, rows, s, 1)
-    few = {}
-    for name, path, rows in SCALE_TARGETS:
+    timed, path, rows = SCALE_TARGETS[0]
+
+    def side_by_side(label: str) -> dict:
+        added = {}
         for kind, init_from in (("scratch", "none"), ("auto", "auto")):
-            few[(name, kind)] = add(registry, f"{name}-{kind}-few", path, rows, seed, epochs, init_from,
-                                    shortlist=3 if init_from == "auto" else None)
-            lifecycle.retire(registry, f"{name}-{kind}-few", "bench: not a candidate of the next runs")
-    for name, path, rows, s in sources[FEW:n_sources]:
-        add(registry, name, path, rows, s, 1)
+            added[kind] = add(registry, f"{timed}-{kind}-{label}", path, rows, seed, epochs, init_from,
+                              shortlist=3 if init_from == "auto" else None)
+            lifecycle.retire(registry, f"{timed}-{kind}-{label}", "bench: not a candidate of the next runs")
+        return added
+
+    for name, source, size, s in sources[:FEW]:
+        add(registry, name, source, size, s, 1)
+    few = side_by_side("few")
+    for name, source, size, s in sources[FEW:n_sources]:
+        add(registry, name, source, size, s, 1)
+    timing = {**side_by_side("all"), "few": few}
     targets = []
     for target_seed in target_seeds:
         for name, path, rows in SCALE_TARGETS:
-            added = {}
-            for kind, init_from in (("scratch", "none"), ("auto", "auto")):
-                task = f"{name}-{kind}-s{target_seed}"
-                added[kind] = add(registry, task, path, rows, target_seed, epochs, init_from,
-                                  shortlist=3 if init_from == "auto" else None)
-                lifecycle.retire(registry, task, "bench: not a candidate of the next runs")
-            scores = exhaustive(registry, name, path, rows, target_seed, epochs, 3)
-            added["few"] = {kind: few[(name, kind)] for kind in ("scratch", "auto")} if target_seed == seed else None
-            with open(Path(workdir) / "scale-progress.jsonl", "a") as progress:  # kept if a later step fails
-                progress.write(json.dumps({"name": name, "seed": target_seed, "added": added, "scores": scores}) + "\n")
-            targets.append(target_of(f"{name} (seed {target_seed})", rows, added, scores))
+            runs = timing if (name, target_seed) == (timed, seed) else None
+            scores, shortlist = exhaustive(registry, name, path, rows, target_seed, epochs, 3)
+            with open(Path(workdir) / "scale-progress.jsonl", "a") as progress:  # kept if the job is cut short
+                progress.write(json.dumps({"name": name, "seed": target_seed, "added": runs, "scores": scores,
+                                           "shortlist": shortlist}) + "\n")
+            targets.append(target_of(f"{name} (seed {target_seed})", rows, runs, scores, shortlist))
     return {"pool": "scale", "seed": seed, "sources": n_sources, "few": FEW, "targets": targets, **finish(registry)}
 
 
 def exhaustive(registry, name: str, path: Path, rows: int | None, seed: int, epochs: int, k: int) -> dict:
     """The exhaustive trial without the run after it: none's and every earlier task's trial score (higher is
-    better) on the rows auto's trials used (auto with shortlist `k`)."""
+    better) on the rows auto's trials use, and the shortlist auto (with `k`) draws: its ranking, no run."""
     from registry.data import splits as data
     from registry.formats import head_size, pick_device
     from registry.model import checkpoint
-    from registry.training import transfer
+    from registry.training import embedding, transfer
     from registry.training.tasks import build_model, encode_split, load_tokenizer
     from registry.training.train import TrainConfig
 
@@ -210,35 +211,42 @@ def exhaustive(registry, name: str, path: Path, rows: int | None, seed: int, epo
     base_dir, config = checkpoint.unpack(registry, base), TrainConfig(epochs=epochs, seed=seed)
     tokenizer = load_tokenizer(base_dir)
     train_set = encode_split(registry, base, tokenizer, loaded, "train", config.max_length, False)
-    size = transfer.trial_size(len(train_set), epochs, k + 1)
+    device = pick_device("cpu")
+    vector = embedding.of_task(base_dir, train_set, seed, pad_id=tokenizer.pad_token_id, device=device)
+    build = lambda: build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), seed)  # noqa: E731
+    shortlist = transfer.rank(registry, build, transfer.candidates(registry), train_set, config, vector, k,
+                              task_type=loaded.task_type, pad_id=tokenizer.pad_token_id, device=device).shortlist
+    size = transfer.trial_size(len(train_set), epochs, len(shortlist) + 1)
     trial_rows, held_rows = transfer.trial_split(train_set, seed, size)
     scores = {}
     for source in [None, *transfer.candidates(registry)]:
-        model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), seed)
-        done = transfer.trial(registry, model, source, trial_rows, held_rows, config, task_type=loaded.task_type,
-                              metric=loaded.metric, pad_id=tokenizer.pad_token_id, device=pick_device("cpu"))
+        done = transfer.trial(registry, build(), source, trial_rows, held_rows, config, task_type=loaded.task_type,
+                              metric=loaded.metric, pad_id=tokenizer.pad_token_id, device=device)
         scores[done.name or "none"] = done.score
-    print(f"{name} seed {seed}: exhaustive trial, best {max(scores, key=scores.get)}", flush=True)
-    return scores
+    print(f"{name} seed {seed}: shortlist {shortlist}, exhaustive best {max(scores, key=scores.get)}", flush=True)
+    return scores, shortlist
 
 
-def target_of(name: str, rows: int, added: dict, scores: dict) -> dict:
-    """A new task of the scale pool: scratch and auto (times of whole runs: auto's run is opened before it ranks,
-    so its time includes the ranking and the trials), with `FEW` earlier tasks too, and the exhaustive trial's
-    `scores`."""
-    scratch, auto, few = added["scratch"], added["auto"], added["few"]
+def target_of(name: str, rows: int | None, added: dict | None, scores: dict, shortlist: list[str]) -> dict:
+    """A new task of the scale pool: its shortlist and the exhaustive trial's `scores`; for the timed one, scratch
+    and auto (times of whole add-tasks and of runs: auto's run is opened before it ranks, so its time includes
+    the ranking and the trials), with `FEW` earlier tasks too."""
     best = max((n for n in scores if n != "none"), key=scores.get)
+    found = {"task": name, "rows": rows, "shortlist": shortlist, "exhaustive_best": best,
+             "exhaustive_beats_none": scores[best] > scores["none"], "exhaustive_scores": scores}
+    if not added:
+        return found
+    scratch, auto, few = added["scratch"], added["auto"], added["few"]
     selection = auto["selection"]
-    return {"task": name, "rows": rows, "metric": auto["metric"], "scratch": scratch["published"],
-            "auto": auto["published"], "chosen": auto["chosen"], "guard": selection.get("guard"),
+    return {**found, "metric": auto["metric"], "scratch": scratch["published"], "auto": auto["published"],
+            "chosen": auto["chosen"], "guard": selection.get("guard"), "auto_shortlist": selection["shortlist"],
             "scratch_seconds": scratch["add_seconds"], "auto_seconds": auto["add_seconds"],
             "scratch_run_seconds": scratch["run_seconds"], "auto_run_seconds": auto["run_seconds"],
-            "ranking_seconds": selection["ranking_seconds"], "shortlist": selection["shortlist"],
+            "ranking_seconds": selection["ranking_seconds"],
             "trial_seconds": selection["seconds"] - selection["ranking_seconds"],
-            "few_scratch_seconds": few["scratch"]["add_seconds"] if few else None,
-            "few_auto_seconds": few["auto"]["add_seconds"] if few else None,
-            "exhaustive_best": best, "exhaustive_beats_none": scores[best] > scores["none"],
-            "exhaustive_scores": scores}
+            "few_scratch_seconds": few["scratch"]["add_seconds"], "few_auto_seconds": few["auto"]["add_seconds"],
+            "few_auto_run_seconds": few["auto"]["run_seconds"],
+            "few_scratch_run_seconds": few["scratch"]["run_seconds"]}
 
 
 def rows_in(name: str) -> int | None:
@@ -260,8 +268,14 @@ def collect(home: Path) -> dict:
                for name in names}
     pool, seed = home.name.rsplit("-seed", 1)
     job = {"pool": pool, "seed": int(seed), "bwt": None, "partial": True}
-    if pool == "scale":
-        raise SystemExit(f"{home}: a scale job cut short cannot be read back (its exhaustive trials are not stored)")
+    if pool == "scale":  # the new tasks done, as the job wrote them
+        lines = (home.parent / "scale-progress.jsonl").read_text().splitlines()
+        done = [json.loads(line) for line in lines]
+        rows = {name: rows for name, _, rows in SCALE_TARGETS}
+        targets = [target_of(f"{d['name']} (seed {d['seed']})", rows[d["name"]], d["added"], d["scores"],
+                             d["shortlist"]) for d in done]
+        sources = sum(1 for n in names if len(n.split("-")) == 3 and n.split("-")[1].isdigit())  # sst2-100-s0
+        return {**job, "sources": sources, "few": FEW, "targets": targets}
     if pool == "related":
         return {**job, "tasks": [{**records[n], "from_sst2": records[f"{n}-sst2"]["transferred"]}
                                  for n in names if f"{n}-sst2" in records]}
@@ -300,28 +314,29 @@ def pool_table(jobs: list[dict], with_sst2: bool) -> tuple[str, list[float], lis
     return markdown_table(header, rows), gains, worse, selections
 
 
-def scale_table(jobs: list[dict]) -> str:
-    """The scale pool: auto's time against scratch's and against auto's with a few earlier tasks, and whether the
-    shortlist holds the exhaustive trial's best start."""
-    header = ["new task", "rows", "scratch", "auto", "auto chose", "add-task time auto ÷ scratch",
-              "run time auto ÷ scratch", "of which ranking", "auto ÷ auto with few", "exhaustive best trial",
-              "in the shortlist"]
+def scale_table(jobs: list[dict]) -> tuple[str, str]:
+    """The scale pool: auto's time against scratch's, with few and with many earlier tasks; and for every new task
+    and seed whether the shortlist holds the exhaustive trial's best start."""
+    timed = [t for job in jobs for t in job["targets"] if "auto_seconds" in t]
+    header = ["new task", "earlier tasks", "scratch", "auto", "auto chose", "add-task auto ÷ scratch",
+              "run auto ÷ scratch", "of which ranking", "add-task seconds (scratch, auto)"]
     rows = []
-    for job in jobs:
-        for t in job["targets"]:
-            few = f"{t['auto_seconds'] / t['few_auto_seconds']:.2f}" if t["few_auto_seconds"] else ""
-            held = "yes" if t["exhaustive_best"] in t["shortlist"] else f"no ({', '.join(t['shortlist'])})"
-            rows.append([t["task"], t["rows"] or "all", f"{t['scratch']:.4f}", f"{t['auto']:.4f}",
-                         t["chosen"] or "none", f"{t['auto_seconds'] / t['scratch_seconds']:.2f}",
-                         f"{t['auto_run_seconds'] / t['scratch_run_seconds']:.2f}",
-                         f"{t['ranking_seconds'] / t['scratch_run_seconds']:.2f}", few,
-                         t["exhaustive_best"] + ("" if t["exhaustive_beats_none"] else " (below none)"), held])
-    few = [t for job in jobs for t in job["targets"] if t["few_auto_seconds"]]
-    if few:
-        rows.append([f"with {jobs[0]['few']} earlier tasks", "", "", "", "",
-                     ", ".join(f"{t['few_auto_seconds'] / t['few_scratch_seconds']:.2f}" for t in few), "", "", "",
-                     "", ""])
-    return markdown_table(header, rows)
+    for t in timed:
+        for label, prefix in ((jobs[0]["few"], "few_"), (jobs[0]["sources"], "")):
+            scratch, auto = t[f"{prefix}scratch_seconds"], t[f"{prefix}auto_seconds"]
+            run = t[f"{prefix}auto_run_seconds"] / t[f"{prefix}scratch_run_seconds"]
+            rows.append([f"{t['task']}, {t['rows']} rows", label, f"{t['scratch']:.4f}" if not prefix else "",
+                         f"{t['auto']:.4f}" if not prefix else "", (t["chosen"] or "none") if not prefix else "",
+                         f"{auto / scratch:.2f}", f"{run:.2f}",
+                         f"{t['ranking_seconds'] / t['scratch_run_seconds']:.3f}" if not prefix else "",
+                         f"{scratch:.0f}, {auto:.0f}"])
+    times = markdown_table(header, rows)
+    header = ["new task", "rows", "auto's shortlist (k = 3)", "exhaustive best trial", "in the shortlist"]
+    rows = [[t["task"], t["rows"] or "all", ", ".join(t["shortlist"]),
+             t["exhaustive_best"] + ("" if t["exhaustive_beats_none"] else " (below none's)"),
+             "yes" if t["exhaustive_best"] in t["shortlist"] else "no"]
+            for job in jobs for t in job["targets"]]
+    return times, markdown_table(header, rows)
 
 
 METHOD = ("MiniLM, today's defaults (base dropout off, lr 1e-3, batch 32, adapter size 64), 3 epochs for every "
@@ -365,14 +380,16 @@ def report(jobs: list[dict]) -> str:
     scaled = [job for job in jobs if job["pool"] == "scale" and job["targets"]]
     if scaled:
         bwt = ", ".join(bwt_text(job["bwt"]) for job in scaled)
-        parts.append(f"### Scale: {scaled[0]['sources']} earlier tasks\n\n" + scale_table(scaled) + f"\n\nBWT {bwt}.")
+        times, shortlists = scale_table(scaled)
+        parts.append(f"### Scale: {scaled[0]['sources']} earlier tasks\n\n{times}\n\n{shortlists}\n\nBWT {bwt}.")
         targets = [t for job in scaled for t in job["targets"]]
-        ratio = statistics.mean(t["auto_seconds"] / t["scratch_seconds"] for t in targets)
-        run_ratio = statistics.mean(t["auto_run_seconds"] / t["scratch_run_seconds"] for t in targets)
+        timed = [t for t in targets if "auto_seconds" in t]
         held = sum(t["exhaustive_best"] in t["shortlist"] for t in targets)
-        goals.append(f"- With {scaled[0]['sources']} earlier tasks auto's add-task took {ratio:.2f}× scratch's "
-                     f"(its run {run_ratio:.2f}×; goal ≤ 1.3); the shortlist held the exhaustive trial's best start "
-                     f"in {held} of {len(targets)} cases (goal ≥ 90%).")
+        ratios = ", ".join(f"{t['auto_seconds'] / t['scratch_seconds']:.2f}× (with {scaled[0]['few']}: "
+                           f"{t['few_auto_seconds'] / t['few_scratch_seconds']:.2f}×)" for t in timed)
+        goals.append(f"- With {scaled[0]['sources']} earlier tasks auto's add-task took {ratios or 'n/a'} scratch's "
+                     f"(goal ≤ 1.3); the shortlist held the exhaustive trial's best start in {held} of "
+                     f"{len(targets)} cases (goal ≥ 90%).")
     measured = [job["bwt"] for job in jobs if job["bwt"] is not None]
     cut = len(jobs) - len(measured)
     goals.append(f"- BWT exactly 0 in {sum(b == 0 for b in measured)} of the {len(measured)} registries evaluated at "
