@@ -227,6 +227,25 @@ def exhaustive(registry, name: str, path: Path, rows: int | None, seed: int, epo
     return scores, shortlist
 
 
+def exhaustive_apart(workdir: Path, cases: list[str], epochs: int) -> None:
+    """`exhaustive` for each NAME:SEED in the scale registry under `workdir`, appended to its progress file."""
+    import torch
+
+    from registry.storage.config import resolve
+    from registry.storage.core import open_registry
+
+    torch.set_num_threads(1)
+    registry = open_registry(resolve(workdir / "scale-seed0"))
+    targets = {name: (path, rows) for name, path, rows in SCALE_TARGETS}
+    for case in cases:
+        name, seed = case.split(":")
+        path, rows = targets[name]
+        scores, shortlist = exhaustive(registry, name, path, rows, int(seed), epochs, 3)
+        with open(workdir / "scale-progress.jsonl", "a") as progress:
+            progress.write(json.dumps({"name": name, "seed": int(seed), "added": None, "scores": scores,
+                                       "shortlist": shortlist}) + "\n")
+
+
 def target_of(name: str, rows: int | None, added: dict | None, scores: dict, shortlist: list[str]) -> dict:
     """A new task of the scale pool: its shortlist and the exhaustive trial's `scores`; for the timed one, scratch
     and auto (times of whole add-tasks and of runs: auto's run is opened before it ranks, so its time includes
@@ -270,7 +289,11 @@ def collect(home: Path) -> dict:
     job = {"pool": pool, "seed": int(seed), "bwt": None, "partial": True}
     if pool == "scale":  # the new tasks done, as the job wrote them
         lines = (home.parent / "scale-progress.jsonl").read_text().splitlines()
-        done = [json.loads(line) for line in lines]
+        found = {}  # by new task and seed: the first, unless a later one has the timed runs
+        for d in map(json.loads, lines):
+            if (d["name"], d["seed"]) not in found or d["added"]:
+                found[(d["name"], d["seed"])] = d
+        done = list(found.values())
         rows = {name: rows for name, _, rows in SCALE_TARGETS}
         targets = [target_of(f"{d['name']} (seed {d['seed']})", rows[d["name"]], d["added"], d["scores"],
                              d["shortlist"]) for d in done]
@@ -410,6 +433,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", type=Path, default=REPO / "bench-out" / "transfer")
     parser.add_argument("--report", action="store_true", help="Only rebuild the tables from --workdir's JSON.")
+    parser.add_argument("--exhaustive", nargs="+", metavar="NAME:SEED",
+                        help="Only auto's shortlist and the exhaustive trial of these scale-pool new tasks, in the "
+                             "scale registry in --workdir (its earlier tasks added), beside a running scale job.")
     parser.add_argument("--collect", action="store_true",
                         help="With --report: read back the registries of jobs cut short (no JSON) from their runs.")
     args = parser.parse_args()
@@ -418,6 +444,9 @@ def main() -> None:
     sizes = [100] if quick else args.sizes
     seeds, unrelated_seeds = (args.seeds[:1], args.unrelated_seeds[:1]) if quick else (args.seeds, args.unrelated_seeds)
     args.workdir.mkdir(parents=True, exist_ok=True)
+    if args.exhaustive:
+        exhaustive_apart(args.workdir, args.exhaustive, args.epochs)
+        return
     if not args.report:
         jobs = {"related": [(related, (s, sizes, args.epochs, source_rows)) for s in seeds],
                 "scale": [(scale, (args.seeds[0], args.epochs, n_sources))],
