@@ -265,6 +265,7 @@ def target_of(name: str, rows: int | None, added: dict | None, scores: dict, sho
             "trial_seconds": selection["seconds"] - selection["ranking_seconds"],
             "few_scratch_seconds": few["scratch"]["add_seconds"], "few_auto_seconds": few["auto"]["add_seconds"],
             "few_auto_run_seconds": few["auto"]["run_seconds"],
+            "few_auto_choosing": few["auto"]["selection"]["seconds"],
             "few_scratch_run_seconds": few["scratch"]["run_seconds"]}
 
 
@@ -288,7 +289,8 @@ def collect(home: Path) -> dict:
     pool, seed = home.name.rsplit("-seed", 1)
     job = {"pool": pool, "seed": int(seed), "bwt": None, "partial": True}
     if pool == "scale":  # the new tasks done, as the job wrote them
-        lines = (home.parent / "scale-progress.jsonl").read_text().splitlines()
+        written = home.parent / "scale-progress.jsonl"
+        lines = written.read_text().splitlines() if written.exists() else []
         found = {}  # by new task and seed: the first, unless a later one has the timed runs
         for d in map(json.loads, lines):
             if (d["name"], d["seed"]) not in found or d["added"]:
@@ -342,23 +344,33 @@ def scale_table(jobs: list[dict]) -> tuple[str, str]:
     and seed whether the shortlist holds the exhaustive trial's best start."""
     timed = [t for job in jobs for t in job["targets"] if "auto_seconds" in t]
     header = ["new task", "earlier tasks", "scratch", "auto", "auto chose", "add-task auto ÷ scratch",
-              "run auto ÷ scratch", "of which ranking", "add-task seconds (scratch, auto)"]
+              "run auto ÷ scratch", "auto's choosing (ranking + trials) ÷ scratch's run", "of which ranking",
+              "add-task seconds (scratch, auto)"]
     rows = []
     for t in timed:
         for label, prefix in ((jobs[0]["few"], "few_"), (jobs[0]["sources"], "")):
             scratch, auto = t[f"{prefix}scratch_seconds"], t[f"{prefix}auto_seconds"]
-            run = t[f"{prefix}auto_run_seconds"] / t[f"{prefix}scratch_run_seconds"]
+            run = t[f"{prefix}scratch_run_seconds"]
+            choosing = t["few_auto_choosing"] if prefix else t["ranking_seconds"] + t["trial_seconds"]
             rows.append([f"{t['task']}, {t['rows']} rows", label, f"{t['scratch']:.4f}" if not prefix else "",
                          f"{t['auto']:.4f}" if not prefix else "", (t["chosen"] or "none") if not prefix else "",
-                         f"{auto / scratch:.2f}", f"{run:.2f}",
-                         f"{t['ranking_seconds'] / t['scratch_run_seconds']:.3f}" if not prefix else "",
+                         f"{auto / scratch:.2f}", f"{t[f'{prefix}auto_run_seconds'] / run:.2f}",
+                         f"{choosing / run:.2f}", f"{t['ranking_seconds']:.2f} s" if not prefix else "",
                          f"{scratch:.0f}, {auto:.0f}"])
     times = markdown_table(header, rows)
-    header = ["new task", "rows", "auto's shortlist (k = 3)", "exhaustive best trial", "in the shortlist"]
-    rows = [[t["task"], t["rows"] or "all", ", ".join(t["shortlist"]),
-             t["exhaustive_best"] + ("" if t["exhaustive_beats_none"] else " (below none's)"),
-             "yes" if t["exhaustive_best"] in t["shortlist"] else "no"]
-            for job in jobs for t in job["targets"]]
+    header = ["new task", "rows", "auto's shortlist (k = 3)", "exhaustive best trial", "in the shortlist",
+              "the shortlist's best: its rank of 30, its gap to the best (none's gap)"]
+    rows = []
+    for job in jobs:
+        for t in job["targets"]:
+            scores = t["exhaustive_scores"]
+            order = sorted((n for n in scores if n != "none"), key=scores.get, reverse=True)
+            mine = min(t["shortlist"], key=order.index)
+            gap = scores[order[0]] - scores[mine]
+            rows.append([t["task"], t["rows"] or "all", ", ".join(t["shortlist"]),
+                         t["exhaustive_best"] + ("" if t["exhaustive_beats_none"] else " (below none's)"),
+                         "yes" if t["exhaustive_best"] in t["shortlist"] else "no",
+                         f"{order.index(mine) + 1}, {gap:.4f} ({scores[order[0]] - scores['none']:.4f})"])
     return times, markdown_table(header, rows)
 
 
