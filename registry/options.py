@@ -38,12 +38,12 @@ class Scratch:
 
 @dataclass(frozen=True)
 class Auto:
-    """The start chosen on the new data in three steps: rank scratch and every earlier task by LogME (the new
-    data's [CLS] features through each task's adapters, no training); give scratch and the `shortlist`
-    best-ranked tasks a short trial; keep scratch unless the best trial beats it in 95% of paired bootstrap
-    resamples of the held-out rows (the guard)."""
+    """The start chosen on the new data in three steps: rank every earlier task by the similarity of its stored
+    text embedding to the new data's (no forward pass per earlier task; tasks without one: LogME for a bounded
+    few); give scratch and the `shortlist` most similar tasks a short trial; keep scratch unless the best trial
+    beats it in 95% of paired bootstrap resamples of the held-out rows (the guard)."""
 
-    shortlist: int = 3  # how many of the best-ranked earlier tasks get a trial
+    shortlist: int = 3  # how many of the most similar earlier tasks get a trial
 
     def __str__(self) -> str:
         return "auto"

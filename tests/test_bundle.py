@@ -581,6 +581,8 @@ def test_import_into_an_empty_registry(invoke, settings, source):
         base = registry.base(session)
     assert base.sha256 == json.loads((source["dir"] / "manifest.json").read_text())["base"]["sha256"]
     assert predictions(live.from_registry(registry, device="cpu")) == source["predictions"]
+    with registry.query() as connection:  # bundles carry no text embeddings: auto ranks these tasks by LogME
+        assert connection.execute(text("SELECT embedding_sha256 FROM task_versions")).all() == [(None,)] * 3
     registry.close()
     show = json.loads(invoke("show", "pairs", "--json").stdout)
     manifest = {t["name"]: t for t in json.loads((source["dir"] / "manifest.json").read_text())["tasks"]}

@@ -91,10 +91,10 @@ def test_unstamped_database_is_not_adopted(run_cli, tiny_base, settings):
 
 
 def test_db_current_and_upgrade(run_cli, tiny_base):
-    assert run_cli("db", "current").stdout.splitlines() == ["database: (empty)", "code:     0004"]
+    assert run_cli("db", "current").stdout.splitlines() == ["database: (empty)", "code:     0005"]
     run_cli("init", "--base", str(tiny_base))
-    assert run_cli("db", "current").stdout.splitlines() == ["database: 0004", "code:     0004"]
-    assert run_cli("db", "upgrade").stdout.strip() == "database at 0004"
+    assert run_cli("db", "current").stdout.splitlines() == ["database: 0005", "code:     0005"]
+    assert run_cli("db", "upgrade").stdout.strip() == "database at 0005"
 
 
 def test_non_registry_file_as_database(tmp_path):

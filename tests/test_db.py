@@ -62,14 +62,14 @@ def test_older_and_newer_revisions_are_refused(settings):
     settings.home.mkdir(parents=True)
     db.upgrade(settings.db_url, "0001")
     engine = db.make_engine(settings.db_url)
-    older = r"^registry schema is at 0001, code expects 0004: run `registry db upgrade`$"
+    older = r"^registry schema is at 0001, code expects 0005: run `registry db upgrade`$"
     with pytest.raises(SchemaMismatch, match=older):
         db.check_schema(engine)
     db.upgrade(settings.db_url)
     db.check_schema(engine)
     with engine.begin() as connection:
         connection.exec_driver_sql("UPDATE alembic_version SET version_num = 'ffff9999'")
-    newer = r"^registry schema is at ffff9999, newer than this code \(0004\): upgrade adapter-registry$"
+    newer = r"^registry schema is at ffff9999, newer than this code \(0005\): upgrade adapter-registry$"
     with pytest.raises(SchemaMismatch, match=newer):
         db.check_schema(engine)
     engine.dispose()
@@ -92,7 +92,7 @@ def test_plain_alembic_uses_registry_home(tmp_path):
     alembic = [sys.executable, "-m", "alembic", "-c", str(REPO / "alembic.ini")]
     subprocess.run([*alembic, "upgrade", "head"], check=True, env=env, cwd=REPO, capture_output=True)
     current = subprocess.run([*alembic, "current"], check=True, env=env, cwd=REPO, capture_output=True, text=True)
-    assert "0004 (head)" in current.stdout
+    assert "0005 (head)" in current.stdout
     assert (home / "registry.db").exists()
 
 
@@ -182,11 +182,11 @@ def test_upgrade_from_0001_keeps_everything_and_makes_each_task_version_1(settin
 
     refused = run_cli("list")
     assert refused.exit_code == 1
-    assert refused.stderr == "Error: registry schema is at 0001, code expects 0004: run `registry db upgrade`\n"
+    assert refused.stderr == "Error: registry schema is at 0001, code expects 0005: run `registry db upgrade`\n"
     assert old_rows(engine) == before
 
     upgraded = run_cli("db", "upgrade")
-    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0004\n", upgraded.output
+    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0005\n", upgraded.output
     assert old_rows(engine) == before
     with engine.connect() as connection:
         versions = connection.execute(text(
@@ -243,11 +243,11 @@ def test_upgrade_from_0002_keeps_everything_and_leaves_every_run_from_scratch(se
 
     refused = run_cli("list")
     assert refused.exit_code == 1
-    assert refused.stderr == "Error: registry schema is at 0002, code expects 0004: run `registry db upgrade`\n"
+    assert refused.stderr == "Error: registry schema is at 0002, code expects 0005: run `registry db upgrade`\n"
     assert old_rows(engine, COLUMNS_0002) == before
 
     upgraded = run_cli("db", "upgrade")
-    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0004\n", upgraded.output
+    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0005\n", upgraded.output
     assert old_rows(engine, COLUMNS_0002) == before
     with engine.connect() as connection:
         starts = connection.execute(text(f"SELECT {', '.join(STARTING_POINT)} FROM runs ORDER BY id")).all()
@@ -269,7 +269,7 @@ def test_upgrade_from_0002_keeps_everything_and_leaves_every_run_from_scratch(se
     # the old revision's check refuses the new schema: its code knows neither 0003 nor its migration
     monkeypatch.setattr(db, "SCHEMA_REVISION", "0002")
     monkeypatch.setattr(db, "known_revisions", lambda: {"0001", "0002"})
-    newer = r"^registry schema is at 0004, newer than this code \(0002\): upgrade adapter-registry$"
+    newer = r"^registry schema is at 0005, newer than this code \(0002\): upgrade adapter-registry$"
     with pytest.raises(SchemaMismatch, match=newer):
         db.check_schema(engine)
     engine.dispose()
@@ -286,9 +286,9 @@ def test_upgrade_from_0003_keeps_everything_and_leaves_the_registry_unmarked(set
     assert len(before["bases"]) == 1 and len(before["tasks"]) == 3
 
     refused = run_cli("list")
-    assert refused.stderr == "Error: registry schema is at 0003, code expects 0004: run `registry db upgrade`\n"
+    assert refused.stderr == "Error: registry schema is at 0003, code expects 0005: run `registry db upgrade`\n"
     upgraded = run_cli("db", "upgrade")
-    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0004\n", upgraded.output
+    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0005\n", upgraded.output
     assert old_rows(engine, columns) == before
     with engine.connect() as connection:  # adopted by its first `verify --prune` (tests/test_ownership.py)
         assert connection.execute(text("SELECT registry_id FROM bases")).all() == [(None,)]
@@ -301,3 +301,58 @@ def test_upgrade_from_0003_keeps_everything_and_leaves_the_registry_unmarked(set
     command.upgrade(db.alembic_config(settings.db_url), "head")
     assert old_rows(engine, columns) == before
     engine.dispose()
+
+
+def test_upgrade_from_0004_keeps_everything_leaves_embeddings_empty_and_drops_pending(settings, run_cli):
+    settings.home.mkdir(parents=True)
+    db.upgrade(settings.db_url, "0001")
+    engine = db.make_engine(settings.db_url)
+    fill_0001(engine)
+    db.upgrade(settings.db_url, "0004")  # a registry as revision 0004's code leaves it, and a run still `pending`
+    with engine.begin() as connection:
+        connection.execute(text("UPDATE runs SET status = 'pending', error = NULL, finished_at = NULL WHERE id = 4"))
+    columns = {**COLUMNS_0002, "runs": COLUMNS_0002["runs"] + ", " + ", ".join(STARTING_POINT),
+               "bases": COLUMNS_0002["bases"] + ", registry_id"}
+    before = old_rows(engine, columns)
+    assert [row[2] for row in before["runs"]] == ["succeeded", "failed", "succeeded", "pending"]
+
+    refused = run_cli("list")
+    assert refused.stderr == "Error: registry schema is at 0004, code expects 0005: run `registry db upgrade`\n"
+    upgraded = run_cli("db", "upgrade")
+    assert upgraded.exit_code == 0 and upgraded.stdout == "database at 0005\n", upgraded.output
+    after = old_rows(engine, columns)
+    assert after["runs"][3][2] == "failed" and after["runs"][3][:2] == before["runs"][3][:2]
+    after["runs"][3] = before["runs"][3]  # the pending run became failed; nothing else changed
+    assert after == before
+    with engine.connect() as connection:
+        assert connection.execute(text("SELECT embedding_sha256 FROM task_versions")).all() == [(None,), (None,)]
+    assert refuses_status(engine, "pending") and not refuses_status(engine, "interrupted")
+    assert [t["name"] for t in json.loads(run_cli("list", "--json").stdout)] == ["sst2", "cola", "rte"]
+
+    from alembic import command
+
+    command.downgrade(db.alembic_config(settings.db_url), "0004")
+    assert "embedding_sha256" not in {column["name"] for column in inspect(engine).get_columns("task_versions")}
+    assert not refuses_status(engine, "pending")
+    command.upgrade(db.alembic_config(settings.db_url), "head")
+    assert refuses_status(engine, "pending")
+    with engine.connect() as connection:
+        assert connection.execute(text("PRAGMA integrity_check" if engine.dialect.name == "sqlite" else
+                                       "SELECT 'ok'")).scalar() == "ok"
+    engine.dispose()
+
+
+def refuses_status(engine, status: str) -> bool:
+    """Whether runs.status's CHECK refuses `status` (tried in a transaction that is rolled back)."""
+    from sqlalchemy.exc import IntegrityError
+
+    connection = engine.connect()
+    try:
+        with connection.begin() as transaction:
+            connection.execute(text("UPDATE runs SET status = :status WHERE id = 1"), {"status": status})
+            transaction.rollback()
+        return False
+    except IntegrityError:
+        return True
+    finally:
+        connection.close()

@@ -20,6 +20,7 @@ from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 from sqlalchemy import select, text, update
 
@@ -555,7 +556,8 @@ def test_publish_refuses_a_task_swept_while_it_trained(registry):
     model = tasks.build_model(checkpoint.unpack(registry, base), TrainConfig().adapter_size, 2, seed=0)
     result = FitResult(best_epoch=1, best_score=0.5, best_state=model.task_state_dict())  # passes publish's probe
     with pytest.raises(RegistryError, match="'swept' was marked interrupted while it trained"):
-        tasks.publish(registry, task_id, base, "data.tsv", loaded, run_id, result, TrainConfig(), 4)
+        tasks.publish(registry, task_id, base, "data.tsv", loaded, run_id, result, TrainConfig(), 4,
+                      text_embedding=np.ones(model.encoder.config.hidden_size))
     with registry.read() as session:
         assert session.get(Task, task_id).status == "failed"
         assert session.get(Task, task_id).position is None

@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load as load_tensors
 from torch import nn
 
+from registry.errors import ArtifactError
 from registry.storage.core import open_registry
 from registry.training import selection
 from tests.helpers import one_line_error, snapshot, write_task_data
@@ -114,9 +117,10 @@ def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(sett
     _, stderr = add(run_cli, "sim", data / "similarity", "--epochs", "2", "--init-from", "auto", "--compare-scratch")
     runs = shown(run_cli, "sim")["runs"]
     chosen = runs[0]["selection"]
-    assert {r["task"] for r in chosen["ranking"]} == {None, "a"} and chosen["shortlist"] == ["a"]
+    assert [r["task"] for r in chosen["similarity"]] == ["a"] and chosen["shortlist"] == ["a"]
+    assert chosen["logme"] == [] and chosen["unranked"] == []  # every earlier task has an embedding: no LogME
     assert chosen["skipped"] == [{"task": "small", "why": "adapters of size 16, this run's 64"}]
-    assert chosen["criterion"] == "spearman" and chosen["rows"] == [36, 12] and chosen["feature_rows"] == 48
+    assert chosen["criterion"] == "spearman" and chosen["rows"] == [36, 12] and chosen["embedding_rows"] == 48
     assert [t["task"] for t in chosen["trials"]] == [None, "a"] and all(-1 <= t["spearman"] <= 1
                                                                          for t in chosen["trials"])
     guard = chosen["guard"]
@@ -125,7 +129,7 @@ def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(sett
                               chosen["trials"][0]["spearman"])
     block = [line for line in stderr.splitlines() if "auto" in line or line.startswith("  ")]
     assert block[0] == "--init-from auto: skipped small (adapters of size 16, this run's 64)"
-    assert block[1].startswith("--init-from auto: LogME on 48 training rows, 2 starts in ")
+    assert block[1].startswith("--init-from auto: text similarity of 1 earlier task (48 training rows embedded) in ")
     assert block[2].startswith("  shortlist (k=3): a; trials, held-out spearman after 1 epoch on 36 rows (12 held ")
     assert block[3].startswith(f"  → {chosen['chosen'] or 'none'} (a beats none in ")
     starts = [run["init_from"]["task"] if run["init_from"] else None for run in runs]
@@ -137,13 +141,14 @@ def test_auto_with_many_candidates_trials_only_the_shortlist(settings, run_cli, 
         add(run_cli, name, data / "sentiment", "--epochs", "1", "--lr", lr)
     _, stderr = add(run_cli, "e", data / "sentiment", "--epochs", "1", "--init-from", "auto", "--shortlist", "2")
     chosen = selection_of(run_cli, "e")
-    ranking = [r["task"] for r in chosen["ranking"]]
-    assert sorted(ranking, key=str) == sorted([None, "a", "b", "c", "d"], key=str)
-    assert [r["logme"] for r in chosen["ranking"]] == sorted((r["logme"] for r in chosen["ranking"]), reverse=True)
-    assert chosen["shortlist"] == [name for name in ranking if name][:2] and chosen["k"] == 2
+    ranking = [r["task"] for r in chosen["similarity"]]
+    assert sorted(ranking) == ["a", "b", "c", "d"]
+    assert [r["cosine"] for r in chosen["similarity"]] == sorted((r["cosine"] for r in chosen["similarity"]),
+                                                                 reverse=True)
+    assert chosen["shortlist"] == ranking[:2] and chosen["k"] == 2
     assert [t["task"] for t in chosen["trials"]] == [None, *chosen["shortlist"]]  # two trials and none's, no more
     assert chosen["criterion"] == "loss" and all(t["loss"] > 0 for t in chosen["trials"])
-    assert "5 starts" in stderr and "shortlist (k=2)" in stderr
+    assert "similarity of 4 earlier tasks" in stderr and "shortlist (k=2)" in stderr
 
 
 def test_an_unusable_candidate_is_skipped_with_one_line(settings, run_cli, data):
@@ -156,8 +161,8 @@ def test_an_unusable_candidate_is_skipped_with_one_line(settings, run_cli, data)
     assert skipped == [f"--init-from auto: skipped a (artifact {sha[:12]} in {registry.store.url} does not match "
                        "its sha256 (corrupt or tampered): run `registry verify`)"]
     chosen = selection_of(run_cli, "c")
-    assert [r["task"] for r in chosen["ranking"]] in ([None, "b"], ["b", None]) and chosen["shortlist"] == ["b"]
-    assert chosen["skipped"][0]["task"] == "a"
+    assert chosen["shortlist"] == ["a", "b"]  # ranked by their embeddings; a's adapters fail at its trial
+    assert [t["task"] for t in chosen["trials"]] == [None, "b"] and chosen["skipped"][0]["task"] == "a"
 
 
 def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(settings, run_cli, data,
@@ -168,7 +173,7 @@ def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(s
     add(run_cli, "again", data / "sentiment", "--epochs", "1", "--init-from", "auto")
     (run,) = shown(run_cli, "again")["runs"]
     chosen = run["selection"]
-    assert chosen["ranking"][0]["task"] == "teacher" and chosen["shortlist"][0] == "teacher"
+    assert "teacher" in chosen["shortlist"]  # the same texts as `a`: as similar
     losses = {t["task"]: t["loss"] for t in chosen["trials"]}
     assert losses["teacher"] < losses[None] and chosen["guard"] == {
         "best": "teacher", "wins": 1.0, "needed": selection.CONFIDENCE, "fired": False}
@@ -231,3 +236,135 @@ def test_the_base_dropout_is_off_unless_asked_and_the_run_says_so(settings, run_
     assert {m.p for m in off.modules() if isinstance(m, nn.Dropout)} == {0.0}
     assert off.encoder.config.attention_probs_dropout_prob == 0.0
     assert max(m.p for m in on.modules() if isinstance(m, nn.Dropout)) > 0
+
+
+# --- the text embedding auto ranks by ------------------------------------------------------------
+
+
+def embedding_row(settings, name: str) -> tuple[str | None, str | None]:
+    """The current version's embedding sha256 of task `name`, and that artifact's kind."""
+    from sqlalchemy import and_, select
+
+    from registry.storage.schema import artifacts, task_versions, tasks
+
+    current = and_(task_versions.c.task_id == tasks.c.id, task_versions.c.version == tasks.c.current_version)
+    query = (select(task_versions.c.embedding_sha256, artifacts.c.kind).select_from(tasks)
+             .join(task_versions, current).outerjoin(artifacts, artifacts.c.sha256 == task_versions.c.embedding_sha256)
+             .where(tasks.c.name == name))
+    with open_registry(settings).query() as connection:
+        return tuple(connection.execute(query).one())
+
+
+def test_add_task_stores_the_text_embedding_of_its_training_rows_through_the_base(settings, run_cli, data,
+                                                                                  tiny_base):
+    from registry.data import splits
+    from registry.training import embedding
+    from registry.training.tasks import encode_split, load_tokenizer
+
+    sha, kind = embedding_row(settings, "a")
+    registry = open_registry(settings)
+    stored = registry.store.get(sha)  # verified: it hashes to its name
+    assert kind == embedding.KIND and hashlib.sha256(stored).hexdigest() == sha
+    vector = embedding.from_bytes(stored, 32)
+    assert 0.5 < np.linalg.norm(vector) <= 1 + 1e-6  # a mean of unit vectors that point roughly alike
+
+    # the same vector again: the frozen base alone (no adapters) on the task's seeded training rows
+    with registry.read() as session:
+        base = registry.base(session)
+    loaded = splits.load(str(data / "sentiment"), seed=0)
+    tokenizer = load_tokenizer(tiny_base)
+    train_set = encode_split(registry, base, tokenizer, loaded, "train", 128, False)
+    again = embedding.of_task(tiny_base, train_set, 0, pad_id=tokenizer.pad_token_id, device=torch.device("cpu"))
+    assert np.allclose(vector, again, atol=1e-6)
+    assert embedding.similarity(vector, again) == pytest.approx(1.0)
+
+    with pytest.raises(ArtifactError, match="not one finite vector of 16 values"):
+        embedding.from_bytes(stored, 16)
+
+
+def test_a_broken_embedding_is_skipped_with_one_line(settings, run_cli, data):
+    add(run_cli, "b", data / "pairs", "--epochs", "1")  # other texts: another embedding (the same would share its file)
+    registry = open_registry(settings)
+    sha, _ = embedding_row(settings, "a")
+    registry.store.fs.pipe_file(registry.store.path(sha), b"not the embedding")
+    # other texts again: publishing the same embedding would write a good copy over the broken file
+    _, stderr = add(run_cli, "c", data / "similarity", "--epochs", "1", "--init-from", "auto")
+    skipped = [line for line in stderr.splitlines() if "skipped a" in line]
+    assert skipped == [f"--init-from auto: skipped a (artifact {sha[:12]} in {registry.store.url} does not match "
+                       "its sha256 (corrupt or tampered): run `registry verify`)"]
+    chosen = selection_of(run_cli, "c")
+    assert [r["task"] for r in chosen["similarity"]] == ["b"] and chosen["shortlist"] == ["b"]
+    assert f"artifact {sha[:12]} (text embedding of 'a' version 1" in run_cli("verify").output
+
+
+class Passes:
+    """Counts the forward passes of the base (BertModel.forward) and LogME's feature passes."""
+
+    def __init__(self, monkeypatch):
+        from transformers.models.bert import modeling_bert
+
+        self.base = self.logme = 0
+        forward, features = modeling_bert.BertModel.forward, selection.cls_features
+
+        def counted_forward(*args, **kwargs):
+            self.base += 1
+            return forward(*args, **kwargs)
+
+        def counted_features(*args, **kwargs):
+            self.logme += 1
+            return features(*args, **kwargs)
+
+        monkeypatch.setattr(modeling_bert.BertModel, "forward", counted_forward)
+        monkeypatch.setattr(selection, "cls_features", counted_features)
+
+    def of(self, run) -> tuple[int, int]:
+        """The passes `run()` makes."""
+        before = (self.base, self.logme)
+        run()
+        return self.base - before[0], self.logme - before[1]
+
+
+def test_auto_makes_as_many_forward_passes_with_six_earlier_tasks_as_with_three(settings, run_cli, data,
+                                                                               monkeypatch):
+    passes = Passes(monkeypatch)
+    for name in ("b", "c"):
+        add(run_cli, name, data / "sentiment", "--epochs", "1")
+    auto = ["--epochs", "1", "--init-from", "auto", "--shortlist", "3"]
+    scratch_passes = passes.of(lambda: add(run_cli, "scratch3", data / "sentiment", "--epochs", "1"))
+    assert run_cli("retire", "scratch3").exit_code == 0  # no candidate of the next
+    with_three = passes.of(lambda: add(run_cli, "new3", data / "sentiment", *auto))
+    assert run_cli("retire", "new3").exit_code == 0
+    for name in ("d", "e", "f"):
+        add(run_cli, name, data / "sentiment", "--epochs", "1")
+    with_six = passes.of(lambda: add(run_cli, "new6", data / "sentiment", *auto))
+    assert with_three == with_six and with_six[1] == 0  # no LogME: every earlier task has an embedding
+    assert len(selection_of(run_cli, "new3")["similarity"]) == 3 and len(selection_of(run_cli, "new6")[
+        "similarity"]) == 6
+    assert [len(selection_of(run_cli, name)["trials"]) for name in ("new3", "new6")] == [4, 4]
+    assert with_six[0] > scratch_passes[0]  # the trials' passes: k + 1 short trials, whatever the registry holds
+
+
+def test_earlier_tasks_without_an_embedding_get_logme_for_a_bounded_few(settings, run_cli, data, monkeypatch):
+    from sqlalchemy import update
+
+    from registry.storage.schema import task_versions
+    from registry.training import transfer
+
+    for name in ("b", "c", "d", "e"):
+        add(run_cli, name, data / "sentiment", "--epochs", "1")
+    with open_registry(settings).write() as session:  # as before revision 0005, or imported from a bundle
+        session.execute(update(task_versions).values(embedding_sha256=None))
+    passes = Passes(monkeypatch)
+    _, logme_passes = passes.of(lambda: add(run_cli, "new", data / "sentiment", "--epochs", "1", "--init-from",
+                                            "auto", "--json"))
+    chosen = selection_of(run_cli, "new")
+    assert transfer.FALLBACK == 3 and logme_passes == transfer.FALLBACK + 1  # the 3 latest and none's
+    assert chosen["similarity"] == [] and chosen["unranked"] == ["a", "b"]
+    assert sorted(r["task"] for r in chosen["logme"] if r["task"]) == ["c", "d", "e"]
+    assert sorted(chosen["shortlist"]) == ["c", "d", "e"] and len(chosen["trials"]) == 4
+    _, stderr = add(run_cli, "again", data / "sentiment", "--epochs", "1", "--init-from", "auto", "--shortlist", "1")
+    chosen = selection_of(run_cli, "again")  # `new` has an embedding and fills the one place: no LogME
+    assert [r["task"] for r in chosen["similarity"]] == ["new"] and chosen["shortlist"] == ["new"]
+    assert chosen["logme"] == [] and chosen["unranked"] == ["a", "b", "c", "d", "e"]
+    assert ("  without an embedding (added before schema 0005, or imported), LogME: not needed; not ranked: "
+            "a, b, c, d, e") in stderr

@@ -60,6 +60,7 @@ class Release:
     data_source: str
     data_fingerprint: str | None = None
     run_id: int | None = None
+    embedding_sha256: str | None = None  # the text embedding add-task stores (none for an imported task)
 
 
 @dataclass(frozen=True)
@@ -177,7 +178,8 @@ def _publish_one(session, publication: Publication, base_id: int) -> Published:
     row = TaskVersion(task_id=task_id, version=version, run_id=release.run_id, data_source=release.data_source,
                       data_fingerprint=release.data_fingerprint, adapter_size=release.adapter_size,
                       adapter_sha256=release.adapter_sha256, config_sha256=release.config_sha256, score=release.score,
-                      trainable_params=release.trainable_params, why=why, created_at=now)
+                      trainable_params=release.trainable_params, why=why, created_at=now,
+                      embedding_sha256=release.embedding_sha256)
     session.add(row)
     session.flush()
     if first:

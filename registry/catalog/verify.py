@@ -122,6 +122,10 @@ def artifact_users(session, base, tasks: list[Task]) -> dict[str, list[str]]:
         users[sha].append(f"start of run {run_id}")
     for evaluation_id, sha in session.execute(select(Evaluation.id, Evaluation.adapter_sha256)):
         users[sha].append(f"evaluation {evaluation_id}")
+    for name, version, sha in session.execute(select(Task.name, TaskVersion.version, TaskVersion.embedding_sha256)
+                                              .join(TaskVersion, TaskVersion.task_id == Task.id)
+                                              .where(TaskVersion.embedding_sha256.is_not(None))):
+        users[sha].append(f"text embedding of {name!r} version {version}")
     return users
 
 

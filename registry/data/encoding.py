@@ -42,6 +42,12 @@ class Encoded:
     def __len__(self) -> int:
         return len(self.input_ids)
 
+    def take(self, keep: np.ndarray) -> Encoded:
+        """The rows `keep`, in that order."""
+        types = self.token_type_ids
+        return Encoded(input_ids=[self.input_ids[i] for i in keep], labels=self.labels[keep],
+                       token_type_ids=[types[i] for i in keep] if types is not None else None)
+
 
 # --------------------------------------------------------------------------------------------
 # tokenising and its cache

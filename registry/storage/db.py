@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 MIGRATIONS_PACKAGE = "registry.migrations"
 SQLITE_BUSY_TIMEOUT_MS = 60_000
 DIALECTS = ("sqlite", "postgresql")
-SCHEMA_REVISION = "0004"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
+SCHEMA_REVISION = "0005"  # the head of migrations/versions (tests/test_db.py keeps the two equal)
 
 
 def parse_url(url: str) -> URL:

@@ -35,7 +35,7 @@ NAMING = {
 }
 
 TASK_STATUSES = ("training", "ready", "failed")
-RUN_STATUSES = ("pending", "running", "succeeded", "failed", "interrupted")
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted")  # "pending" (never used) dropped in 0005
 EVENT_ACTIONS = ("publish", "promote", "retire", "restore")
 
 metadata = MetaData(naming_convention=NAMING)
@@ -157,6 +157,8 @@ task_versions = Table(
     Column("trainable_params", BigInteger),
     moment("created_at"),
     Column("why", Text),
+    # the version's text embedding (registry.training.embedding; revision 0005): empty before 0005 and when imported
+    artifact_ref("embedding_sha256", nullable=True),
     UniqueConstraint("task_id", "version"),
 )
 

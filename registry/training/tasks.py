@@ -23,7 +23,7 @@ from sqlalchemy import Row, func, select
 from registry.model import checkpoint, probe
 from registry.data import splits as data, encoding, metrics
 from registry.catalog import lifecycle
-from registry.training import train, transfer
+from registry.training import embedding, train, transfer
 from registry.training.plan import DataOptions, Plan, check_options, plan_task
 from registry.training.recorder import RunRecorder
 from registry.model.adapters import AdapterModel, trainable_parameters
@@ -67,7 +67,8 @@ def add_task(registry: Opened, name: str, source: str, config: train.TrainConfig
                 terms = compare_with_current(registry, name, plan.base, plan.loaded, best[1].best_score, promote,
                                              plan.target, progress)
             runs.current = best[0]  # a failure to publish is recorded on the run being published
-            published = publish(registry, runs.task_id, plan.base, source, plan.loaded, *best, **terms)
+            published = publish(registry, runs.task_id, plan.base, source, plan.loaded, *best,
+                                text_embedding=prepared.embedding, **terms)
     except BaseException as exc:
         runs.abandon(exc)
         raise
@@ -102,10 +103,12 @@ class Prepared:
     tokenizer: object
     train_set: encoding.Encoded
     validation_set: encoding.Encoded
+    embedding: np.ndarray  # the task's text embedding (registry.training.embedding), stored when it is published
 
 
 def prepare(registry: Opened, plan: Plan, runs: RunRecorder, progress: bool) -> Prepared:
-    """Unpack the base (its sha256 recorded on the run), load its tokenizer, encode both splits (cached)."""
+    """Unpack the base (its sha256 recorded on the run), load its tokenizer, encode both splits (cached), embed the
+    training texts."""
     base_dir = checkpoint.unpack(registry, plan.base)
     loaded_base = checkpoint.weights_sha256(base_dir)
     runs.record_loaded_base(loaded_base)
@@ -113,7 +116,9 @@ def prepare(registry: Opened, plan: Plan, runs: RunRecorder, progress: bool) -> 
     train_set, validation_set = (
         encode_split(registry, plan.base, tokenizer, plan.loaded, split, plan.config.max_length, progress)
         for split in ("train", "validation"))
-    return Prepared(base_dir, loaded_base, tokenizer, train_set, validation_set)
+    vector = embedding.of_task(base_dir, train_set, plan.config.seed, pad_id=tokenizer.pad_token_id,
+                               device=plan.target)
+    return Prepared(base_dir, loaded_base, tokenizer, train_set, validation_set, vector)
 
 
 def choose_start(registry: Opened, plan: Plan, prepared: Prepared) -> tuple[transfer.Source | None, dict | None]:
@@ -128,7 +133,8 @@ def choose_start(registry: Opened, plan: Plan, prepared: Prepared) -> tuple[tran
             registry, lambda: build_model(prepared.base_dir, config.adapter_size, head, config.seed,
                                           base_dropout=config.base_dropout),
             prepared.train_set, config, task_type=loaded.task_type, metric=loaded.metric,
-            pad_id=prepared.tokenizer.pad_token_id, device=plan.target, shortlist=plan.init_from.shortlist)
+            pad_id=prepared.tokenizer.pad_token_id, device=plan.target, shortlist=plan.init_from.shortlist,
+            new_embedding=prepared.embedding)
     return (choice.source, choice.selection) if choice else (None, None)
 
 
@@ -220,22 +226,25 @@ def adapter_files(base, loaded: data.TaskData, config: train.TrainConfig,
 
 
 def publish(registry: Opened, task_id: int, base, source: str, loaded: data.TaskData, run_id: int,
-            result: train.FitResult, config: train.TrainConfig, n_trainable: int, *, promote: bool = False,
-            compared_with: int | None = None, why: str = "first version") -> lifecycle.Published:
-    """Store the best weights and config, verify them, then publish them as the task's next version.
+            result: train.FitResult, config: train.TrainConfig, n_trainable: int, *, text_embedding: np.ndarray,
+            promote: bool = False, compared_with: int | None = None, why: str = "first version") -> lifecycle.Published:
+    """Store the best weights, config and text embedding, verify them, then publish them as the task's next version.
 
     `lifecycle.publish` draws the transaction; `promote`, `compared_with` and `why` decide whether a later
     version becomes current (see lifecycle.Publication).
     """
     weights, task_config = adapter_files(base, loaded, config, result.best_state)
     probe_task(registry, base, task_id, task_config, result.best_state)
-    adapter_sha, config_sha = registry.store.put(weights), registry.store.put(task_config)  # each read back once
+    vector = embedding.to_bytes(text_embedding)
+    # each verified once, by put's read-back
+    adapter_sha, config_sha, embedding_sha = (registry.store.put(blob) for blob in (weights, task_config, vector))
     release = lifecycle.Release(adapter_sha256=adapter_sha, config_sha256=config_sha, adapter_size=config.adapter_size,
                                 score=result.best_score, trainable_params=n_trainable, data_source=source,
-                                data_fingerprint=loaded.fingerprint, run_id=run_id)
+                                data_fingerprint=loaded.fingerprint, run_id=run_id, embedding_sha256=embedding_sha)
     publication = lifecycle.Publication(release=release, task_id=task_id, promote=promote, compared_with=compared_with,
                                         why=why)
-    artifacts = [(adapter_sha, "adapter", len(weights)), (config_sha, "adapter-config", len(task_config))]
+    artifacts = [(adapter_sha, "adapter", len(weights)), (config_sha, "adapter-config", len(task_config)),
+                 (embedding_sha, embedding.KIND, len(vector))]
     return lifecycle.publish(registry, [publication], artifacts)[0]
 
 

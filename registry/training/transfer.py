@@ -1,12 +1,17 @@
 """Forward transfer: a new task's adapters and LayerNorms start from an earlier task's stored ones.
 
-`add-task --init-from TASK` names the source; `--init-from auto` chooses in three steps:
-1. rank every earlier task with adapters of the run's size by LogME on its [CLS] features of a few hundred
-   of the new task's training rows (registry.training.selection: one forward pass each, no training);
-2. trial the `shortlist` best-ranked (3 by default) and `none`: each trains the new task briefly from that
-   start — one epoch over at most `TRIAL_ROWS` training rows, the run's own learning rate, schedule and seed —
-   and is measured on `HELD_ROWS` other training rows, by Spearman's rank correlation for regression and the
-   loss for classification;
+`add-task --init-from TASK` names the source; `--init-from auto` chooses in three steps, at a cost that does not
+grow with the number of earlier tasks:
+1. rank every earlier task with adapters of the run's size by the cosine of its stored text embedding and the new
+   task's (registry.training.embedding: computed once when each task is added, so ranking is a dot product per
+   earlier task, no forward pass); the `shortlist` most similar (3 by default) go on. Earlier tasks without an
+   embedding (added before schema 0005, or imported from a bundle) fill only the places similarity leaves empty:
+   the `FALLBACK` latest of them are ranked by LogME (registry.training.selection: a forward pass each, so at most
+   `FALLBACK` passes), the others are skipped with one line;
+2. trial the shortlist and `none`: each trains the new task briefly from that start — one epoch over a share of
+   the training rows sized from the run's planned steps (`trial_size`), the run's own learning rate, schedule and
+   seed — and is measured on `HELD_ROWS` other training rows, by Spearman's rank correlation for regression and
+   the loss for classification;
 3. keep `none` unless the best trial beats it in 95% of paired bootstrap resamples of the held-out rows (the
    guard: a win inside the trial's own noise is no win).
 A candidate that cannot be used (adapters of another size, a stored file that fails verification) is skipped
@@ -19,6 +24,7 @@ are only read: the new task gets its own copy of the weights, and adding it chan
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -26,18 +32,23 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 from safetensors.torch import load as load_tensors
+from sqlalchemy import and_
 
-from registry.training import selection, train
+from registry.training import embedding, selection, train
 from registry.model.adapters import AdapterModel
 from registry.catalog.queries import find_task, served
 from registry.storage.core import Opened
+from registry.storage.schema import task_versions, tasks
 from registry.data.encoding import Encoded
 from registry.errors import ArtifactError, TrainingError
 
 log = logging.getLogger("registry")
 
-TRIAL_ROWS = 768  # 24 steps of 32
+TRIAL_ROWS = 768  # the most rows one trial trains on (24 steps of 32)
+MIN_TRIAL_ROWS = 64  # the fewest, however small the run
+TRIAL_SHARE = 0.25  # all trials together train on at most this share of the rows the run will train on
 HELD_ROWS = 256
+FALLBACK = 3  # earlier tasks without an embedding that LogME may rank (a forward pass each)
 
 
 @dataclass(frozen=True)
@@ -49,11 +60,13 @@ class Source:
     version: int
     adapter_sha256: str
     adapter_size: int
+    embedding_sha256: str | None = None  # its text embedding, when it has one (registry.training.embedding)
 
 
 def source_of(row) -> Source:
-    """A task row's current version as a Source."""
-    return Source(row.id, row.name, row.current_version, row.adapter_sha256, row.adapter_size)
+    """A task row's current version as a Source (with its embedding when the row carries one)."""
+    return Source(row.id, row.name, row.current_version, row.adapter_sha256, row.adapter_size,
+                  getattr(row, "embedding_sha256", None))
 
 
 def named_source(registry: Opened, name: str, adapter_size: int) -> Source:
@@ -67,9 +80,12 @@ def named_source(registry: Opened, name: str, adapter_size: int) -> Source:
 
 
 def candidates(registry: Opened) -> list[Source]:
-    """The ready, not retired tasks in order: what `auto` may start from (a new version, from its own task)."""
+    """The ready, not retired tasks in order, each with its current version's embedding: what `auto` may start
+    from (a new version, from its own task)."""
+    current = and_(task_versions.c.task_id == tasks.c.id, task_versions.c.version == tasks.c.current_version)
+    query = served(tasks, task_versions.c.embedding_sha256).outerjoin_from(tasks, task_versions, current)
     with registry.query() as connection:
-        return [source_of(row) for row in connection.execute(served())]
+        return [source_of(row) for row in connection.execute(query)]
 
 
 def source_tensors(registry: Opened, source: Source) -> dict[str, torch.Tensor]:
@@ -102,38 +118,51 @@ class Trial:
     outputs: np.ndarray
 
 
-def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
-           task_type: str, metric: str, pad_id: int, device: torch.device, shortlist: int) -> Choice:
-    """Rank every earlier task by LogME, trial the `shortlist` best and `none`, choose with the guard; the
-    choice's short block is logged (INFO) to the `registry` logger.
+@dataclass(frozen=True)
+class Ranked:
+    """auto's first step: the shortlist, and what it was drawn from."""
 
-    `build()` makes the new task's freshly initialised model (the same weights every call).
+    shortlist: list[str]
+    similarity: list[tuple[str, float]]  # every earlier task with an embedding, most similar first
+    logme: list[tuple[str | None, float]]  # the fallback's LogME ranking (with none's), best first; often empty
+    skipped: list[tuple[str, str]]
+    unranked: list[str]  # earlier tasks without an embedding left out (beyond FALLBACK, or not needed)
+
+
+def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
+           task_type: str, metric: str, pad_id: int, device: torch.device, shortlist: int,
+           new_embedding: np.ndarray) -> Choice:
+    """Rank the earlier tasks by embedding similarity (LogME for a bounded few without one), trial the `shortlist`
+    best and `none`, choose with the guard; the choice's short block is logged (INFO) to the `registry` logger.
+
+    `build()` makes the new task's freshly initialised model (the same weights every call); `new_embedding` is
+    the new task's text embedding (registry.training.embedding).
     """
     started = time.perf_counter()
-    trial_rows, held_rows = trial_split(train_set, config.seed)
-    sources, skipped = [], []
-    for source in candidates(registry):
-        if source.adapter_size != config.adapter_size:
-            skipped.append((source.name, f"adapters of size {source.adapter_size}, this run's {config.adapter_size}"))
-        else:
-            sources.append(source)
-    ranking, unusable = rank(registry, build(), sources, train_set, config.seed, task_type=task_type, pad_id=pad_id,
-                             device=device)
-    skipped += unusable
+    sources = candidates(registry)
+    ranked = rank(registry, build, sources, train_set, config, new_embedding, shortlist, task_type=task_type,
+                  pad_id=pad_id, device=device)
+    ranked_seconds = time.perf_counter() - started
+    size = trial_size(len(train_set), config.epochs, len(ranked.shortlist) + 1)
+    trial_rows, held_rows = trial_split(train_set, config.seed, size)
+    by_name = {source.name: source for source in sources}
+    trials, skipped = [], list(ranked.skipped)
+    for name in [None, *ranked.shortlist] if ranked.shortlist else []:
+        try:
+            trials.append(trial(registry, build(), by_name.get(name), trial_rows, held_rows, config,
+                                task_type=task_type, metric=metric, pad_id=pad_id, device=device))
+        except ArtifactError as exc:  # its stored adapters fail verification
+            skipped.append((name, str(exc)))
     for name, why in skipped:  # a warning: it shows with --quiet too
         log.warning(f"--init-from auto: skipped {name} ({why})")
-    ranked_seconds = time.perf_counter() - started
-    picked = selection.shortlist(ranking, shortlist)
-    by_name = {source.name: source for source in sources}
-    trials = [trial(registry, build(), by_name.get(name), trial_rows, held_rows, config, task_type=task_type,
-                    metric=metric, pad_id=pad_id, device=device) for name in ([None, *picked] if picked else [])]
     chosen, guard, why = decide(trials, held_rows.labels, task_type, config.seed)
     record = {"requested": "auto", "criterion": selection.criterion(task_type), "k": shortlist,
-              "rows": [len(trial_rows), len(held_rows)], "feature_rows": min(selection.FEATURE_ROWS, len(train_set)),
-              "ranking": [{"task": name, "logme": value} for name, value in ranking], "shortlist": picked,
+              "rows": [len(trial_rows), len(held_rows)], "embedding_rows": min(embedding.ROWS, len(train_set)),
+              "similarity": [{"task": name, "cosine": round(value, 6)} for name, value in ranked.similarity],
+              "logme": [{"task": name, "logme": value} for name, value in ranked.logme],
+              "unranked": ranked.unranked, "shortlist": ranked.shortlist,
               "trials": [{"task": t.name, selection.criterion(task_type): shown(t.score, task_type)} for t in trials],
-              "guard": guard,
-              "skipped": [{"task": name, "why": reason} for name, reason in skipped],
+              "guard": guard, "skipped": [{"task": name, "why": reason} for name, reason in skipped],
               "chosen": chosen, "why": why, "ranking_seconds": round(ranked_seconds, 3),
               "seconds": round(time.perf_counter() - started, 3)}
     for line in describe(record):
@@ -141,13 +170,52 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
     return Choice(by_name[chosen] if chosen else None, record)
 
 
-def rank(registry: Opened, model: AdapterModel, sources: list[Source], train_set: Encoded, seed: int, *,
-         task_type: str, pad_id: int, device: torch.device) -> tuple[list[tuple[str | None, float]], list]:
+def rank(registry: Opened, build: Callable[[], AdapterModel], earlier: list[Source], train_set: Encoded,
+         config: train.TrainConfig, new_embedding: np.ndarray, k: int, *, task_type: str, pad_id: int,
+         device: torch.device) -> Ranked:
+    """The shortlist: the `k` earlier tasks most similar to the new one; places left go to the `FALLBACK` latest
+    tasks without an embedding, best ranked by LogME."""
+    sources, skipped = [], []
+    for source in earlier:
+        if source.adapter_size != config.adapter_size:
+            skipped.append((source.name, f"adapters of size {source.adapter_size}, this run's {config.adapter_size}"))
+        else:
+            sources.append(source)
+    similar, unreadable = similarities(registry, [s for s in sources if s.embedding_sha256], new_embedding)
+    skipped += unreadable
+    picked = [name for name, _ in similar[:k]]
+    without = [s for s in sources if not s.embedding_sha256]
+    fallback = without[-FALLBACK:] if len(picked) < k else []
+    logme, unusable = by_logme(registry, build(), fallback, train_set, config.seed, task_type=task_type,
+                               pad_id=pad_id, device=device) if fallback else ([], [])
+    skipped += unusable
+    picked += selection.shortlist(logme, k - len(picked))
+    unranked = [s.name for s in without if s not in fallback]
+    return Ranked(picked, similar, logme, skipped, unranked)
+
+
+def similarities(registry: Opened, sources: list[Source],
+                 new_embedding: np.ndarray) -> tuple[list[tuple[str, float]], list[tuple[str, str]]]:
+    """The cosine of each source's stored embedding and the new task's, most similar first; and the sources whose
+    embedding cannot be read, with why. No forward pass."""
+    similar, skipped = [], []
+    for source in sources:
+        try:
+            stored = embedding.from_bytes(registry.store.get(source.embedding_sha256), len(new_embedding))
+        except ArtifactError as exc:
+            skipped.append((source.name, str(exc)))
+            continue
+        similar.append((source.name, embedding.similarity(new_embedding, stored)))
+    return sorted(similar, key=lambda item: -item[1]), skipped
+
+
+def by_logme(registry: Opened, model: AdapterModel, sources: list[Source], train_set: Encoded, seed: int, *,
+             task_type: str, pad_id: int, device: torch.device) -> tuple[list[tuple[str | None, float]], list]:
     """LogME of `none` (the fresh start) and of every source whose stored weights load, best first; and the
-    sources skipped, with why."""
-    rows = subset(train_set, np.random.default_rng(seed).permutation(len(train_set))[:selection.FEATURE_ROWS])
+    sources skipped, with why. A forward pass each."""
+    rows = train_set.take(np.random.default_rng(seed).permutation(len(train_set))[:selection.FEATURE_ROWS])
     ranking, skipped = [], []
-    for source in [None, *sources] if sources else []:
+    for source in [None, *sources]:
         if source is not None:
             try:
                 start_from(model, source_tensors(registry, source))
@@ -180,15 +248,22 @@ def shown(score: float, task_type: str) -> float:
 
 
 def describe(record: dict) -> list[str]:
-    """auto's short block: the ranking (the first five), the shortlist, the trials, the choice."""
+    """auto's short block: the similarity ranking (the first five), the fallback, the shortlist, the trials, the
+    choice."""
     def name(task: str | None) -> str:
         return task or "none"
 
-    ranking = record["ranking"]
-    top = ", ".join(f"{name(r['task'])} {r['logme']:.3f}" for r in ranking[:5])
-    more = f" (+{len(ranking) - 5} more)" if len(ranking) > 5 else ""
-    lines = [f"--init-from auto: LogME on {record['feature_rows']} training rows, {len(ranking)} starts in "
-             f"{record['ranking_seconds']:.1f} s: {top}{more}" if ranking else "--init-from auto: no candidate"]
+    similar = record["similarity"]
+    top = ", ".join(f"{r['task']} {r['cosine']:.3f}" for r in similar[:5])
+    more = f" (+{len(similar) - 5} more)" if len(similar) > 5 else ""
+    tasks = f"{len(similar)} earlier task{'s' if len(similar) > 1 else ''}"
+    lines = [f"--init-from auto: text similarity of {tasks} ({record['embedding_rows']} training rows embedded) in "
+             f"{record['ranking_seconds']:.1f} s: {top}{more}" if similar else
+             "--init-from auto: no earlier task with a text embedding"]
+    if record["logme"] or record["unranked"]:
+        ranked = ", ".join(f"{name(r['task'])} {r['logme']:.3f}" for r in record["logme"]) or "not needed"
+        unranked = f"; not ranked: {', '.join(record['unranked'])}" if record["unranked"] else ""
+        lines.append(f"  without an embedding (added before schema 0005, or imported), LogME: {ranked}{unranked}")
     if record["trials"]:
         trained, held = record["rows"]
         lines.append(f"  shortlist (k={record['k']}): {', '.join(record['shortlist'])}; trials, held-out "
@@ -198,18 +273,18 @@ def describe(record: dict) -> list[str]:
     return lines
 
 
-def subset(encoded: Encoded, keep: np.ndarray) -> Encoded:
-    """The rows `keep` of `encoded`, in that order."""
-    types = encoded.token_type_ids
-    return Encoded(input_ids=[encoded.input_ids[i] for i in keep], labels=encoded.labels[keep],
-                   token_type_ids=[types[i] for i in keep] if types is not None else None)
+def trial_size(train_rows: int, epochs: int, trials: int) -> int:
+    """Rows each trial trains on: `TRIAL_SHARE` of the rows the run will train on, split among the trials, within
+    [`MIN_TRIAL_ROWS`, `TRIAL_ROWS`]."""
+    return min(TRIAL_ROWS, max(MIN_TRIAL_ROWS, math.ceil(TRIAL_SHARE * train_rows * epochs / max(1, trials))))
 
 
-def trial_split(train_set: Encoded, seed: int) -> tuple[Encoded, Encoded]:
-    """Seeded, disjoint trial and held-out rows of the training split (a quarter held out when it is small)."""
+def trial_split(train_set: Encoded, seed: int, size: int) -> tuple[Encoded, Encoded]:
+    """Seeded, disjoint trial rows (at most `size`) and held-out rows of the training split (a quarter held out
+    when it is small)."""
     order = np.random.default_rng(seed).permutation(len(train_set))
     held = min(HELD_ROWS, max(1, len(order) // 4))
-    return subset(train_set, order[held:held + TRIAL_ROWS]), subset(train_set, order[:held])
+    return train_set.take(order[held:held + size]), train_set.take(order[:held])
 
 
 def trial(registry: Opened, model: AdapterModel, source: Source | None, trial_rows: Encoded, held_rows: Encoded,
