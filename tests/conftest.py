@@ -24,17 +24,17 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 
 # The test files by the time they take, heaviest first (seconds of one worker on the 2-core machine, measured
-# with `--durations=0`; rough is enough). `make test` runs `--dist loadfile`: each worker takes the next whole file
+# in a full `make test`; rough is enough). `make test` runs `--dist loadfile`: each worker takes the next whole file
 # when it is nearly done with its own, so handing out the heaviest files first leaves only small files for the end
 # and the workers finish together (pytest-xdist's default order, by number of tests, left a file of 4 slow tests
 # for the end). A file not listed here goes first: its cost is unknown, and the end of the run is for small ones.
 HEAVIEST_FIRST = [
-    "test_serve.py", "test_add_task.py", "test_reliability.py", "test_bad_input.py", "test_dashboard.py",
-    "test_versions.py", "test_ownership.py", "test_team.py", "test_safety.py", "test_transfer.py", "test_hosts.py",
-    "test_fuzz_cli.py", "test_serve_limits.py", "test_docs_python.py", "test_api.py", "test_trust.py",
-    "test_families.py", "test_fuzz_http.py", "test_cli_core.py", "test_bundle.py", "test_db.py",
-    "test_onnx_backend.py", "test_unexpected.py", "test_learning.py", "test_imports.py", "test_store.py",
-    "test_packaging.py", "test_data.py", "test_encoding.py", "test_layers.py", "test_metrics.py", "test_adapters.py",
+    "test_serve.py", "test_add_task.py", "test_hosts.py", "test_reliability.py", "test_serve_limits.py",
+    "test_team.py", "test_dashboard.py", "test_bad_input.py", "test_versions.py", "test_safety.py", "test_transfer.py",
+    "test_ownership.py", "test_api.py", "test_fuzz_http.py", "test_trust.py", "test_fuzz_cli.py", "test_bundle.py",
+    "test_cli_core.py", "test_store.py", "test_docs_python.py", "test_unexpected.py", "test_learning.py", "test_db.py",
+    "test_families.py", "test_data.py", "test_onnx_backend.py", "test_imports.py", "test_packaging.py",
+    "test_metrics.py", "test_adapters.py", "test_layers.py", "test_encoding.py",
 ]
 
 
