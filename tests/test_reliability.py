@@ -156,6 +156,17 @@ class Launcher:
     def output(self, pid: int) -> str:
         return self.logs[pid].read_text()
 
+    def running(self, pid: int) -> bool:
+        """Whether `pid` still runs: it exists and is not a zombie (exited, not yet waited for)."""
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1][0] != "Z"
+        except FileNotFoundError:  # gone meanwhile; or no /proc, where os.kill's answer is all there is
+            return not Path("/proc").is_dir()
+
     def close(self) -> None:
         for pid in list(self.pending):
             self.kill(pid)
@@ -421,22 +432,16 @@ def test_concurrent_adds_get_distinct_consecutive_positions(run_cli, settings, t
     assert verify_problems(run_cli) == []
 
 
-def console_script() -> list[str]:
-    script = Path(sys.executable).with_name("registry")
-    return [str(script)] if script.exists() else [sys.executable, "-c", "from registry.cli.main import main; main()"]
-
-
-def test_readers_work_while_a_task_trains_and_a_kill_is_swept_at_once(run_cli, settings, registry, tmp_path):
+def test_readers_work_while_a_task_trains_and_a_kill_is_swept_at_once(run_cli, settings, registry, tmp_path,
+                                                                      launcher):
     data = write_data(tmp_path / "data.tsv")
     assert run_cli(*add_args("done", data)).exit_code == 0
-    env = {**os.environ, **registry_env(settings)}
-    process = subprocess.Popen([*console_script(), *add_args("slow", data, epochs=10_000)], env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    pid = launcher.start(settings, *add_args("slow", data, epochs=10_000))  # `registry add-task`, its own process
     try:
         deadline = time.monotonic() + 120
         epochs = []
         while len(epochs) < 2:  # readers run while the subprocess trains and commits its epochs
-            assert process.poll() is None, process.stderr.read()
+            assert launcher.running(pid), launcher.output(pid)
             assert time.monotonic() < deadline
             for command in (["list", "--json"], ["show", "done", "--json"], ["runs", "--json"], ["history", "--json"]):
                 result = run_cli(*command)
@@ -447,12 +452,11 @@ def test_readers_work_while_a_task_trains_and_a_kill_is_swept_at_once(run_cli, s
         swept, runs = sweep(run_cli)
         assert swept == 0 and runs[-1]["status"] == "running"  # alive: left alone
     finally:
-        process.kill()
-        process.wait()
+        launcher.kill(pid)
     swept, runs = sweep(run_cli)
     assert swept == 1  # its pid is gone on this host: interrupted at once, not after 2 minutes
     assert runs[-1]["status"] == "interrupted"
-    assert runs[-1]["error"] == f"process {process.pid} on {this_host()} died (killed or crashed)"
+    assert runs[-1]["error"] == f"process {pid} on {this_host()} died (killed or crashed)"
     assert task_status(registry, "slow") == "failed"
     history = json.loads(run_cli("history", "slow", "--json").stdout)
     assert len([h for h in history if h["metric"] == "loss"]) >= 2  # what was measured before the kill stays

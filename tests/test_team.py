@@ -6,9 +6,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,7 +17,6 @@ from registry.model import checkpoint
 from registry.storage.config import Settings
 from registry.storage.core import open_registry
 from registry.storage.store import Store
-from tests.conftest import REPO
 from tests.test_reliability import add_args, sql, write_data
 
 
@@ -181,17 +177,15 @@ def test_store_unreachable_is_one_line_and_publishes_nothing(team, team_cli, add
     """An S3 endpoint that refuses every connection: one clear line after the bounded retries; nothing published."""
     before = json.loads(team_cli("list", "--json").stdout)
     env = {
-        **os.environ,
         "REGISTRY_HOME": str(team.home),
         "REGISTRY_DB_URL": team.db_url,
         "REGISTRY_STORE": team.store_url,
         "AWS_ENDPOINT_URL": "http://127.0.0.1:9",
         "AWS_MAX_ATTEMPTS": "1",
-    }  # port 9 (discard): nothing listens
+    }  # port 9 (discard): nothing listens; in this process (the store opens a fresh fsspec instance per command)
     data = write_data(Path(team.home) / "other.tsv", seed=3)
-    result = subprocess.run([sys.executable, "-m", "cli", *add_args("unreachable", data)], env=env, cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 1, result.stderr
+    result = CliRunner().invoke(cli, add_args("unreachable", data), env=env)
+    assert result.exit_code == 1, result.stderr
     line = result.stderr.strip()
     assert "\n" not in line and line.startswith(f"Error: the store {team.store_url} failed to ") \
         and "after 3 attempts" in line and "check that it is reachable" in line, result.stderr
