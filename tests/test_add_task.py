@@ -52,7 +52,7 @@ def test_three_tasks_in_sequence_leave_earlier_ones_untouched(run_cli, tiny_base
         assert (row["task_type"], row["metric"], row["status"]) == expected[name]
         after = artifact_bytes(settings)
         assert {k: after[k] for k in before} == before  # nothing stored earlier changed
-        assert len(after) == len(before) + 2  # the new adapter and its config
+        assert len(after) == len(before) + 3  # the new adapter, its config and its text embedding
     listed = json.loads(run_cli("list", "--json").stdout)
     assert [(t["position"], t["name"]) for t in listed] == [(1, "sentiment"), (2, "pairs"), (3, "similarity")]
 

@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 from sqlalchemy import select, text, update
 
+from registry.storage import db
 from registry.storage.config import Settings
 from registry.storage.core import open_registry
 from registry.storage.models import Artifact, Run, Task, TaskVersion
@@ -72,7 +73,7 @@ def kill_point(point):
             return real(src, dst)
         os.replace = replace
     elif point == "stored":
-        patch(store.Store, "put", calls=2)         # adapter and config stored, nothing committed
+        patch(store.Store, "put", calls=3)         # adapter, config and text embedding stored, nothing committed
     elif point == "committing":
         publishing = []
         @event.listens_for(Engine, "before_cursor_execute")
@@ -239,9 +240,24 @@ def task_status(registry, name: str) -> str | None:
         return session.scalar(select(Task.status).where(Task.name == name))
 
 
-def check_after_kill(run_cli, registry, name: str, before: dict, last_run: int) -> tuple[str, int]:
+def sessions_ended(registry, pid: int) -> None:
+    """Wait until PostgreSQL has ended the sessions of killed process `pid`: a COMMIT it sent just before the kill
+    may still land, after a sweep that started at once would have looked."""
+    if registry.engine.dialect.name != "postgresql":
+        return
+    deadline = time.monotonic() + 60
+    with registry.engine.connect() as connection:
+        while connection.execute(text("SELECT count(*) FROM pg_stat_activity WHERE application_name = :name"),
+                                 {"name": db.application_name(pid)}).scalar():
+            assert time.monotonic() < deadline, f"the sessions of killed process {pid} did not end"
+            time.sleep(0.05)
+            connection.rollback()  # pg_stat_activity is read once per transaction
+
+
+def check_after_kill(run_cli, registry, name: str, before: dict, last_run: int, pid: int) -> tuple[str, int]:
     """Invariants after a kill, once dead runs are swept: what the kill left (none, interrupted or ready), the last
     run."""
+    sessions_ended(registry, pid)
     _, runs = sweep(run_cli)
     assert not [run for run in runs if run["status"] == "running"], runs  # a dead process is swept at once
     problems = verify_problems(run_cli)
@@ -285,7 +301,7 @@ def test_kill_9_at_any_moment_leaves_the_registry_consistent(run_cli, settings, 
             time.sleep(delay)
             code = launcher.kill(pid)
         assert code in (0, -signal.SIGKILL), launcher.output(pid)
-        outcome, last_run = check_after_kill(run_cli, registry, name, before, last_run)
+        outcome, last_run = check_after_kill(run_cli, registry, name, before, last_run, pid)
         assert (code == 0) <= (outcome == "ready")
         outcomes[outcome] += 1
         if outcome == "interrupted":
@@ -300,7 +316,7 @@ def test_kill_9_at_any_moment_leaves_the_registry_consistent(run_cli, settings, 
     if name not in killed_names:
         pid = launcher.start(settings, *add_args(name, data, seed=98), kill_point="training-done")
         assert launcher.wait(pid) == -signal.SIGKILL, launcher.output(pid)
-        assert check_after_kill(run_cli, registry, name, published(registry), last_run)[0] == "interrupted"
+        assert check_after_kill(run_cli, registry, name, published(registry), last_run, pid)[0] == "interrupted"
     assert run_cli("verify", "--prune").exit_code == 0  # stray files of killed attempts go
     before = published(registry)
     pid = launcher.start(settings, *add_args(name, data, seed=99))
@@ -314,8 +330,8 @@ KILL_POINTS = [  # where the launcher kills add-task, and what must be found aft
     ("training-done", "interrupted", set()),
     ("trained", "succeeded", set()),
     ("store-rename", "succeeded", {"temporary"}),
-    ("stored", "succeeded", {"adapter", "config"}),
-    ("committing", "succeeded", {"adapter", "config"}),
+    ("stored", "succeeded", {"adapter", "config", "embedding"}),
+    ("committing", "succeeded", {"adapter", "config", "embedding"}),
     ("published", "succeeded", set()),
 ]
 
@@ -329,6 +345,7 @@ def test_kill_9_at_each_step_of_publishing(run_cli, settings, registry, tmp_path
     for seed, (point, run_status, strays) in enumerate(KILL_POINTS, start=1):
         pid = launcher.start(settings, *add_args("victim", data, seed=seed), kill_point=point)
         assert launcher.wait(pid) == -signal.SIGKILL, (point, launcher.output(pid))
+        sessions_ended(registry, pid)
         swept, runs = sweep(run_cli)
         assert swept == int(run_status == "interrupted"), point
         run = runs[-1]
@@ -372,6 +389,7 @@ def test_kill_9_of_a_new_version_leaves_the_current_version(run_cli, settings, r
     for seed, point in enumerate(NEW_VERSION_KILL_POINTS, start=1):
         pid = launcher.start(settings, *add_args("task", data, seed=seed), "--new-version", kill_point=point)
         assert launcher.wait(pid) == -signal.SIGKILL, (point, launcher.output(pid))
+        sessions_ended(registry, pid)
         _, runs = sweep(run_cli)
         assert runs[-1]["status"] in ("interrupted", "succeeded") and runs[-1]["task"] == "task", (point, runs[-1])
         assert published(registry) == before, point  # the row, its current version and the bytes it is served with
@@ -594,10 +612,10 @@ def sql(settings: Settings, statement: str) -> None:
 def test_verify_clean_registry(run_cli, trained):
     result = run_cli("verify")
     assert result.exit_code == 0
-    assert result.stdout == "ok: 5 artifacts and 1 ready tasks verified, no unreferenced files in the store\n"
+    assert result.stdout == "ok: 6 artifacts and 1 ready tasks verified, no unreferenced files in the store\n"
     report = json.loads(run_cli("verify", "--json").stdout)
     assert report == {"ok": True, "problems": [], "pruned": [], "discarded": [],
-                      "checked": {"artifacts": 5, "tasks": 1, "files": 6}}  # and the store marker
+                      "checked": {"artifacts": 6, "tasks": 1, "files": 7}}  # and the store marker
 
 
 def test_verify_finds_missing_and_corrupt_artifacts(run_cli, settings, trained):
@@ -694,7 +712,7 @@ def test_verify_prune_removes_unreferenced_files_only_when_no_task_trains(run_cl
     assert result.exit_code == 0, result.output
     assert result.stdout.splitlines() == [
         f"removed unreferenced file {path}" for path in sorted([str(stray), str(temporary)])
-    ] + ["ok: 5 artifacts and 1 ready tasks verified, no unreferenced files in the store"]
+    ] + ["ok: 6 artifacts and 1 ready tasks verified, no unreferenced files in the store"]
     assert not stray.exists() and not temporary.exists() and trained.adapter.exists()
     registry = open_registry(settings)
     assert task_status(registry, "busy") == "failed"

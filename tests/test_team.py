@@ -52,7 +52,7 @@ def verify(team_cli, *args) -> dict:
 
 def test_add_predict_verify_on_each_store(team, team_cli, added):
     store = Store(team.store_url)
-    assert len(store.files()) == 6  # base weights, config, tokenizer; adapter, adapter config; the marker
+    assert len(store.files()) == 7  # base weights, config, tokenizer; adapter, its config, text embedding; marker
     assert verify(team_cli)["ok"]
     result = team_cli("predict", "--task", "sentiment", "good great love", "--json")
     assert result.exit_code == 0, result.output

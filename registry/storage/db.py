@@ -51,11 +51,17 @@ def sqlite_path(url: str) -> Path | None:
     return Path(parsed.database)
 
 
+def application_name(pid: int | None = None) -> str:
+    """How a registry process's PostgreSQL sessions are named (pg_stat_activity.application_name)."""
+    return f"registry[{os.getpid() if pid is None else pid}]"
+
+
 def make_engine(url: str) -> Engine:
     """An engine; on SQLite with foreign keys enforced, a busy timeout and explicit BEGIN IMMEDIATE for writes."""
     if sqlite_path(url) is None:
-        try:
-            return create_engine(url, pool_pre_ping=True)
+        try:  # the process is named in pg_stat_activity, unless the URL names it otherwise
+            named = {} if "application_name" in parse_url(url).query else {"application_name": application_name()}
+            return create_engine(url, pool_pre_ping=True, connect_args=named)
         except (ArgumentError, ImportError) as exc:  # an unknown driver (postgresql+nope), or one not installed
             raise DatabaseUnavailable(f"cannot use --db {parse_url(url).render_as_string(hide_password=True)} "
                                       f"({first_line(exc)}): install its driver or give postgresql://…") from None

@@ -20,6 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_tensors, save as save_tensors
 
 from registry.data.encoding import Encoded, batches
+from registry.model import checkpoint
 from registry.errors import ArtifactError
 
 ROWS = 256
@@ -37,6 +38,7 @@ def load_encoder(base_dir) -> torch.nn.Module:
     """The frozen base alone, in evaluation mode (no adapters, no dropout)."""
     from transformers import AutoModel
 
+    checkpoint.quiet_transformers()
     encoder = AutoModel.from_pretrained(base_dir, dtype=torch.float32, trust_remote_code=False)
     return encoder.requires_grad_(False).eval()
 
