@@ -174,6 +174,17 @@ def write_tsv(path: Path, header: list[str], rows) -> None:
     path.write_text("\n".join("\t".join(map(str, row)) for row in [header, *rows]) + "\n")
 
 
+def write_pickled_copy(base: Path, directory: Path) -> Path:
+    """`base` with its safetensors weights replaced by a `pytorch_model.bin`: a checkpoint the registry must refuse
+    without ever unpickling it."""
+    directory.mkdir()
+    for item in Path(base).iterdir():
+        if item.suffix != ".safetensors":
+            (directory / item.name).write_bytes(item.read_bytes())
+    (directory / "pytorch_model.bin").write_bytes(b"\x80\x04never unpickled")
+    return directory
+
+
 def write_task_data(root: Path) -> Path:
     """Three small tasks under `root`: sentiment (one text, string labels), pairs (a pair) and similarity
     (regression)."""

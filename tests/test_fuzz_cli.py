@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,7 +23,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from registry.cli.main import cli
-from tests.helpers import write_task_data
+from tests.helpers import write_pickled_copy, write_task_data
 
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "12"))
 DOWN = "http://127.0.0.1:9"  # the discard port: nothing listens, connections are refused at once
@@ -33,12 +34,7 @@ def place(tmp_path_factory, tiny_base) -> dict:
     """A registry with one trained task, and the odd files and directories the strategies point at."""
     root = tmp_path_factory.mktemp("fuzz")
     data = write_task_data(root / "data")
-    pickled = root / "pickled-base"
-    pickled.mkdir()
-    for item in Path(tiny_base).iterdir():
-        if item.suffix != ".safetensors":
-            (pickled / item.name).write_bytes(item.read_bytes())
-    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04not really a pickle")
+    pickled = write_pickled_copy(Path(tiny_base), root / "pickled-base")
     (root / "garbage.tsv").write_bytes(b"\xff\xfe\x00garbage\tx\n\x00\x00")
     (root / "wrong-columns").mkdir()
     (root / "wrong-columns" / "train.tsv").write_text("a\tb\nx\ty\nz\tw\n")
@@ -204,18 +200,24 @@ def test_no_command_ends_in_unexpected(name, place, monkeypatch):
     run()
 
 
-@pytest.fixture
-def full_disk(tmp_path):
-    """A 256 KiB tmpfs (mounted where root may; skipped otherwise), unmounted at the end."""
-    mount = tmp_path / "full"
+@contextmanager
+def tmpfs(mount: Path, options: str):
+    """A tmpfs mounted at `mount` with `options` (where root may; the test skips otherwise), unmounted at the end."""
     mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], capture_output=True)
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mount)], capture_output=True)
     if done.returncode != 0:
-        pytest.skip(f"cannot mount a small tmpfs here (needs root): {done.stderr.decode().strip()}")
+        pytest.skip(f"cannot mount a tmpfs ({options}) here (needs root): {done.stderr.decode().strip()}")
     try:
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 256 KiB tmpfs."""
+    with tmpfs(tmp_path / "full", "size=256k") as mount:
+        yield mount
 
 
 def test_a_full_disk_is_named_as_such(full_disk, place):
@@ -236,17 +238,10 @@ def test_a_full_disk_is_named_as_such(full_disk, place):
 
 
 def test_a_read_only_home_is_named_as_such(tmp_path, place):
-    mount = tmp_path / "ro"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(mount)], capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a read-only tmpfs here (needs root): {done.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "ro", "ro,size=64k") as mount:
         env = {**place["env"], "REGISTRY_HOME": str(mount / "home")}
         result = CliRunner().invoke(cli, ["init", "--base", str(place["tiny"])], env=env)
         assert result.exit_code == 1, result.output
         line = result.stderr.strip()
         assert "\n" not in line and "unexpected" not in line and "check --db" not in line, line
         assert "Read-only file system" in line or "read-only" in line, line
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)

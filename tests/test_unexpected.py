@@ -13,7 +13,7 @@ from click.testing import CliRunner
 
 from registry.cli.main import cli
 from registry.storage.config import resolve
-from tests.helpers import make_settings, one_line_error, snapshot, write_task_data
+from tests.helpers import make_settings, one_line_error, snapshot, write_pickled_copy, write_task_data
 
 DOWN = "http://127.0.0.1:9"  # nothing listens there
 
@@ -28,12 +28,7 @@ def registry(request, tmp_path_factory, tiny_base, pg_skip_reason):
     (root / "wrong").mkdir()
     for split in ("train", "dev"):
         (root / "wrong" / f"{split}.tsv").write_text("review\tstars\ngood film\t5\nbad film\t1\nfine\t3\n")
-    pickled = root / "pickled"
-    pickled.mkdir()
-    for item in Path(tiny_base).iterdir():
-        if item.suffix != ".safetensors":
-            (pickled / item.name).write_bytes(item.read_bytes())
-    (pickled / "pytorch_model.bin").write_bytes(b"\x80\x04never unpickled")
+    pickled = write_pickled_copy(Path(tiny_base), root / "pickled")
     env = {"REGISTRY_HOME": str(settings.home), "REGISTRY_DB_URL": settings.db_url,
            "REGISTRY_STORE": settings.store_url}
     runner = CliRunner()
