@@ -15,7 +15,7 @@ from torch import nn
 from registry.errors import ArtifactError
 from registry.storage.core import open_registry
 from registry.training import selection
-from tests.helpers import one_line_error, snapshot, write_task_data
+from tests.helpers import one_line_error, sentiment_rows, snapshot, write_task_data, write_tsv
 
 
 @pytest.fixture
@@ -130,7 +130,8 @@ def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(sett
     block = [line for line in stderr.splitlines() if "auto" in line or line.startswith("  ")]
     assert block[0] == "--init-from auto: skipped small (adapters of size 16, this run's 64)"
     assert block[1].startswith("--init-from auto: text similarity of 1 earlier task (48 training rows embedded) in ")
-    assert block[2].startswith("  shortlist (k=3): a; trials, held-out spearman after 1 epoch on 36 rows (12 held ")
+    assert block[2].startswith("  shortlist (k=3): a; trials, held-out spearman of a head fitted on each start's "
+                               "features of 36 rows (12 held out): none ")
     assert block[3].startswith(f"  → {chosen['chosen'] or 'none'} (a beats none in ")
     starts = [run["init_from"]["task"] if run["init_from"] else None for run in runs]
     assert starts == (["a", None] if chosen["chosen"] else [None])  # --compare-scratch: scratch beside a source
@@ -165,22 +166,26 @@ def test_an_unusable_candidate_is_skipped_with_one_line(settings, run_cli, data)
     assert [t["task"] for t in chosen["trials"]] == [None, "b"] and chosen["skipped"][0]["task"] == "a"
 
 
-def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(settings, run_cli, data,
+def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(settings, run_cli, data, tmp_path,
                                                                                  monkeypatch):
-    """`teacher` learned this very data: LogME ranks it first and its trial beats scratch on every resample."""
-    teacher, _ = add(run_cli, "teacher", data / "sentiment", "--epochs", "30", "--lr", "3e-3", "--batch-size", "8")
+    """`teacher` learned this very data: it ranks first, and the head fitted on its features beats the one fitted on
+    a fresh start's on every resample of the held-out rows (200 training rows: 50 held out)."""
+    reviews = tmp_path / "reviews"
+    for split, n, seed in (("train", 200, 5), ("dev", 40, 6)):
+        write_tsv(reviews / f"{split}.tsv", ["sentence", "label"], sentiment_rows(n, seed))
+    teacher, _ = add(run_cli, "teacher", reviews, "--epochs", "10", "--lr", "3e-3", "--batch-size", "8")
     assert teacher["score"] >= 0.8
-    add(run_cli, "again", data / "sentiment", "--epochs", "1", "--init-from", "auto")
+    add(run_cli, "again", reviews, "--epochs", "1", "--init-from", "auto")
     (run,) = shown(run_cli, "again")["runs"]
     chosen = run["selection"]
-    assert "teacher" in chosen["shortlist"]  # the same texts as `a`: as similar
+    assert chosen["shortlist"][0] == "teacher" and chosen["rows"][1] == 50  # the same texts: the most similar
     losses = {t["task"]: t["loss"] for t in chosen["trials"]}
     assert losses["teacher"] < losses[None] and chosen["guard"] == {
         "best": "teacher", "wins": 1.0, "needed": selection.CONFIDENCE, "fired": False}
     assert chosen["chosen"] == "teacher" and run["init_from"]["task"] == "teacher"
 
     monkeypatch.setattr(selection, "CONFIDENCE", 1.01)  # no win is enough: the guard keeps none
-    _, stderr = add(run_cli, "kept", data / "sentiment", "--epochs", "1", "--init-from", "auto")
+    _, stderr = add(run_cli, "kept", reviews, "--epochs", "1", "--init-from", "auto")
     (run,) = shown(run_cli, "kept")["runs"]
     assert run["selection"]["guard"]["fired"] is True and run["selection"]["chosen"] is None
     assert run["init_from"] is None and "→ none (teacher beats none in 100% of 200 resamples" in stderr
@@ -282,6 +287,54 @@ def test_add_task_stores_the_text_embedding_of_its_training_rows_through_the_bas
         embedding.from_bytes(stored, 16)
 
 
+def test_similarity_is_centred_on_the_registry_so_a_shared_part_does_not_rank():
+    """Every embedding leans the same way (any text through the base); what sets reviews apart is small. The plain
+    cosine ranks the plainest text first; centred on the mean, reviews come first."""
+    from registry.training import embedding
+
+    new = np.array([1.0, 0.4, 0.0, 0.0])  # a review set: the shared direction plus some "reviews"
+    earlier = [np.array([0.5, 0.5, 0.0, 0.0]), np.array([1.0, 0.05, 0.0, 0.1]),  # reviews, plain single sentences
+               np.array([0.8, 0.0, 0.5, 0.0]), np.array([0.8, 0.0, 0.0, 0.5])]  # sentence pairs, something else
+    reviews, plain = earlier[:2]
+    plain_cosines = [embedding.similarity(new, e) for e in earlier]
+    assert max(plain_cosines) == plain_cosines[1]  # the plain cosine puts the plain texts first
+    centred = embedding.centred_similarities(new, earlier)
+    assert max(centred) == centred[0] and centred[1] > max(centred[2:])
+    centre = np.mean([new, *earlier], axis=0)
+    assert centred[0] == pytest.approx(embedding.similarity(new - centre, reviews - centre))
+    # with one earlier task there is nothing to centre on: the plain cosine
+    assert embedding.centred_similarities(new, [plain]) == [pytest.approx(plain_cosines[1])]
+
+
+def test_trials_reuse_one_model_and_give_what_a_fresh_model_gives(settings, run_cli, data, tiny_base):
+    """auto builds the new task's model once; each trial puts its task slot back as built. A trial after another
+    one (which loaded `a`'s adapters into it) gives the very outputs of the same trial on a model just built."""
+    from registry.data import splits
+    from registry.formats import head_size
+    from registry.training import transfer
+    from registry.training.tasks import build_model, encode_split, load_tokenizer
+
+    registry = open_registry(settings)
+    with registry.read() as session:
+        base = registry.base(session)
+    loaded = splits.load(str(data / "sentiment"), seed=0)
+    tokenizer = load_tokenizer(tiny_base)
+    train_set = encode_split(registry, base, tokenizer, loaded, "train", 128, False)
+    trial_rows, held_rows = transfer.trial_split(train_set, 0, 32)
+    build = lambda: build_model(tiny_base, 64, head_size(loaded.task_type, loaded.labels), 0)  # noqa: E731
+    source = transfer.candidates(registry)[0]  # `a`
+
+    def trial(model, start):
+        return transfer.trial(registry, model, start, trial_rows, held_rows, task_type=loaded.task_type,
+                              pad_id=tokenizer.pad_token_id, device=torch.device("cpu"))
+
+    reused = transfer.Reused(build, 0)
+    first, again = trial(reused(), source), trial(reused(), None)  # `none` after `a` trained the model
+    assert reused.model is reused() and first.score != again.score
+    fresh = trial(build(), None), trial(build(), source)
+    assert np.array_equal(again.outputs, fresh[0].outputs) and np.array_equal(first.outputs, fresh[1].outputs)
+
+
 def test_a_broken_embedding_is_skipped_with_one_line(settings, run_cli, data):
     add(run_cli, "b", data / "pairs", "--epochs", "1")  # other texts: another embedding (the same would share its file)
     registry = open_registry(settings)
@@ -298,24 +351,24 @@ def test_a_broken_embedding_is_skipped_with_one_line(settings, run_cli, data):
 
 
 class Passes:
-    """Counts the forward passes of the base (BertModel.forward) and LogME's feature passes."""
+    """Counts the forward passes of the base (BertModel.forward) and LogME's rankings (one per candidate)."""
 
     def __init__(self, monkeypatch):
         from transformers.models.bert import modeling_bert
 
         self.base = self.logme = 0
-        forward, features = modeling_bert.BertModel.forward, selection.cls_features
+        forward, logme = modeling_bert.BertModel.forward, selection.logme
 
         def counted_forward(*args, **kwargs):
             self.base += 1
             return forward(*args, **kwargs)
 
-        def counted_features(*args, **kwargs):
+        def counted_logme(*args, **kwargs):
             self.logme += 1
-            return features(*args, **kwargs)
+            return logme(*args, **kwargs)
 
         monkeypatch.setattr(modeling_bert.BertModel, "forward", counted_forward)
-        monkeypatch.setattr(selection, "cls_features", counted_features)
+        monkeypatch.setattr(selection, "logme", counted_logme)
 
     def of(self, run) -> tuple[int, int]:
         """The passes `run()` makes."""

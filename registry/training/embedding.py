@@ -2,11 +2,13 @@
 
 SEmb (Poth et al., "What to Pre-Train on? Efficient Intermediate Task Selection", EMNLP 2021): the mean of the
 base model's sentence embeddings over a task's training texts; two tasks are as similar as the cosine of their
-means. Here a sentence embedding is the frozen base's last hidden states (no adapters) averaged over the tokens
-and scaled to unit length (how sentence-transformers pools MiniLM), on at most `ROWS` seeded training rows.
+means (here centred on the registry's mean first: `centred_similarities`). Here a sentence embedding is the
+frozen base's last hidden states (no adapters) averaged over the tokens and scaled to unit length (how
+sentence-transformers pools MiniLM), on at most `ROWS` seeded training rows.
 
 It costs one forward pass of those rows per added task, and ranking a new task against every earlier one is then
-a dot product per task: no forward pass per earlier task. The vector is stored as a content-addressed
+a dot product per task (after centring every embedding on their mean: `centred_similarities`): no forward
+pass per earlier task. The vector is stored as a content-addressed
 safetensors artifact (kind `KIND`) that the task version names (task_versions.embedding_sha256, revision 0005).
 Bundles do not carry it: an imported task has none, and auto treats it as it treats a task added before 0005
 (registry.training.transfer).
@@ -76,6 +78,19 @@ def from_bytes(data: bytes, hidden_size: int) -> np.ndarray:
         raise ArtifactError(f"a stored task embedding is not one finite vector of {hidden_size} values: "
                             "run `registry verify`")
     return vector.double().numpy()
+
+
+def centred_similarities(new: np.ndarray, earlier: list[np.ndarray]) -> list[float]:
+    """The cosine of the new task's embedding and each earlier one's, all centred on their mean when there are at
+    least two earlier ones.
+
+    Every task's mean embedding shares a large part (what any English text looks like to the base); centring
+    removes it, so the cosine measures what sets two tasks apart from the rest of the registry: reviews next to
+    reviews rather than next to any short single sentence. With one earlier task there is nothing to centre on,
+    and the plain cosine is used.
+    """
+    centre = np.mean([new, *earlier], axis=0) if len(earlier) > 1 else np.zeros_like(new)
+    return [similarity(new - centre, vector - centre) for vector in earlier]
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,10 +1,15 @@
-"""Where `--init-from auto` starts a new task, cheaply: LogME ranks every candidate, a guard judges the trials.
+"""Where `--init-from auto` starts a new task, cheaply: LogME ranks a candidate, a probe trials it, a guard judges.
 
 Ranking: LogME (You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning", ICML
 2021). The [CLS] features of `FEATURE_ROWS` of the new task's training rows, through the base with each
 candidate's adapters (one forward pass, no training), are scored by the log evidence of a Bayesian linear
 model on them: the targets' one-hot columns for classification (averaged over the classes), the values
 themselves for regression. Higher is better; one SVD per candidate.
+
+Trial: the new task's head fitted to convergence on a start's frozen [CLS] features of some training rows (`probe`:
+ridge regression for a value, L2-penalised logistic regression for classes), its outputs on held-out rows scored
+by `trial_score`. A forward pass per start and no backward pass, so a trial sees many more rows, at the cost of a
+few training steps, than a short fine-tuning run would (whose head, after a few steps, has barely moved).
 
 Guard: the trials (registry.training.transfer) measure each shortlisted start and `none` on the same held-out rows.
 A start is chosen over `none` only if it is better in at least `CONFIDENCE` of `RESAMPLES` paired bootstrap
@@ -24,6 +29,7 @@ from registry.data.encoding import Encoded, batches
 FEATURE_ROWS = 256
 RESAMPLES = 200
 CONFIDENCE = 0.95
+PENALTY = 1.0  # the probe's L2 penalty on its weights, against the mean loss over standardised features
 
 
 @dataclass(frozen=True)
@@ -88,6 +94,32 @@ def cls_features(model, rows: Encoded, *, pad_id: int, device: torch.device, bat
             inputs = {name: batch[name].to(device) for name in names if name in batch}
             out[batch["index"].numpy()] = model.encode(**inputs).float().cpu().numpy()
     return out
+
+
+def probe(features: np.ndarray, labels: np.ndarray, held: np.ndarray, task_type: str, classes: int) -> np.ndarray:
+    """The outputs on `held` of a linear head fitted to convergence on (`features`, `labels`), both standardised
+    by `features`' mean and spread: ridge regression (one column) for regression, multinomial logistic regression
+    over `classes` (L-BFGS) for classification; `PENALTY` keeps either from fitting the rows' noise."""
+    mean, spread = features.mean(axis=0), features.std(axis=0) + 1e-6
+    x, h = (features - mean) / spread, (held - mean) / spread
+    if task_type == "regression":
+        y = np.asarray(labels, dtype=np.float64)
+        weights = np.linalg.solve(x.T @ x / len(x) + PENALTY * np.eye(x.shape[1]), x.T @ (y - y.mean()) / len(x))
+        return (h @ weights + y.mean())[:, None]
+    x, h, y = torch.from_numpy(x), torch.from_numpy(h), torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    weights = torch.zeros(x.shape[1], classes, dtype=torch.float64, requires_grad=True)
+    bias = torch.zeros(classes, dtype=torch.float64, requires_grad=True)
+    solver = torch.optim.LBFGS([weights, bias], max_iter=200, tolerance_change=1e-9, line_search_fn="strong_wolfe")
+
+    def loss() -> torch.Tensor:
+        solver.zero_grad()
+        value = torch.nn.functional.cross_entropy(x @ weights + bias, y) + PENALTY / 2 * (weights ** 2).sum()
+        value.backward()
+        return value
+
+    solver.step(loss)
+    with torch.no_grad():
+        return (h @ weights + bias).numpy()
 
 
 def shortlist(ranking: list[tuple[str | None, float]], k: int) -> list[str]:

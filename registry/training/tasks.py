@@ -132,9 +132,8 @@ def choose_start(registry: Opened, plan: Plan, prepared: Prepared) -> tuple[tran
         choice = transfer.choose(
             registry, lambda: build_model(prepared.base_dir, config.adapter_size, head, config.seed,
                                           base_dropout=config.base_dropout),
-            prepared.train_set, config, task_type=loaded.task_type, metric=loaded.metric,
-            pad_id=prepared.tokenizer.pad_token_id, device=plan.target, shortlist=plan.init_from.shortlist,
-            new_embedding=prepared.embedding)
+            prepared.train_set, config, task_type=loaded.task_type, pad_id=prepared.tokenizer.pad_token_id,
+            device=plan.target, shortlist=plan.init_from.shortlist, new_embedding=prepared.embedding)
     return (choice.source, choice.selection) if choice else (None, None)
 
 

@@ -3,15 +3,16 @@
 `add-task --init-from TASK` names the source; `--init-from auto` chooses in three steps, at a cost that does not
 grow with the number of earlier tasks:
 1. rank every earlier task with adapters of the run's size by the cosine of its stored text embedding and the new
-   task's (registry.training.embedding: computed once when each task is added, so ranking is a dot product per
-   earlier task, no forward pass); the `shortlist` most similar (3 by default) go on. Earlier tasks without an
-   embedding (added before schema 0005, or imported from a bundle) fill only the places similarity leaves empty:
-   the `FALLBACK` latest of them are ranked by LogME (registry.training.selection: a forward pass each, so at most
-   `FALLBACK` passes), the others are skipped with one line;
-2. trial the shortlist and `none`: each trains the new task briefly from that start — one epoch over a share of
-   the training rows sized from the run's planned steps (`trial_size`), the run's own learning rate, schedule and
-   seed — and is measured on `HELD_ROWS` other training rows, by Spearman's rank correlation for regression and
-   the loss for classification;
+   task's, centred on their mean (registry.training.embedding: computed once when each task is added, so ranking
+   is a dot product per earlier task, no forward pass); the `shortlist` most similar (3 by default) go on.
+   Earlier tasks without an embedding (added before schema 0005, or imported from a bundle) fill only the places
+   similarity leaves empty: the `FALLBACK` latest of them are ranked by LogME (registry.training.selection: a
+   forward pass each, so at most `FALLBACK` passes), the others are skipped with one line;
+2. trial the shortlist and `none`: each fits the new task's head to convergence on that start's frozen [CLS]
+   features (registry.training.selection.probe) of a share of the training rows sized from the run's planned
+   work (`trial_size`), and is measured on `HELD_ROWS` other training rows, by Spearman's rank correlation for
+   regression and the loss for classification: a forward pass per start, no training of the adapters. The new
+   task's model is built once (`Reused`): each trial puts its task slot back as built;
 3. keep `none` unless the best trial beats it in 95% of paired bootstrap resamples of the held-out rows (the
    guard: a win inside the trial's own noise is no win).
 A candidate that cannot be used (adapters of another size, a stored file that fails verification) is skipped
@@ -27,7 +28,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -44,9 +45,10 @@ from registry.errors import ArtifactError, TrainingError
 
 log = logging.getLogger("registry")
 
-TRIAL_ROWS = 768  # the most rows one trial trains on (24 steps of 32)
+TRIAL_ROWS = 768  # the most rows one trial's head is fitted on
 MIN_TRIAL_ROWS = 64  # the fewest, however small the run
-TRIAL_SHARE = 0.25  # all trials together train on at most this share of the rows the run will train on
+TRIAL_SHARE = 0.2  # all trials' forward passes together cost about this share of the run's training
+FORWARDS_PER_STEP = 3  # a training step of a row costs about three forward passes of it (forward and backward)
 HELD_ROWS = 256
 FALLBACK = 3  # earlier tasks without an embedding that LogME may rank (a forward pass each)
 
@@ -130,7 +132,7 @@ class Ranked:
 
 
 def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encoded, config: train.TrainConfig, *,
-           task_type: str, metric: str, pad_id: int, device: torch.device, shortlist: int,
+           task_type: str, pad_id: int, device: torch.device, shortlist: int,
            new_embedding: np.ndarray) -> Choice:
     """Rank the earlier tasks by embedding similarity (LogME for a bounded few without one), trial the `shortlist`
     best and `none`, choose with the guard; the choice's short block is logged (INFO) to the `registry` logger.
@@ -139,6 +141,7 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
     the new task's text embedding (registry.training.embedding).
     """
     started = time.perf_counter()
+    build = Reused(build, config.seed)
     sources = candidates(registry)
     ranked = rank(registry, build, sources, train_set, config, new_embedding, shortlist, task_type=task_type,
                   pad_id=pad_id, device=device)
@@ -149,8 +152,8 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
     trials, skipped = [], list(ranked.skipped)
     for name in [None, *ranked.shortlist] if ranked.shortlist else []:
         try:
-            trials.append(trial(registry, build(), by_name.get(name), trial_rows, held_rows, config,
-                                task_type=task_type, metric=metric, pad_id=pad_id, device=device))
+            trials.append(trial(registry, build(), by_name.get(name), trial_rows, held_rows, task_type=task_type,
+                                pad_id=pad_id, device=device))
         except ArtifactError as exc:  # its stored adapters fail verification
             skipped.append((name, str(exc)))
     for name, why in skipped:  # a warning: it shows with --quiet too
@@ -168,6 +171,25 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
     for line in describe(record):
         log.info(line)
     return Choice(by_name[chosen] if chosen else None, record)
+
+
+class Reused:
+    """`build` made once: every call after the first puts the same model's task slot back as it was built (and
+    reseeds torch as building did) instead of loading the base again. The trials and LogME each start from it."""
+
+    def __init__(self, build: Callable[[], AdapterModel], seed: int) -> None:
+        self.build, self.seed = build, seed
+        self.model: AdapterModel | None = None
+        self.fresh: dict[str, torch.Tensor] = {}
+
+    def __call__(self) -> AdapterModel:
+        if self.model is None:
+            self.model = self.build()
+            self.fresh = self.model.task_state_dict()
+        else:
+            self.model.load_task_state_dict(self.fresh)
+        torch.manual_seed(self.seed)
+        return self.model
 
 
 def rank(registry: Opened, build: Callable[[], AdapterModel], earlier: list[Source], train_set: Encoded,
@@ -196,16 +218,17 @@ def rank(registry: Opened, build: Callable[[], AdapterModel], earlier: list[Sour
 
 def similarities(registry: Opened, sources: list[Source],
                  new_embedding: np.ndarray) -> tuple[list[tuple[str, float]], list[tuple[str, str]]]:
-    """The cosine of each source's stored embedding and the new task's, most similar first; and the sources whose
-    embedding cannot be read, with why. No forward pass."""
-    similar, skipped = [], []
+    """The centred cosine (`embedding.centred_similarities`) of each source's stored embedding and the new task's,
+    most similar first; and the sources whose embedding cannot be read, with why. No forward pass."""
+    names, stored, skipped = [], [], []
     for source in sources:
         try:
-            stored = embedding.from_bytes(registry.store.get(source.embedding_sha256), len(new_embedding))
+            stored.append(embedding.from_bytes(registry.store.get(source.embedding_sha256), len(new_embedding)))
         except ArtifactError as exc:
             skipped.append((source.name, str(exc)))
             continue
-        similar.append((source.name, embedding.similarity(new_embedding, stored)))
+        names.append(source.name)
+    similar = zip(names, embedding.centred_similarities(new_embedding, stored))
     return sorted(similar, key=lambda item: -item[1]), skipped
 
 
@@ -267,16 +290,18 @@ def describe(record: dict) -> list[str]:
     if record["trials"]:
         trained, held = record["rows"]
         lines.append(f"  shortlist (k={record['k']}): {', '.join(record['shortlist'])}; trials, held-out "
-                     f"{record['criterion']} after 1 epoch on {trained} rows ({held} held out): "
+                     f"{record['criterion']} of a head fitted on each start's features of {trained} rows ({held} "
+                     "held out): "
                      + ", ".join(f"{name(t['task'])} {t[record['criterion']]:.4f}" for t in record["trials"]))
     lines.append(f"  → {name(record['chosen'])} ({record['why']})")
     return lines
 
 
 def trial_size(train_rows: int, epochs: int, trials: int) -> int:
-    """Rows each trial trains on: `TRIAL_SHARE` of the rows the run will train on, split among the trials, within
-    [`MIN_TRIAL_ROWS`, `TRIAL_ROWS`]."""
-    return min(TRIAL_ROWS, max(MIN_TRIAL_ROWS, math.ceil(TRIAL_SHARE * train_rows * epochs / max(1, trials))))
+    """Rows each trial's head is fitted on: forward passes worth `TRIAL_SHARE` of the run's training (its rows ×
+    epochs, `FORWARDS_PER_STEP` passes each), split among the trials, within [`MIN_TRIAL_ROWS`, `TRIAL_ROWS`]."""
+    budget = TRIAL_SHARE * train_rows * epochs * FORWARDS_PER_STEP
+    return min(TRIAL_ROWS, max(MIN_TRIAL_ROWS, math.ceil(budget / max(1, trials))))
 
 
 def trial_split(train_set: Encoded, seed: int, size: int) -> tuple[Encoded, Encoded]:
@@ -287,12 +312,13 @@ def trial_split(train_set: Encoded, seed: int, size: int) -> tuple[Encoded, Enco
     return train_set.take(order[held:held + size]), train_set.take(order[:held])
 
 
-def trial(registry: Opened, model: AdapterModel, source: Source | None, trial_rows: Encoded, held_rows: Encoded,
-          config: train.TrainConfig, *, task_type: str, metric: str, pad_id: int, device: torch.device) -> Trial:
-    """One epoch on `trial_rows` from `source` (or the fresh start) with the run's recipe; scored on `held_rows`."""
+def trial(registry: Opened, model: AdapterModel, source: Source | None, trial_rows: Encoded, held_rows: Encoded, *,
+          task_type: str, pad_id: int, device: torch.device) -> Trial:
+    """The head fitted on `source`'s (or the fresh start's) frozen features of `trial_rows`, scored on `held_rows`:
+    one forward pass of both."""
     if source is not None:
         start_from(model, source_tensors(registry, source))
-    train.fit(model, trial_rows, held_rows, replace(config, epochs=1), task_type=task_type, metric=metric,
-              pad_id=pad_id, device=device)  # one epoch: the model ends with the weights fit kept
-    outputs = train.predict(model, held_rows, pad_id=pad_id, device=device)
+    features, held = (selection.cls_features(model, rows, pad_id=pad_id, device=device)
+                      for rows in (trial_rows, held_rows))
+    outputs = selection.probe(features, trial_rows.labels, held, task_type, model.heads[0].out_features)
     return Trial(source.name if source else None, selection.trial_score(outputs, held_rows.labels, task_type), outputs)
