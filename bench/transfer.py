@@ -226,7 +226,7 @@ def exhaustive(registry, name: str, path: Path, rows: int | None, seed: int, epo
     device = pick_device("cpu")
     vector = embedding.of_task(base_dir, train_set, seed, pad_id=tokenizer.pad_token_id, device=device)
     build = transfer.Reused(lambda: build_model(base_dir, config.adapter_size,
-                                                head_size(loaded.task_type, loaded.labels), seed), seed)
+                                                head_size(loaded.task_type, loaded.labels), seed))
     shortlist = transfer.rank(registry, build, transfer.candidates(registry), train_set, config, vector, k,
                               task_type=loaded.task_type, pad_id=tokenizer.pad_token_id, device=device).shortlist
     size = transfer.trial_size(len(train_set), epochs, len(shortlist) + 1)

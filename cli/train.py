@@ -52,9 +52,9 @@ quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress bar
 @click.option("--promote", is_flag=True, help="With --new-version: make it current whatever it scores.")
 @click.option("--init-from", default="none", show_default=True, metavar="auto|none|TASK",
               help="Start the adapters and LayerNorms from an earlier task's (the head is new): TASK, or auto: "
-                   "every earlier task ranked by its text similarity to this data, short trials of the --shortlist "
-                   "best and of none, and none unless the best trial beats it beyond the trial's noise. Earlier "
-                   "tasks are only read.")
+                   "every earlier task ranked by its text similarity to this data, a trial of the --shortlist best "
+                   "and of none (the new head fitted on each start's features), and none unless the best trial "
+                   "beats it beyond the trial's noise. Earlier tasks are only read.")
 @click.option("--shortlist", type=click.IntRange(min=1),
               help="With --init-from auto: how many of the best-ranked earlier tasks get a trial (default 3).")
 @click.option("--compare-scratch", is_flag=True,

@@ -136,7 +136,7 @@ class Run:
     run: int
     status: str
     init_from: StartPoint | None  # None: from scratch
-    selection: dict | None  # how `Auto` chose the start (LogME ranking, trials, guard), or the task named
+    selection: dict | None  # how `Auto` chose the start (similarity ranking, trials, guard), or the task named
     hyperparams: dict
     seed: int | None
     device: str | None

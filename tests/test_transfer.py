@@ -98,6 +98,29 @@ def test_logme_prefers_features_that_explain_the_targets():
     assert selection.logme(signal, classes, "classification") > selection.logme(noise, classes, "classification")
 
 
+def test_the_trial_probe_fits_a_head_that_reads_what_the_features_hold(monkeypatch):
+    """The probe's head scores well on held-out rows exactly when the features carry the targets (spread over every
+    feature, as an encoder's are), and no better than chance on features that do not."""
+    rng = np.random.default_rng(2)
+    latent = rng.normal(size=(240, 3))
+    signal = latent @ rng.normal(size=(3, 64)) + 0.5 * rng.normal(size=(240, 64))
+    noise = rng.normal(size=(240, 64))
+    classes = latent.argmax(axis=1)  # three classes
+    fit, held = slice(0, 120), slice(120, None)
+
+    def score(features, targets, task_type):
+        outputs = selection.probe(features[fit], targets[fit], features[held], task_type, 3)
+        return selection.trial_score(outputs, targets[held], task_type)
+
+    assert score(signal, classes, "classification") > -0.5 and score(noise, classes, "classification") < -1.0  # ~ln 3
+    values = latent @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=240)
+    assert score(signal, values, "regression") > 0.95 and abs(score(noise, values, "regression")) < 0.3
+    assert selection.probe(signal[fit], classes[fit], signal[held], "classification", 3).shape == (120, 3)
+    monkeypatch.setattr(selection, "PENALTY", 1e6)  # weights held at zero: the bias learns the classes' shares
+    shares = np.bincount(classes[fit]) / 120
+    assert score(signal, classes, "classification") == pytest.approx(np.log(shares[classes[held]]).mean(), abs=1e-3)
+
+
 def test_the_guard_counts_paired_bootstrap_wins():
     labels = np.array([0, 1] * 50)
     sure = np.stack([1 - labels, labels], axis=1) * 4.0  # confident and right on every row
@@ -328,7 +351,7 @@ def test_trials_reuse_one_model_and_give_what_a_fresh_model_gives(settings, run_
         return transfer.trial(registry, model, start, trial_rows, held_rows, task_type=loaded.task_type,
                               pad_id=tokenizer.pad_token_id, device=torch.device("cpu"))
 
-    reused = transfer.Reused(build, 0)
+    reused = transfer.Reused(build)
     first, again = trial(reused(), source), trial(reused(), None)  # `none` after `a` trained the model
     assert reused.model is reused() and first.score != again.score
     fresh = trial(build(), None), trial(build(), source)

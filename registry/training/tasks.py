@@ -46,9 +46,9 @@ def add_task(registry: Opened, name: str, source: str, config: train.TrainConfig
 
     A new version becomes current with `promote`, or when it scores at least as well as the current
     version on its validation data (both scores are logged); otherwise it is kept as a candidate.
-    `init_from` starts the adapters from an earlier task's (FromTask), from the one Auto picks (trials for its
-    `shortlist` best LogME ranks), or from Scratch; `compare_scratch` also trains the same runs from scratch, and
-    the best run is published.
+    `init_from` starts the adapters from an earlier task's (FromTask), from the one Auto picks (trials for the
+    `shortlist` most similar earlier tasks), or from Scratch; `compare_scratch` also trains the same runs from
+    scratch, and the best run is published.
     What it infers and each run's score are logged (INFO) to the `registry` logger.
     """
     check_options(new_version=new_version, promote=promote, init_from=init_from, compare_scratch=compare_scratch)

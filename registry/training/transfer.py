@@ -141,7 +141,7 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
     the new task's text embedding (registry.training.embedding).
     """
     started = time.perf_counter()
-    build = Reused(build, config.seed)
+    build = Reused(build)
     sources = candidates(registry)
     ranked = rank(registry, build, sources, train_set, config, new_embedding, shortlist, task_type=task_type,
                   pad_id=pad_id, device=device)
@@ -174,11 +174,11 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
 
 
 class Reused:
-    """`build` made once: every call after the first puts the same model's task slot back as it was built (and
-    reseeds torch as building did) instead of loading the base again. The trials and LogME each start from it."""
+    """`build` made once: every call after the first puts the same model's task slot back as it was built instead of
+    loading the base again. The trials and LogME each start from it."""
 
-    def __init__(self, build: Callable[[], AdapterModel], seed: int) -> None:
-        self.build, self.seed = build, seed
+    def __init__(self, build: Callable[[], AdapterModel]) -> None:
+        self.build = build
         self.model: AdapterModel | None = None
         self.fresh: dict[str, torch.Tensor] = {}
 
@@ -188,7 +188,6 @@ class Reused:
             self.fresh = self.model.task_state_dict()
         else:
             self.model.load_task_state_dict(self.fresh)
-        torch.manual_seed(self.seed)
         return self.model
 
 
