@@ -11,7 +11,7 @@ scratch, on a related pool, an unrelated pool and a registry of 30 earlier tasks
 - unrelated: the low-resource GLUE sequence, smaller: every task after the first with auto + scratch.
 - scale: 3, then 30 earlier tasks (six real data sets at five sizes and seeds, one epoch each); a new task added
   from scratch and with auto (k = 3) at both, `REPEATS` times each in alternating order: auto's add-task time ÷
-  scratch's; then for three new tasks at three seeds the exhaustive trial (a trial of every earlier task, no run)
+  scratch's; then for three new tasks at two seeds the exhaustive trial (a trial of every earlier task, no run)
   beside auto's shortlist: whether the shortlist holds the exhaustive trial's choice.
 BWT is computed at the end of every registry (tasks the job retired are restored and evaluated too). Jobs run
 side by side, each with one torch thread; each job's figures are kept in --workdir as JSON (--report re-reads
@@ -165,7 +165,7 @@ def unrelated(seed: int, epochs: int, cap: int | None, workdir: str) -> dict:
     return {"pool": "unrelated", "seed": seed, "tasks": tasks, **finish(registry)}
 
 
-def scale(seed: int, epochs: int, n_sources: int, workdir: str, target_seeds: tuple[int, ...] = (0, 1, 2)) -> dict:
+def scale(seed: int, epochs: int, n_sources: int, workdir: str, target_seeds: tuple[int, ...] = (0, 1)) -> dict:
     """Earlier tasks; the first new task from scratch and with auto side by side, with `FEW` earlier tasks and
     with `n_sources`; then, for every new task and seed, auto's shortlist and the exhaustive trial (every earlier
     task's trial, no run after it), to see whether the shortlist held the exhaustive trial's best start."""
@@ -230,12 +230,12 @@ def exhaustive(registry, name: str, path: Path, rows: int | None, seed: int, epo
     shortlist = transfer.rank(registry, build, transfer.candidates(registry), train_set, config, vector, k,
                               task_type=loaded.task_type, pad_id=tokenizer.pad_token_id, device=device).shortlist
     size = transfer.trial_size(len(train_set), epochs, len(shortlist) + 1)
-    trial_rows, held_rows = transfer.trial_split(train_set, seed, size)
-    trials = [transfer.trial(registry, build(), source, trial_rows, held_rows, task_type=loaded.task_type,
-                             pad_id=tokenizer.pad_token_id, device=device)
+    rows = transfer.trial_rows(train_set, seed, size)
+    trials = [transfer.trial(registry, build(), source, rows, task_type=loaded.task_type,
+                             pad_id=tokenizer.pad_token_id, device=device, seed=seed)
               for source in [None, *transfer.candidates(registry)]]
     mine = [trials[0], *(t for t in trials if t.name in shortlist)]
-    labels, task_type = held_rows.labels, loaded.task_type
+    labels, task_type = rows.labels, loaded.task_type
     best, my_best = (max(pool[1:], key=lambda t: t.score) for pool in (trials, mine))
     found = {"scores": {t.name or "none": t.score for t in trials}, "shortlist": shortlist,
              "exhaustive_choice": transfer.decide(trials, labels, task_type, seed)[0],
@@ -409,7 +409,7 @@ CONFIDENCE = 0.95  # registry.training.selection's: a start is told apart from a
 SHORTLIST_COLUMNS = (
     "The exhaustive trial is a trial of every earlier task (and none) on the rows auto's trials use; its best "
     "trial is often within the trials' noise of several others (five versions of one data set each). \"best beats "
-    "it in\": the share of 200 paired bootstrap resamples of the held-out rows on which the exhaustive best "
+    "it in\": the share of 200 paired bootstrap resamples of the trial rows on which the exhaustive best "
     "trial beats the shortlist's best (the guard's test; 95% tells two starts apart). The exhaustive choice and "
     "auto's are what the guard keeps from all trials and from the shortlist's (the same trials). The shortlist "
     "holds the exhaustive choice when that choice is none (which auto always trials), is in the shortlist, or "
@@ -418,8 +418,8 @@ METHOD = ("MiniLM, today's defaults (base dropout off, lr 1e-3, batch 32, adapte
           "task after a pool's first; auto with k = 3: the shortlist by the cosine of the tasks' stored text "
           "embeddings (256 training rows each) centred on their mean; a trial fits the new head (logistic or ridge "
           "regression, to convergence) on each start's frozen features of training rows whose forward passes cost "
-          "a fifth of the run's training, split among the k + 1 trials (64 to 768 rows each), measured on up to "
-          "256 other training rows; the guard at 95% of 200 bootstrap resamples. \"auto\" is the "
+          "a quarter of the run's training, split among the k + 1 trials (64 to 768 rows each), scored out of fold "
+          "(4 folds); the guard at 95% of 200 paired bootstrap resamples of those rows. \"auto\" is the "
           "run from the start auto chose (the scratch run itself when it chose none); \"scratch\" the run from "
           "scratch beside it (same data, seed, epochs). Scores are on each task's validation rows (the sentiment "
           "sets: the registry's seeded 10% hold-out, 100 rows). The guard fires when the best trial beat none's "

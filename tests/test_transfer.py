@@ -14,7 +14,7 @@ from torch import nn
 
 from registry.errors import ArtifactError
 from registry.storage.core import open_registry
-from registry.training import selection
+from registry.training import selection, transfer
 from tests.helpers import one_line_error, sentiment_rows, snapshot, write_task_data, write_tsv
 
 
@@ -116,6 +116,12 @@ def test_the_trial_probe_fits_a_head_that_reads_what_the_features_hold(monkeypat
     values = latent @ np.array([1.0, -2.0, 0.5]) + 0.1 * rng.normal(size=240)
     assert score(signal, values, "regression") > 0.95 and abs(score(noise, values, "regression")) < 0.3
     assert selection.probe(signal[fit], classes[fit], signal[held], "classification", 3).shape == (120, 3)
+    # out of fold: every row scored by a head fitted without it, so a row's own label cannot move its output
+    flipped = classes.copy()
+    flipped[0] = (classes[0] + 1) % 3
+    oof = [selection.out_of_fold(signal, labels, "classification", 3, seed=0) for labels in (classes, flipped)]
+    assert oof[0].shape == (240, 3) and np.array_equal(oof[0][0], oof[1][0]) and not np.array_equal(oof[0], oof[1])
+    assert selection.trial_score(oof[0], classes, "classification") > -0.5
     monkeypatch.setattr(selection, "PENALTY", 1e6)  # weights held at zero: the bias learns the classes' shares
     shares = np.bincount(classes[fit]) / 120
     assert score(signal, classes, "classification") == pytest.approx(np.log(shares[classes[held]]).mean(), abs=1e-3)
@@ -143,7 +149,8 @@ def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(sett
     assert [r["task"] for r in chosen["similarity"]] == ["a"] and chosen["shortlist"] == ["a"]
     assert chosen["logme"] == [] and chosen["unranked"] == []  # every earlier task has an embedding: no LogME
     assert chosen["skipped"] == [{"task": "small", "why": "adapters of size 16, this run's 64"}]
-    assert chosen["criterion"] == "spearman" and chosen["rows"] == [36, 12] and chosen["embedding_rows"] == 48
+    assert chosen["criterion"] == "spearman" and chosen["rows"] == 48 and chosen["folds"] == 4
+    assert chosen["embedding_rows"] == 48
     assert [t["task"] for t in chosen["trials"]] == [None, "a"] and all(-1 <= t["spearman"] <= 1
                                                                          for t in chosen["trials"])
     guard = chosen["guard"]
@@ -153,8 +160,8 @@ def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(sett
     block = [line for line in stderr.splitlines() if "auto" in line or line.startswith("  ")]
     assert block[0] == "--init-from auto: skipped small (adapters of size 16, this run's 64)"
     assert block[1].startswith("--init-from auto: text similarity of 1 earlier task (48 training rows embedded) in ")
-    assert block[2].startswith("  shortlist (k=3): a; trials, held-out spearman of a head fitted on each start's "
-                               "features of 36 rows (12 held out): none ")
+    assert block[2].startswith("  shortlist (k=3): a; trials, out-of-fold spearman of a head fitted on each start's "
+                               "features of 48 rows (4 folds): none ")
     assert block[3].startswith(f"  → {chosen['chosen'] or 'none'} (a beats none in ")
     starts = [run["init_from"]["task"] if run["init_from"] else None for run in runs]
     assert starts == (["a", None] if chosen["chosen"] else [None])  # --compare-scratch: scratch beside a source
@@ -192,7 +199,7 @@ def test_an_unusable_candidate_is_skipped_with_one_line(settings, run_cli, data)
 def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(settings, run_cli, data, tmp_path,
                                                                                  monkeypatch):
     """`teacher` learned this very data: it ranks first, and the head fitted on its features beats the one fitted on
-    a fresh start's on every resample of the held-out rows (200 training rows: 50 held out)."""
+    a fresh start's on every resample of the trial rows."""
     reviews = tmp_path / "reviews"
     for split, n, seed in (("train", 200, 5), ("dev", 40, 6)):
         write_tsv(reviews / f"{split}.tsv", ["sentence", "label"], sentiment_rows(n, seed))
@@ -201,7 +208,8 @@ def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(s
     add(run_cli, "again", reviews, "--epochs", "1", "--init-from", "auto")
     (run,) = shown(run_cli, "again")["runs"]
     chosen = run["selection"]
-    assert chosen["shortlist"][0] == "teacher" and chosen["rows"][1] == 50  # the same texts: the most similar
+    assert chosen["shortlist"][0] == "teacher"  # the same texts: the most similar
+    assert chosen["rows"] == transfer.MIN_TRIAL_ROWS  # a quarter of one epoch's 200 rows, twice over, split in 2
     losses = {t["task"]: t["loss"] for t in chosen["trials"]}
     assert losses["teacher"] < losses[None] and chosen["guard"] == {
         "best": "teacher", "wins": 1.0, "needed": selection.CONFIDENCE, "fired": False}
@@ -211,7 +219,7 @@ def test_auto_picks_a_start_that_already_knows_the_task_unless_the_guard_holds(s
     _, stderr = add(run_cli, "kept", reviews, "--epochs", "1", "--init-from", "auto")
     (run,) = shown(run_cli, "kept")["runs"]
     assert run["selection"]["guard"]["fired"] is True and run["selection"]["chosen"] is None
-    assert run["init_from"] is None and "→ none (teacher beats none in 100% of 200 resamples" in stderr
+    assert run["init_from"] is None and "beats none in 100% of 200 resamples of the trial rows; needs 101%)" in stderr
 
 
 def test_compare_scratch_gives_the_forward_transfer_and_the_better_run_is_published(settings, run_cli, data,
@@ -334,7 +342,6 @@ def test_trials_reuse_one_model_and_give_what_a_fresh_model_gives(settings, run_
     one (which loaded `a`'s adapters into it) gives the very outputs of the same trial on a model just built."""
     from registry.data import splits
     from registry.formats import head_size
-    from registry.training import transfer
     from registry.training.tasks import build_model, encode_split, load_tokenizer
 
     registry = open_registry(settings)
@@ -343,13 +350,13 @@ def test_trials_reuse_one_model_and_give_what_a_fresh_model_gives(settings, run_
     loaded = splits.load(str(data / "sentiment"), seed=0)
     tokenizer = load_tokenizer(tiny_base)
     train_set = encode_split(registry, base, tokenizer, loaded, "train", 128, False)
-    trial_rows, held_rows = transfer.trial_split(train_set, 0, 32)
+    rows = transfer.trial_rows(train_set, 0, 32)
     build = lambda: build_model(tiny_base, 64, head_size(loaded.task_type, loaded.labels), 0)  # noqa: E731
     source = transfer.candidates(registry)[0]  # `a`
 
     def trial(model, start):
-        return transfer.trial(registry, model, start, trial_rows, held_rows, task_type=loaded.task_type,
-                              pad_id=tokenizer.pad_token_id, device=torch.device("cpu"))
+        return transfer.trial(registry, model, start, rows, task_type=loaded.task_type,
+                              pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), seed=0)
 
     reused = transfer.Reused(build)
     first, again = trial(reused(), source), trial(reused(), None)  # `none` after `a` trained the model
@@ -424,7 +431,6 @@ def test_earlier_tasks_without_an_embedding_get_logme_for_a_bounded_few(settings
     from sqlalchemy import update
 
     from registry.storage.schema import task_versions
-    from registry.training import transfer
 
     for name in ("b", "c", "d", "e"):
         add(run_cli, name, data / "sentiment", "--epochs", "1")

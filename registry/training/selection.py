@@ -7,11 +7,13 @@ model on them: the targets' one-hot columns for classification (averaged over th
 themselves for regression. Higher is better; one SVD per candidate.
 
 Trial: the new task's head fitted to convergence on a start's frozen [CLS] features of some training rows (`probe`:
-ridge regression for a value, L2-penalised logistic regression for classes), its outputs on held-out rows scored
-by `trial_score`. A forward pass per start and no backward pass, so a trial sees many more rows, at the cost of a
-few training steps, than a short fine-tuning run would (whose head, after a few steps, has barely moved).
+ridge regression for a value, L2-penalised logistic regression for classes), `FOLDS` times, each fitted on the
+other folds and giving the outputs of its own (`out_of_fold`): every row serves to fit and to score, and no head
+scores a row it saw. The outputs are scored by `trial_score`. A forward pass per start and no backward pass, so a
+trial sees more rows, for the cost of a few training steps, than a short fine-tuning run would (whose new head,
+after a few steps, has barely moved).
 
-Guard: the trials (registry.training.transfer) measure each shortlisted start and `none` on the same held-out rows.
+Guard: the trials (registry.training.transfer) measure each shortlisted start and `none` on the same rows.
 A start is chosen over `none` only if it is better in at least `CONFIDENCE` of `RESAMPLES` paired bootstrap
 resamples of those rows: a win inside the trial's own noise keeps `none`.
 """
@@ -29,6 +31,7 @@ from registry.data.encoding import Encoded, batches
 FEATURE_ROWS = 256
 RESAMPLES = 200
 CONFIDENCE = 0.95
+FOLDS = 4
 PENALTY = 1.0  # the probe's L2 penalty on its weights, against the mean loss over standardised features
 
 
@@ -122,6 +125,18 @@ def probe(features: np.ndarray, labels: np.ndarray, held: np.ndarray, task_type:
         return (h @ weights + bias).numpy()
 
 
+def out_of_fold(features: np.ndarray, labels: np.ndarray, task_type: str, classes: int, seed: int) -> np.ndarray:
+    """Every row's output from a `probe` fitted on the rows of the other folds (`FOLDS` seeded folds, fewer when
+    there are fewer rows)."""
+    folds = np.empty(len(labels), dtype=np.int64)
+    folds[np.random.default_rng(seed).permutation(len(labels))] = np.arange(len(labels)) % min(FOLDS, len(labels))
+    outputs = np.empty((len(labels), 1 if task_type == "regression" else classes))
+    for fold in np.unique(folds):
+        inside = folds == fold
+        outputs[inside] = probe(features[~inside], labels[~inside], features[inside], task_type, classes)
+    return outputs
+
+
 def shortlist(ranking: list[tuple[str | None, float]], k: int) -> list[str]:
     """The `k` best-ranked candidates (`none`, the fresh start, is always tried and so never takes a place)."""
     return [name for name, _ in sorted(ranking, key=lambda item: -item[1]) if name is not None][:k]
@@ -133,7 +148,8 @@ def criterion(task_type: str) -> str:
 
 
 def trial_score(outputs: np.ndarray, labels: np.ndarray, task_type: str) -> float:
-    """The trial's figure on held-out rows, higher better: Spearman (regression) or minus the mean cross-entropy."""
+    """The trial's figure on its rows' out-of-fold outputs, higher better: Spearman (regression) or minus the mean
+    cross-entropy."""
     if task_type == "regression":
         return metrics.spearman(outputs[:, 0], labels)
     return -float(np.mean(row_losses(outputs, labels)))
@@ -147,7 +163,7 @@ def row_losses(outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def wins(candidate: np.ndarray, none: np.ndarray, labels: np.ndarray, task_type: str, seed: int) -> float:
-    """The share of paired bootstrap resamples of the held-out rows on which `candidate`'s outputs score better
+    """The share of paired bootstrap resamples of the trial rows on which `candidate`'s outputs score better
     than `none`'s (by `trial_score`)."""
     rng = np.random.default_rng(seed)
     draws = rng.integers(0, len(labels), size=(RESAMPLES, len(labels)))

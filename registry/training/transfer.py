@@ -9,11 +9,11 @@ grow with the number of earlier tasks:
    similarity leaves empty: the `FALLBACK` latest of them are ranked by LogME (registry.training.selection: a
    forward pass each, so at most `FALLBACK` passes), the others are skipped with one line;
 2. trial the shortlist and `none`: each fits the new task's head to convergence on that start's frozen [CLS]
-   features (registry.training.selection.probe) of a share of the training rows sized from the run's planned
-   work (`trial_size`), and is measured on `HELD_ROWS` other training rows, by Spearman's rank correlation for
-   regression and the loss for classification: a forward pass per start, no training of the adapters. The new
-   task's model is built once (`Reused`): each trial puts its task slot back as built;
-3. keep `none` unless the best trial beats it in 95% of paired bootstrap resamples of the held-out rows (the
+   features of some training rows, sized from the run's planned work (`trial_size`), and scores the out-of-fold
+   outputs (registry.training.selection.out_of_fold) by Spearman's rank correlation for regression and the loss
+   for classification: a forward pass per start, no training of the adapters. The new task's model is built
+   once (`Reused`): each trial puts its task slot back as built;
+3. keep `none` unless the best trial beats it in 95% of paired bootstrap resamples of the trial rows (the
    guard: a win inside the trial's own noise is no win).
 A candidate that cannot be used (adapters of another size, a stored file that fails verification) is skipped
 with one line. Every figure is recorded in the run's `selection`.
@@ -45,11 +45,10 @@ from registry.errors import ArtifactError, TrainingError
 
 log = logging.getLogger("registry")
 
-TRIAL_ROWS = 768  # the most rows one trial's head is fitted on
+TRIAL_ROWS = 768  # the most rows one trial embeds
 MIN_TRIAL_ROWS = 64  # the fewest, however small the run
-TRIAL_SHARE = 0.2  # all trials' forward passes together cost about this share of the run's training
-FORWARDS_PER_STEP = 3  # a training step of a row costs about three forward passes of it (forward and backward)
-HELD_ROWS = 256
+TRIAL_SHARE = 0.25  # all trials' forward passes together cost about this share of the run's training
+FORWARDS_PER_STEP = 2  # training a row costs about two forward passes (the frozen base's weights need no gradient)
 FALLBACK = 3  # earlier tasks without an embedding that LogME may rank (a forward pass each)
 
 
@@ -113,7 +112,7 @@ class Choice:
 
 @dataclass(frozen=True)
 class Trial:
-    """A short run from one start: its outputs on the held-out rows and its figure (higher is better)."""
+    """A trial of one start: its out-of-fold outputs on the trial rows and its figure (higher is better)."""
 
     name: str | None
     score: float
@@ -147,20 +146,21 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
                   pad_id=pad_id, device=device)
     ranked_seconds = time.perf_counter() - started
     size = trial_size(len(train_set), config.epochs, len(ranked.shortlist) + 1)
-    trial_rows, held_rows = trial_split(train_set, config.seed, size)
+    rows = trial_rows(train_set, config.seed, size)
     by_name = {source.name: source for source in sources}
     trials, skipped = [], list(ranked.skipped)
     for name in [None, *ranked.shortlist] if ranked.shortlist else []:
         try:
-            trials.append(trial(registry, build(), by_name.get(name), trial_rows, held_rows, task_type=task_type,
-                                pad_id=pad_id, device=device))
+            trials.append(trial(registry, build(), by_name.get(name), rows, task_type=task_type, pad_id=pad_id,
+                                device=device, seed=config.seed))
         except ArtifactError as exc:  # its stored adapters fail verification
             skipped.append((name, str(exc)))
     for name, why in skipped:  # a warning: it shows with --quiet too
         log.warning(f"--init-from auto: skipped {name} ({why})")
-    chosen, guard, why = decide(trials, held_rows.labels, task_type, config.seed)
+    chosen, guard, why = decide(trials, rows.labels, task_type, config.seed)
     record = {"requested": "auto", "criterion": selection.criterion(task_type), "k": shortlist,
-              "rows": [len(trial_rows), len(held_rows)], "embedding_rows": min(embedding.ROWS, len(train_set)),
+              "rows": len(rows), "folds": min(selection.FOLDS, len(rows)),
+              "embedding_rows": min(embedding.ROWS, len(train_set)),
               "similarity": [{"task": name, "cosine": round(value, 6)} for name, value in ranked.similarity],
               "logme": [{"task": name, "logme": value} for name, value in ranked.logme],
               "unranked": ranked.unranked, "shortlist": ranked.shortlist,
@@ -260,7 +260,7 @@ def decide(trials: list[Trial], labels: np.ndarray, task_type: str, seed: int) -
     chosen = best.name if share >= selection.CONFIDENCE else None
     guard = {"best": best.name, "wins": share, "needed": selection.CONFIDENCE,
              "fired": chosen is None and best.score > none.score}
-    beats = f"{best.name} beats none in {share:.0%} of {selection.RESAMPLES} resamples of the held-out rows"
+    beats = f"{best.name} beats none in {share:.0%} of {selection.RESAMPLES} resamples of the trial rows"
     return chosen, guard, f"{beats}; needs {selection.CONFIDENCE:.0%}"
 
 
@@ -287,37 +287,32 @@ def describe(record: dict) -> list[str]:
         unranked = f"; not ranked: {', '.join(record['unranked'])}" if record["unranked"] else ""
         lines.append(f"  without an embedding (added before schema 0005, or imported), LogME: {ranked}{unranked}")
     if record["trials"]:
-        trained, held = record["rows"]
-        lines.append(f"  shortlist (k={record['k']}): {', '.join(record['shortlist'])}; trials, held-out "
-                     f"{record['criterion']} of a head fitted on each start's features of {trained} rows ({held} "
-                     "held out): "
+        lines.append(f"  shortlist (k={record['k']}): {', '.join(record['shortlist'])}; trials, out-of-fold "
+                     f"{record['criterion']} of a head fitted on each start's features of {record['rows']} rows "
+                     f"({record['folds']} folds): "
                      + ", ".join(f"{name(t['task'])} {t[record['criterion']]:.4f}" for t in record["trials"]))
     lines.append(f"  → {name(record['chosen'])} ({record['why']})")
     return lines
 
 
 def trial_size(train_rows: int, epochs: int, trials: int) -> int:
-    """Rows each trial's head is fitted on: forward passes worth `TRIAL_SHARE` of the run's training (its rows ×
-    epochs, `FORWARDS_PER_STEP` passes each), split among the trials, within [`MIN_TRIAL_ROWS`, `TRIAL_ROWS`]."""
+    """Rows each trial embeds: forward passes worth `TRIAL_SHARE` of the run's training (its rows × epochs,
+    `FORWARDS_PER_STEP` passes each), split among the trials, within [`MIN_TRIAL_ROWS`, `TRIAL_ROWS`]."""
     budget = TRIAL_SHARE * train_rows * epochs * FORWARDS_PER_STEP
     return min(TRIAL_ROWS, max(MIN_TRIAL_ROWS, math.ceil(budget / max(1, trials))))
 
 
-def trial_split(train_set: Encoded, seed: int, size: int) -> tuple[Encoded, Encoded]:
-    """Seeded, disjoint trial rows (at most `size`) and held-out rows of the training split (a quarter held out
-    when it is small)."""
-    order = np.random.default_rng(seed).permutation(len(train_set))
-    held = min(HELD_ROWS, max(1, len(order) // 4))
-    return train_set.take(order[held:held + size]), train_set.take(order[:held])
+def trial_rows(train_set: Encoded, seed: int, size: int) -> Encoded:
+    """At most `size` seeded rows of the training split: the rows every trial of one choice embeds."""
+    return train_set.take(np.random.default_rng(seed).permutation(len(train_set))[:size])
 
 
-def trial(registry: Opened, model: AdapterModel, source: Source | None, trial_rows: Encoded, held_rows: Encoded, *,
-          task_type: str, pad_id: int, device: torch.device) -> Trial:
-    """The head fitted on `source`'s (or the fresh start's) frozen features of `trial_rows`, scored on `held_rows`:
-    one forward pass of both."""
+def trial(registry: Opened, model: AdapterModel, source: Source | None, rows: Encoded, *, task_type: str, pad_id: int,
+          device: torch.device, seed: int) -> Trial:
+    """The head fitted on `source`'s (or the fresh start's) frozen features of `rows`, scored out of fold: one
+    forward pass of the rows."""
     if source is not None:
         start_from(model, source_tensors(registry, source))
-    features, held = (selection.cls_features(model, rows, pad_id=pad_id, device=device)
-                      for rows in (trial_rows, held_rows))
-    outputs = selection.probe(features, trial_rows.labels, held, task_type, model.heads[0].out_features)
-    return Trial(source.name if source else None, selection.trial_score(outputs, held_rows.labels, task_type), outputs)
+    features = selection.cls_features(model, rows, pad_id=pad_id, device=device)
+    outputs = selection.out_of_fold(features, rows.labels, task_type, model.heads[0].out_features, seed)
+    return Trial(source.name if source else None, selection.trial_score(outputs, rows.labels, task_type), outputs)
