@@ -41,8 +41,8 @@ class Auto:
     """The start chosen on the new data in three steps: rank every earlier task by the similarity of its stored
     text embedding to the new data's (no forward pass per earlier task; tasks without one: LogME for a bounded
     few); give scratch and the `shortlist` most similar tasks a trial (the new head fitted on each start's frozen
-    features); keep scratch unless the best trial
-    beats it in 95% of paired bootstrap resamples of the held-out rows (the guard)."""
+    features, scored out of fold); keep scratch unless the best trial beats it in 95% of paired bootstrap resamples
+    of the trial rows (the guard)."""
 
     shortlist: int = 3  # how many of the most similar earlier tasks get a trial
 

@@ -7,9 +7,9 @@ frozen base's last hidden states (no adapters) averaged over the tokens and scal
 sentence-transformers pools MiniLM), on at most `ROWS` seeded training rows.
 
 It costs one forward pass of those rows per added task, and ranking a new task against every earlier one is then
-a dot product per task (after centring every embedding on their mean: `centred_similarities`): no forward
-pass per earlier task. The vector is stored as a content-addressed
-safetensors artifact (kind `KIND`) that the task version names (task_versions.embedding_sha256, revision 0005).
+a dot product per task (after centring every embedding on their mean): no forward pass per earlier task. The
+vector is stored as a content-addressed safetensors artifact (kind `KIND`) that the task version names
+(task_versions.embedding_sha256, revision 0005).
 Bundles do not carry it: an imported task has none, and auto treats it as it treats a task added before 0005
 (registry.training.transfer).
 """

@@ -1,10 +1,11 @@
-"""Where `--init-from auto` starts a new task, cheaply: LogME ranks a candidate, a probe trials it, a guard judges.
+"""Where `--init-from auto` starts a new task, cheaply: the fallback ranking, the trials' probe, the guard.
 
-Ranking: LogME (You et al., "LogME: Practical Assessment of Pre-trained Models for Transfer Learning", ICML
-2021). The [CLS] features of `FEATURE_ROWS` of the new task's training rows, through the base with each
-candidate's adapters (one forward pass, no training), are scored by the log evidence of a Bayesian linear
-model on them: the targets' one-hot columns for classification (averaged over the classes), the values
-themselves for regression. Higher is better; one SVD per candidate.
+Ranking of earlier tasks without a text embedding (registry.training.transfer): LogME (You et al., "LogME:
+Practical Assessment of Pre-trained Models for Transfer Learning", ICML 2021). The [CLS] features of
+`FEATURE_ROWS` of the new task's training rows, through the base with each candidate's adapters (one forward
+pass, no training), are scored by the log evidence of a Bayesian linear model on them: the targets' one-hot
+columns for classification (averaged over the classes), the values themselves for regression. Higher is better;
+one SVD per candidate.
 
 Trial: the new task's head fitted to convergence on a start's frozen [CLS] features of some training rows (`probe`:
 ridge regression for a value, L2-penalised logistic regression for classes), `FOLDS` times, each fitted on the
