@@ -214,7 +214,7 @@ def exhaustive(registry, name: str, path: Path, rows: int | None, seed: int, epo
     from registry.formats import head_size, pick_device
     from registry.model import checkpoint
     from registry.training import embedding, selection, transfer
-    from registry.training.tasks import build_model, encode_split, load_tokenizer
+    from registry.training.tasks import Models, encode_split, load_tokenizer
     from registry.training.train import TrainConfig
 
     with registry.read() as session:
@@ -225,8 +225,8 @@ def exhaustive(registry, name: str, path: Path, rows: int | None, seed: int, epo
     train_set = encode_split(registry, base, tokenizer, loaded, "train", config.max_length, False)
     device = pick_device("cpu")
     vector = embedding.of_task(base_dir, train_set, seed, pad_id=tokenizer.pad_token_id, device=device)
-    build = transfer.Reused(lambda: build_model(base_dir, config.adapter_size,
-                                                head_size(loaded.task_type, loaded.labels), seed))
+    models = Models(base_dir, head_size(loaded.task_type, loaded.labels))
+    build = lambda: models.fresh(config)  # noqa: E731
     shortlist = transfer.rank(registry, build, transfer.candidates(registry), train_set, config, vector, k,
                               task_type=loaded.task_type, pad_id=tokenizer.pad_token_id, device=device).shortlist
     size = transfer.trial_size(len(train_set), epochs, len(shortlist) + 1)

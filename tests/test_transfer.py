@@ -337,12 +337,14 @@ def test_similarity_is_centred_on_the_registry_so_a_shared_part_does_not_rank():
     assert embedding.centred_similarities(new, [plain]) == [pytest.approx(plain_cosines[1])]
 
 
-def test_trials_reuse_one_model_and_give_what_a_fresh_model_gives(settings, run_cli, data, tiny_base):
-    """auto builds the new task's model once; each trial puts its task slot back as built. A trial after another
-    one (which loaded `a`'s adapters into it) gives the very outputs of the same trial on a model just built."""
+def test_one_model_serves_every_trial_and_run_and_trains_as_a_new_one(settings, run_cli, data, tiny_base):
+    """add-task builds each model once (tasks.Models): auto's trials and the runs take it put back as built. A trial
+    after another one (which loaded `a`'s adapters into it), and a run with the base's dropout (which draws from
+    torch's generator) after that, give the very outputs and weights they give on models just built."""
     from registry.data import splits
     from registry.formats import head_size
-    from registry.training.tasks import build_model, encode_split, load_tokenizer
+    from registry.training import train
+    from registry.training.tasks import Models, build_model, encode_split, load_tokenizer
 
     registry = open_registry(settings)
     with registry.read() as session:
@@ -350,19 +352,31 @@ def test_trials_reuse_one_model_and_give_what_a_fresh_model_gives(settings, run_
     loaded = splits.load(str(data / "sentiment"), seed=0)
     tokenizer = load_tokenizer(tiny_base)
     train_set = encode_split(registry, base, tokenizer, loaded, "train", 128, False)
-    rows = transfer.trial_rows(train_set, 0, 32)
-    build = lambda: build_model(tiny_base, 64, head_size(loaded.task_type, loaded.labels), 0)  # noqa: E731
+    rows, cpu = transfer.trial_rows(train_set, 0, 32), torch.device("cpu")
+    config = train.TrainConfig(epochs=2, seed=3, batch_size=16, base_dropout=True)
+    outputs = head_size(loaded.task_type, loaded.labels)
+    models = Models(tiny_base, outputs)
     source = transfer.candidates(registry)[0]  # `a`
 
     def trial(model, start):
-        return transfer.trial(registry, model, start, rows, task_type=loaded.task_type,
-                              pad_id=tokenizer.pad_token_id, device=torch.device("cpu"), seed=0)
+        return transfer.trial(registry, model, start, rows, task_type=loaded.task_type, pad_id=tokenizer.pad_token_id,
+                              device=cpu, seed=0)
 
-    reused = transfer.Reused(build)
-    first, again = trial(reused(), source), trial(reused(), None)  # `none` after `a` trained the model
-    assert reused.model is reused() and first.score != again.score
-    fresh = trial(build(), None), trial(build(), source)
+    def run(model):
+        return train.fit(model, train_set, train_set, config, task_type=loaded.task_type, metric=loaded.metric,
+                         pad_id=tokenizer.pad_token_id, device=cpu).best_state
+
+    first, again = trial(models.fresh(config), source), trial(models.fresh(config), None)
+    trained = run(models.fresh(config))
+    assert models.fresh(config) is models.fresh(config) and len(models.built) == 1 and first.score != again.score
+    fresh = [trial(build_model(tiny_base, 64, outputs, 3, base_dropout=True), start) for start in (None, source)]
     assert np.array_equal(again.outputs, fresh[0].outputs) and np.array_equal(first.outputs, fresh[1].outputs)
+    anew = run(build_model(tiny_base, 64, outputs, 3, base_dropout=True))
+    assert all(torch.equal(trained[key], anew[key]) for key in anew)
+    model = models.fresh(config)
+    torch.rand(1)  # one draw more from the generator: other dropout masks, other weights (the check can fail)
+    shifted = run(model)
+    assert not all(torch.equal(trained[key], shifted[key]) for key in anew)
 
 
 def test_a_broken_embedding_is_skipped_with_one_line(settings, run_cli, data):

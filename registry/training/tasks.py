@@ -94,9 +94,34 @@ def added(registry: Opened, plan: Plan, task_id: int, published: lifecycle.Publi
 # Training: the base and the encoded splits once, then each run
 
 
+class Models:
+    """The models of one add-task, each shape built once (a load of the base): auto's trials and every run take
+    theirs from `fresh`, put back as built."""
+
+    def __init__(self, base_dir, outputs: int) -> None:
+        self.base_dir, self.outputs = base_dir, outputs
+        self.built: dict[tuple, tuple[AdapterModel, dict[str, torch.Tensor], torch.Tensor]] = {}
+
+    def fresh(self, config: train.TrainConfig) -> AdapterModel:
+        """The model for `config` with its task slot as `build_model` makes it, and torch's generators as building
+        left them (seeded, then the initialisation's draws): it trains exactly as a model just built would."""
+        key = (config.adapter_size, config.seed, config.base_dropout)
+        if key not in self.built:
+            model = build_model(self.base_dir, config.adapter_size, self.outputs, config.seed,
+                                base_dropout=config.base_dropout)
+            self.built[key] = (model, model.task_state_dict(), torch.get_rng_state())
+            return model
+        model, state, generator = self.built[key]
+        model.load_task_state_dict(state)
+        torch.manual_seed(config.seed)  # every device's generator as build_model seeded it
+        torch.set_rng_state(generator)  # the CPU's as the initialisation left it
+        return model
+
+
 @dataclass(frozen=True)
 class Prepared:
-    """What every run of one add-task trains on: the unpacked base, its tokenizer, the encoded splits."""
+    """What every run of one add-task trains on: the unpacked base, its tokenizer, the encoded splits, and the
+    models built for them."""
 
     base_dir: object
     loaded_base: str  # the sha256 of the base weights loaded
@@ -104,6 +129,7 @@ class Prepared:
     train_set: encoding.Encoded
     validation_set: encoding.Encoded
     embedding: np.ndarray  # the task's text embedding (registry.training.embedding), stored when it is published
+    models: Models
 
 
 def prepare(registry: Opened, plan: Plan, runs: RunRecorder, progress: bool) -> Prepared:
@@ -118,7 +144,8 @@ def prepare(registry: Opened, plan: Plan, runs: RunRecorder, progress: bool) -> 
         for split in ("train", "validation"))
     vector = embedding.of_task(base_dir, train_set, plan.config.seed, pad_id=tokenizer.pad_token_id,
                                device=plan.target)
-    return Prepared(base_dir, loaded_base, tokenizer, train_set, validation_set, vector)
+    models = Models(base_dir, head_size(plan.loaded.task_type, plan.loaded.labels))
+    return Prepared(base_dir, loaded_base, tokenizer, train_set, validation_set, vector, models)
 
 
 def choose_start(registry: Opened, plan: Plan, prepared: Prepared) -> tuple[transfer.Source | None, dict | None]:
@@ -128,12 +155,10 @@ def choose_start(registry: Opened, plan: Plan, prepared: Prepared) -> tuple[tran
     choice = transfer.Choice(plan.named, {"requested": plan.named.name, "chosen": plan.named.name}) \
         if plan.named else None
     if isinstance(plan.init_from, Auto):
-        head = head_size(loaded.task_type, loaded.labels)
         choice = transfer.choose(
-            registry, lambda: build_model(prepared.base_dir, config.adapter_size, head, config.seed,
-                                          base_dropout=config.base_dropout),
-            prepared.train_set, config, task_type=loaded.task_type, pad_id=prepared.tokenizer.pad_token_id,
-            device=plan.target, shortlist=plan.init_from.shortlist, new_embedding=prepared.embedding)
+            registry, lambda: prepared.models.fresh(config), prepared.train_set, config, task_type=loaded.task_type,
+            pad_id=prepared.tokenizer.pad_token_id, device=plan.target, shortlist=plan.init_from.shortlist,
+            new_embedding=prepared.embedding)
     return (choice.source, choice.selection) if choice else (None, None)
 
 
@@ -145,7 +170,7 @@ def train_runs(registry: Opened, plan: Plan, prepared: Prepared, runs: RunRecord
     for start in starts:
         for run_config in plan.grid:
             run_id = runs.open(run_config, prepared.loaded_base, start, selection)
-            result, n_trainable = train_one(registry, runs.record_epoch, prepared.base_dir, run_config,
+            result, n_trainable = train_one(registry, runs.record_epoch, prepared.models, run_config,
                                             plan.loaded, prepared.train_set, prepared.validation_set,
                                             prepared.tokenizer.pad_token_id, plan.target, progress, start)
             runs.finish(result, n_trainable)
@@ -192,12 +217,11 @@ def build_model(base_dir, adapter_size: int, head_size: int, seed: int, *, base_
     return AdapterModel(encoder, adapter_size, [head_size])
 
 
-def train_one(registry, on_epoch, base_dir, config, loaded, train_set, validation_set, pad_id, device, progress,
+def train_one(registry, on_epoch, models: Models, config, loaded, train_set, validation_set, pad_id, device, progress,
               source: transfer.Source | None = None):
-    """One run: build (from `source`'s adapters, or fresh) and fit, passing every epoch's metrics to `on_epoch` as
-    they come (add_task's recorder commits them; its Heartbeat keeps the run alive)."""
-    model = build_model(base_dir, config.adapter_size, head_size(loaded.task_type, loaded.labels), config.seed,
-                        base_dropout=config.base_dropout)
+    """One run: its model fresh (from `source`'s adapters, or as built) and fit, passing every epoch's metrics to
+    `on_epoch` as they come (add_task's recorder commits them; its Heartbeat keeps the run alive)."""
+    model = models.fresh(config)
     if source is not None:
         transfer.start_from(model, transfer.source_tensors(registry, source))
     result = train.fit(model, train_set, validation_set, config, task_type=loaded.task_type, metric=loaded.metric,

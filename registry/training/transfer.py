@@ -11,8 +11,7 @@ grow with the number of earlier tasks:
 2. trial the shortlist and `none`: each fits the new task's head to convergence on that start's frozen [CLS]
    features of some training rows, sized from the run's planned work (`trial_size`), and scores the out-of-fold
    outputs (registry.training.selection.out_of_fold) by Spearman's rank correlation for regression and the loss
-   for classification: a forward pass per start, no training of the adapters. The new task's model is built
-   once (`Reused`): each trial puts its task slot back as built;
+   for classification: a forward pass per start, no training of the adapters;
 3. keep `none` unless the best trial beats it in 95% of paired bootstrap resamples of the trial rows (the
    guard: a win inside the trial's own noise is no win).
 A candidate that cannot be used (adapters of another size, a stored file that fails verification) is skipped
@@ -136,11 +135,11 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
     """Rank the earlier tasks by embedding similarity (LogME for a bounded few without one), trial the `shortlist`
     best and `none`, choose with the guard; the choice's short block is logged (INFO) to the `registry` logger.
 
-    `build()` makes the new task's freshly initialised model (the same weights every call); `new_embedding` is
-    the new task's text embedding (registry.training.embedding).
+    `build()` gives the new task's freshly initialised model (the same weights every call: add-task's one model,
+    put back as built, registry.training.tasks.Models); `new_embedding` is the new task's text embedding
+    (registry.training.embedding).
     """
     started = time.perf_counter()
-    build = Reused(build)
     sources = candidates(registry)
     ranked = rank(registry, build, sources, train_set, config, new_embedding, shortlist, task_type=task_type,
                   pad_id=pad_id, device=device)
@@ -171,24 +170,6 @@ def choose(registry: Opened, build: Callable[[], AdapterModel], train_set: Encod
     for line in describe(record):
         log.info(line)
     return Choice(by_name[chosen] if chosen else None, record)
-
-
-class Reused:
-    """`build` made once: every call after the first puts the same model's task slot back as it was built instead of
-    loading the base again. The trials and LogME each start from it."""
-
-    def __init__(self, build: Callable[[], AdapterModel]) -> None:
-        self.build = build
-        self.model: AdapterModel | None = None
-        self.fresh: dict[str, torch.Tensor] = {}
-
-    def __call__(self) -> AdapterModel:
-        if self.model is None:
-            self.model = self.build()
-            self.fresh = self.model.task_state_dict()
-        else:
-            self.model.load_task_state_dict(self.fresh)
-        return self.model
 
 
 def rank(registry: Opened, build: Callable[[], AdapterModel], earlier: list[Source], train_set: Encoded,
