@@ -246,7 +246,8 @@ def exhaustive(registry, name: str, path: Path, rows: int | None, seed: int, epo
 
 
 def exhaustive_apart(workdir: Path, cases: list[str], epochs: int) -> None:
-    """`exhaustive` for each NAME:SEED in the scale registry under `workdir`, appended to its progress file."""
+    """`exhaustive` for each NAME:SEED in the scale registry under `workdir`, appended to its progress file (a
+    later line of a case replaces an earlier one, keeping its timed runs); then every task evaluated (BWT)."""
     import torch
 
     from registry.storage.config import resolve
@@ -261,6 +262,7 @@ def exhaustive_apart(workdir: Path, cases: list[str], epochs: int) -> None:
         found = exhaustive(registry, name, path, rows, int(seed), epochs, 3)
         with open(workdir / "scale-progress.jsonl", "a") as progress:
             progress.write(json.dumps({"name": name, "seed": int(seed), "added": None, **found}) + "\n")
+    finish(registry)
 
 
 def target_of(name: str, rows: int | None, added: dict | None, found: dict) -> dict:
@@ -292,7 +294,8 @@ def rows_in(name: str) -> int | None:
 
 
 def collect(home: Path) -> dict:
-    """The figures of a registry whose job was cut short, read back from its runs (BWT n/a: not evaluated)."""
+    """The figures of a registry whose job was cut short, read back from its runs (BWT where every task was
+    evaluated at the end, as `exhaustive_apart` does)."""
     from registry.catalog import queries as catalog
     from registry.storage.config import resolve
     from registry.storage.core import open_registry
@@ -303,14 +306,14 @@ def collect(home: Path) -> dict:
     records = {name: record_of(catalog.show_task(registry, name), planned.get(name, rows_in(name)), None)
                for name in names}
     pool, seed = home.name.rsplit("-seed", 1)
-    job = {"pool": pool, "seed": int(seed), "bwt": None, "partial": True}
+    job = {"pool": pool, "seed": int(seed), "bwt": catalog.score_matrix(registry)["bwt"], "partial": True}
     if pool == "scale":  # the new tasks done, as the job wrote them
         written = home.parent / "scale-progress.jsonl"
         lines = written.read_text().splitlines() if written.exists() else []
-        found = {}  # by new task and seed: the first, unless a later one has the timed runs
+        found = {}  # by new task and seed: the latest line, with the timed runs of any
         for d in map(json.loads, lines):
-            if (d["name"], d["seed"]) not in found or d["added"]:
-                found[(d["name"], d["seed"])] = d
+            earlier = found.get((d["name"], d["seed"]), {})
+            found[(d["name"], d["seed"])] = {**d, "added": d["added"] or earlier.get("added")}
         done = list(found.values())
         rows = {name: rows for name, _, rows in SCALE_TARGETS}
         keys = ("scores", "shortlist", "exhaustive_choice", "auto_choice", "best_beats_shortlist_best")

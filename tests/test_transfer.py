@@ -160,8 +160,8 @@ def test_auto_ranks_shortlists_trials_and_guards_by_spearman_for_regression(sett
     block = [line for line in stderr.splitlines() if "auto" in line or line.startswith("  ")]
     assert block[0] == "--init-from auto: skipped small (adapters of size 16, this run's 64)"
     assert block[1].startswith("--init-from auto: text similarity of 1 earlier task (48 training rows embedded) in ")
-    assert block[2].startswith("  shortlist (k=3): a; trials, out-of-fold spearman of a head fitted on each start's "
-                               "features of 48 rows (4 folds): none ")
+    assert block[2].startswith("  shortlist (k=3, one per kind of data): a; trials, out-of-fold spearman of a head "
+                               "fitted on each start's features of 48 rows (4 folds): none ")
     assert block[3].startswith(f"  → {chosen['chosen'] or 'none'} (a beats none in ")
     starts = [run["init_from"]["task"] if run["init_from"] else None for run in runs]
     assert starts == (["a", None] if chosen["chosen"] else [None])  # --compare-scratch: scratch beside a source
@@ -335,6 +335,23 @@ def test_similarity_is_centred_on_the_registry_so_a_shared_part_does_not_rank():
     assert centred[0] == pytest.approx(embedding.similarity(new - centre, reviews - centre))
     # with one earlier task there is nothing to centre on: the plain cosine
     assert embedding.centred_similarities(new, [plain]) == [pytest.approx(plain_cosines[1])]
+
+
+def test_the_shortlist_takes_one_task_per_kind_of_data():
+    """Two tasks of one data set (embeddings alike within its samples' noise) take one place: the next kind gets
+    the other, and a place no other kind fills goes back to the one that waited."""
+    from registry.training import embedding
+
+    rng = np.random.default_rng(4)
+    kinds = rng.normal(size=(4, 32))  # reviews, pairs, questions, and the new task's own (near reviews)
+    new = kinds[3] + 0.8 * kinds[0]
+    reviews = [kinds[0] + 0.05 * rng.normal(size=32) for _ in range(2)]  # one data set, two samples
+    earlier = [reviews[0], kinds[1], reviews[1], kinds[2] - kinds[0]]
+    centred = embedding.centred_similarities(new, earlier)
+    assert centred[0] > centred[1] and centred[2] > centred[1]  # both reviews rank above pairs
+    assert embedding.similarity(*embedding.centred(new, reviews + [kinds[1]])[1][:2]) >= embedding.SAME_DATA
+    assert embedding.shortlist(new, earlier, 2) == [int(np.argmax(centred[:3:2])) * 2, 1]  # a review task, pairs
+    assert sorted(embedding.shortlist(new, earlier[:3], 3)) == [0, 1, 2]  # no third kind: the other review fills
 
 
 def test_one_model_serves_every_trial_and_run_and_trains_as_a_new_one(settings, run_cli, data, tiny_base):

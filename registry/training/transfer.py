@@ -4,8 +4,9 @@
 grow with the number of earlier tasks:
 1. rank every earlier task with adapters of the run's size by the cosine of its stored text embedding and the new
    task's, centred on their mean (registry.training.embedding: computed once when each task is added, so ranking
-   is a dot product per earlier task, no forward pass); the `shortlist` most similar (3 by default) go on.
-   Earlier tasks without an embedding (added before schema 0005, or imported from a bundle) fill only the places
+   is a dot product per earlier task, no forward pass); the `shortlist` most similar (3 by default) go on, one
+   per kind of data (an earlier task whose embedding is as alike as one data set's samples waits behind the one
+   taken). Earlier tasks without an embedding (added before schema 0005, or imported from a bundle) fill only the places
    similarity leaves empty: the `FALLBACK` latest of them are ranked by LogME (registry.training.selection: a
    forward pass each, so at most `FALLBACK` passes), the others are skipped with one line;
 2. trial the shortlist and `none`: each fits the new task's head to convergence on that start's frozen [CLS]
@@ -183,9 +184,8 @@ def rank(registry: Opened, build: Callable[[], AdapterModel], earlier: list[Sour
             skipped.append((source.name, f"adapters of size {source.adapter_size}, this run's {config.adapter_size}"))
         else:
             sources.append(source)
-    similar, unreadable = similarities(registry, [s for s in sources if s.embedding_sha256], new_embedding)
+    similar, picked, unreadable = similarities(registry, [s for s in sources if s.embedding_sha256], new_embedding, k)
     skipped += unreadable
-    picked = [name for name, _ in similar[:k]]
     without = [s for s in sources if not s.embedding_sha256]
     fallback = without[-FALLBACK:] if len(picked) < k else []
     logme, unusable = by_logme(registry, build(), fallback, train_set, config.seed, task_type=task_type,
@@ -196,10 +196,11 @@ def rank(registry: Opened, build: Callable[[], AdapterModel], earlier: list[Sour
     return Ranked(picked, similar, logme, skipped, unranked)
 
 
-def similarities(registry: Opened, sources: list[Source],
-                 new_embedding: np.ndarray) -> tuple[list[tuple[str, float]], list[tuple[str, str]]]:
+def similarities(registry: Opened, sources: list[Source], new_embedding: np.ndarray,
+                 k: int) -> tuple[list[tuple[str, float]], list[str], list[tuple[str, str]]]:
     """The centred cosine (`embedding.centred_similarities`) of each source's stored embedding and the new task's,
-    most similar first; and the sources whose embedding cannot be read, with why. No forward pass."""
+    most similar first; the `k` picked, one per kind of data (`embedding.shortlist`); and the sources whose
+    embedding cannot be read, with why. No forward pass."""
     names, stored, skipped = [], [], []
     for source in sources:
         try:
@@ -209,7 +210,8 @@ def similarities(registry: Opened, sources: list[Source],
             continue
         names.append(source.name)
     similar = zip(names, embedding.centred_similarities(new_embedding, stored))
-    return sorted(similar, key=lambda item: -item[1]), skipped
+    picked = [names[i] for i in embedding.shortlist(new_embedding, stored, k)]
+    return sorted(similar, key=lambda item: -item[1]), picked, skipped
 
 
 def by_logme(registry: Opened, model: AdapterModel, sources: list[Source], train_set: Encoded, seed: int, *,
@@ -268,7 +270,8 @@ def describe(record: dict) -> list[str]:
         unranked = f"; not ranked: {', '.join(record['unranked'])}" if record["unranked"] else ""
         lines.append(f"  without an embedding (added before schema 0005, or imported), LogME: {ranked}{unranked}")
     if record["trials"]:
-        lines.append(f"  shortlist (k={record['k']}): {', '.join(record['shortlist'])}; trials, out-of-fold "
+        lines.append(f"  shortlist (k={record['k']}, one per kind of data): {', '.join(record['shortlist'])}; "
+                     "trials, out-of-fold "
                      f"{record['criterion']} of a head fitted on each start's features of {record['rows']} rows "
                      f"({record['folds']} folds): "
                      + ", ".join(f"{name(t['task'])} {t[record['criterion']]:.4f}" for t in record["trials"]))
