@@ -338,8 +338,8 @@ def test_similarity_is_centred_on_the_registry_so_a_shared_part_does_not_rank():
 
 
 def test_the_shortlist_takes_one_task_per_kind_of_data():
-    """Two tasks of one data set (embeddings alike within its samples' noise) take one place: the next kind gets
-    the other, and a place no other kind fills goes back to the one that waited."""
+    """Two tasks of one data set (embeddings alike within its samples' noise) take one place, the better-scoring
+    one: the next kind gets the other, and a place no other kind fills goes back to the one that waited."""
     from registry.training import embedding
 
     rng = np.random.default_rng(4)
@@ -350,8 +350,11 @@ def test_the_shortlist_takes_one_task_per_kind_of_data():
     centred = embedding.centred_similarities(new, earlier)
     assert centred[0] > centred[1] and centred[2] > centred[1]  # both reviews rank above pairs
     assert embedding.similarity(*embedding.centred(new, reviews + [kinds[1]])[1][:2]) >= embedding.SAME_DATA
-    assert embedding.shortlist(new, earlier, 2) == [int(np.argmax(centred[:3:2])) * 2, 1]  # a review task, pairs
-    assert sorted(embedding.shortlist(new, earlier[:3], 3)) == [0, 1, 2]  # no third kind: the other review fills
+    for better in (0, 2):  # the review task that scored better stands for both, then pairs
+        quality = [0.9 if i == better else 0.8 for i in range(4)]
+        assert embedding.shortlist(new, earlier, 2, quality) == [better, 1]
+        assert embedding.shortlist(new, earlier, 3, quality) == [better, 1, 3]
+    assert sorted(embedding.shortlist(new, earlier[:3], 3, [0.5] * 3)) == [0, 1, 2]  # no third kind: both reviews
 
 
 def test_one_model_serves_every_trial_and_run_and_trains_as_a_new_one(settings, run_cli, data, tiny_base):

@@ -101,19 +101,25 @@ def centred_similarities(new: np.ndarray, earlier: list[np.ndarray]) -> list[flo
     return [similarity(new, vector) for vector in earlier]
 
 
-def shortlist(new: np.ndarray, earlier: list[np.ndarray], k: int) -> list[int]:
-    """The indices of the `k` earlier embeddings most similar to the new one, one per kind of data: going down the
-    ranking, a task `SAME_DATA`-alike to one already taken waits (its trial would say what that one's says); places
-    that distinct kinds leave are filled from the waiting, most similar first."""
+def shortlist(new: np.ndarray, earlier: list[np.ndarray], k: int, quality: list[float]) -> list[int]:
+    """The indices of `k` earlier tasks for the new one to trial: one per kind of data, the kinds most similar
+    first.
+
+    A kind is the earlier tasks `SAME_DATA`-alike to its most similar member (one data set's tasks, say, at other
+    sizes or seeds: trials of them all would ask one question), and the member of best `quality` (its validation
+    score) stands for it. Places that distinct kinds leave are filled from the other members, most similar first.
+    """
     new, earlier = centred(new, earlier)
-    order = sorted(range(len(earlier)), key=lambda i: -similarity(new, earlier[i]))
-    taken, waiting = [], []
-    for i in order:
-        if len(taken) == k:
-            break
-        alike = any(similarity(earlier[i], earlier[j]) >= SAME_DATA for j in taken)
-        (waiting if alike else taken).append(i)
-    return taken + waiting[:k - len(taken)]
+    kinds: list[list[int]] = []
+    for i in sorted(range(len(earlier)), key=lambda i: -similarity(new, earlier[i])):
+        kind = next((kind for kind in kinds if similarity(earlier[i], earlier[kind[0]]) >= SAME_DATA), None)
+        if kind is None:
+            kinds.append([i])
+        else:
+            kind.append(i)
+    taken = [max(kind, key=lambda i: quality[i]) for kind in kinds[:k]]
+    rest = [i for kind in kinds for i in kind if i not in taken]  # most similar first within each kind
+    return taken + sorted(rest, key=lambda i: -similarity(new, earlier[i]))[:k - len(taken)]
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:

@@ -5,10 +5,11 @@ grow with the number of earlier tasks:
 1. rank every earlier task with adapters of the run's size by the cosine of its stored text embedding and the new
    task's, centred on their mean (registry.training.embedding: computed once when each task is added, so ranking
    is a dot product per earlier task, no forward pass); the `shortlist` most similar (3 by default) go on, one
-   per kind of data (an earlier task whose embedding is as alike as one data set's samples waits behind the one
-   taken). Earlier tasks without an embedding (added before schema 0005, or imported from a bundle) fill only the places
-   similarity leaves empty: the `FALLBACK` latest of them are ranked by LogME (registry.training.selection: a
-   forward pass each, so at most `FALLBACK` passes), the others are skipped with one line;
+   per kind of data (tasks whose embeddings are as alike as one data set's samples: the best-scoring stands for
+   them, `embedding.shortlist`). Earlier tasks without an embedding (added before schema 0005, or imported from a
+   bundle) fill only the places similarity leaves empty: the `FALLBACK` latest of them are ranked by LogME
+   (registry.training.selection: a forward pass each, so at most `FALLBACK` passes), the others are skipped with
+   one line;
 2. trial the shortlist and `none`: each fits the new task's head to convergence on that start's frozen [CLS]
    features of some training rows, sized from the run's planned work (`trial_size`), and scores the out-of-fold
    outputs (registry.training.selection.out_of_fold) by Spearman's rank correlation for regression and the loss
@@ -62,12 +63,13 @@ class Source:
     adapter_sha256: str
     adapter_size: int
     embedding_sha256: str | None = None  # its text embedding, when it has one (registry.training.embedding)
+    score: float | None = None  # its current version's validation score
 
 
 def source_of(row) -> Source:
     """A task row's current version as a Source (with its embedding when the row carries one)."""
     return Source(row.id, row.name, row.current_version, row.adapter_sha256, row.adapter_size,
-                  getattr(row, "embedding_sha256", None))
+                  getattr(row, "embedding_sha256", None), row.score)
 
 
 def named_source(registry: Opened, name: str, adapter_size: int) -> Source:
@@ -199,18 +201,19 @@ def rank(registry: Opened, build: Callable[[], AdapterModel], earlier: list[Sour
 def similarities(registry: Opened, sources: list[Source], new_embedding: np.ndarray,
                  k: int) -> tuple[list[tuple[str, float]], list[str], list[tuple[str, str]]]:
     """The centred cosine (`embedding.centred_similarities`) of each source's stored embedding and the new task's,
-    most similar first; the `k` picked, one per kind of data (`embedding.shortlist`); and the sources whose
-    embedding cannot be read, with why. No forward pass."""
-    names, stored, skipped = [], [], []
+    most similar first; the `k` picked, one per kind of data, each kind's best-scoring (`embedding.shortlist`);
+    and the sources whose embedding cannot be read, with why. No forward pass."""
+    kept, stored, skipped = [], [], []
     for source in sources:
         try:
             stored.append(embedding.from_bytes(registry.store.get(source.embedding_sha256), len(new_embedding)))
         except ArtifactError as exc:
             skipped.append((source.name, str(exc)))
             continue
-        names.append(source.name)
-    similar = zip(names, embedding.centred_similarities(new_embedding, stored))
-    picked = [names[i] for i in embedding.shortlist(new_embedding, stored, k)]
+        kept.append(source)
+    similar = zip([s.name for s in kept], embedding.centred_similarities(new_embedding, stored))
+    quality = [s.score if s.score is not None else -math.inf for s in kept]
+    picked = [kept[i].name for i in embedding.shortlist(new_embedding, stored, k, quality)]
     return sorted(similar, key=lambda item: -item[1]), picked, skipped
 
 
