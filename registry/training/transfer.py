@@ -202,7 +202,8 @@ def similarities(registry: Opened, sources: list[Source], new_embedding: np.ndar
                  k: int) -> tuple[list[tuple[str, float]], list[str], list[tuple[str, str]]]:
     """The centred cosine (`embedding.centred_similarities`) of each source's stored embedding and the new task's,
     most similar first; the `k` picked, one per kind of data, each kind's best-scoring (`embedding.shortlist`);
-    and the sources whose embedding cannot be read, with why. No forward pass."""
+    and the sources whose embedding cannot be read, with why. No forward pass. With `k` sources or fewer every
+    one is picked: nothing is ranked, and the plain cosine is given (centred on so few, it says little)."""
     kept, stored, skipped = [], [], []
     for source in sources:
         try:
@@ -211,6 +212,10 @@ def similarities(registry: Opened, sources: list[Source], new_embedding: np.ndar
             skipped.append((source.name, str(exc)))
             continue
         kept.append(source)
+    if len(kept) <= k:
+        similar = sorted(((s.name, embedding.similarity(new_embedding, v)) for s, v in zip(kept, stored)),
+                         key=lambda item: -item[1])
+        return similar, [name for name, _ in similar], skipped
     similar = zip([s.name for s in kept], embedding.centred_similarities(new_embedding, stored))
     quality = [s.score if s.score is not None else -math.inf for s in kept]
     picked = [kept[i].name for i in embedding.shortlist(new_embedding, stored, k, quality)]
