@@ -26,9 +26,13 @@ def run_migrations_offline() -> None:
 def run_migrations_online() -> None:
     engine = make_engine(url)
     with engine.connect() as connection:
-        # Two `init`s on a new database: one migrates while the other waits, then finds the schema at head.
-        connection.execution_options(registry_write=True)  # SQLite: BEGIN IMMEDIATE (registry.db.make_engine)
-        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True)
+        # Two `init`s on a new database: one migrates while the other waits, then finds the schema at head. So the
+        # whole upgrade is one transaction, its version read inside it: on SQLite too (alembic's default there is a
+        # transaction per migration, which let the other process in between two migrations to run one again), under
+        # BEGIN IMMEDIATE (registry.db.make_engine); SQLite's DDL is transactional.
+        connection.execution_options(registry_write=True)
+        context.configure(connection=connection, target_metadata=target_metadata, render_as_batch=True,
+                          transactional_ddl=True)
         with context.begin_transaction():
             if connection.dialect.name == "postgresql":
                 connection.exec_driver_sql(f"SELECT pg_advisory_xact_lock({MIGRATION_LOCK})")

@@ -40,6 +40,33 @@ def test_upgrade_then_downgrade(settings):
     engine.dispose()
 
 
+def test_an_upgrade_is_one_transaction_so_a_failed_one_leaves_the_schema_where_it_was(settings, monkeypatch):
+    """Every migration of one upgrade commits together, its version read inside (on SQLite too, where alembic's
+    default is a transaction per migration): so two `init`s on a new database cannot interleave between two
+    migrations, and an upgrade that fails at its last migration leaves the schema where it started."""
+    from alembic.operations import Operations
+
+    settings.home.mkdir(parents=True)
+    db.upgrade(settings.db_url, "0003")
+    execute = Operations.execute
+
+    def failing(self, sql, *args, **kwargs):
+        if "status = 'pending'" in str(sql):  # revision 0005's second step, after 0004 and 0005's first
+            raise RuntimeError("injected")
+        return execute(self, sql, *args, **kwargs)
+
+    monkeypatch.setattr(Operations, "execute", failing)
+    with pytest.raises(RuntimeError, match="injected"):
+        db.upgrade(settings.db_url)
+    assert db.revision_at(settings.db_url) == "0003"  # 0004 went back with 0005
+    engine = db.make_engine(settings.db_url)
+    assert "embedding_sha256" not in {c["name"] for c in inspect(engine).get_columns("task_versions")}
+    engine.dispose()
+    monkeypatch.setattr(Operations, "execute", execute)
+    db.upgrade(settings.db_url)
+    assert db.revision_at(settings.db_url) == db.SCHEMA_REVISION
+
+
 def test_schema_matches_migrations(settings):
     settings.home.mkdir(parents=True)
     db.upgrade(settings.db_url)
