@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# `make demo`: a real end-to-end run on the all-MiniLM-L6-v2 base and two GLUE tasks, ending with `registry serve`
-# answering one mixed-task request (about 5 minutes on 2 CPU cores).
+# `make demo`: a real end-to-end run on the all-MiniLM-L6-v2 base, two GLUE tasks and a review set started from
+# them by `--init-from auto` (under a minute), ending with `registry serve` answering one mixed-task request
+# (about 6 minutes on 2 CPU cores).
 # Reads GLUE from $GLUE_DIR (default ../shared/data/glue where it exists), otherwise from the hub (nyu-mll/glue).
 set -euo pipefail
 cd "$(dirname "$0")/.."
