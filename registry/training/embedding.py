@@ -110,16 +110,16 @@ def shortlist(new: np.ndarray, earlier: list[np.ndarray], k: int, quality: list[
     score) stands for it. Places that distinct kinds leave are filled from the other members, most similar first.
     """
     new, earlier = centred(new, earlier)
+    order = sorted(range(len(earlier)), key=[-similarity(new, vector) for vector in earlier].__getitem__)
     kinds: list[list[int]] = []
-    for i in sorted(range(len(earlier)), key=lambda i: -similarity(new, earlier[i])):
+    for i in order:
         kind = next((kind for kind in kinds if similarity(earlier[i], earlier[kind[0]]) >= SAME_DATA), None)
         if kind is None:
             kinds.append([i])
         else:
             kind.append(i)
     taken = [max(kind, key=lambda i: quality[i]) for kind in kinds[:k]]
-    rest = [i for kind in kinds for i in kind if i not in taken]  # most similar first within each kind
-    return taken + sorted(rest, key=lambda i: -similarity(new, earlier[i]))[:k - len(taken)]
+    return taken + [i for i in order if i not in taken][:k - len(taken)]
 
 
 def similarity(a: np.ndarray, b: np.ndarray) -> float:
